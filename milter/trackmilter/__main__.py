@@ -1,0 +1,5 @@
+"""Allow ``python -m trackmilter``."""
+
+from trackmilter.cli import main
+
+main()
