@@ -1,0 +1,121 @@
+"""The `trackmilter` command: one subcommand per daemon, plus status and db."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trackmilter import __version__
+from trackmilter import config as cfgmod
+from trackmilter import logging as tmlog
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+
+
+def _settings(ctx: click.Context) -> cfgmod.Settings:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "settings" not in obj:
+        path: Path | None = obj.get("config_path")
+        if path is None and cfgmod.DEFAULT_CONFIG.exists():
+            path = cfgmod.DEFAULT_CONFIG
+        try:
+            obj["settings"] = cfgmod.load(path)
+        except cfgmod.ConfigError as exc:
+            click.echo(f"trackmilter: configuration error: {exc}", err=True)
+            ctx.exit(EX_CONFIG)
+        s = obj["settings"]
+        tmlog.configure(s.log.format, s.log.level, stream=sys.stderr if obj.get("cli") else None)
+    settings: cfgmod.Settings = obj["settings"]
+    return settings
+
+
+@click.group()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), envvar="TRACKMILTER_CONFIG",
+              help="TOML configuration file (default /etc/trackmilter/trackmilter.toml if present).")
+@click.version_option(__version__, prog_name="trackmilter")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
+    """trackmilter: what happened to an email, and how sure we can be."""
+    ctx.ensure_object(dict)["config_path"] = config_path
+
+
+@main.command()
+@click.pass_context
+def milter(ctx: click.Context) -> None:
+    """Run the milter daemon (Postfix smtpd_milters / Sendmail INPUT_MAIL_FILTER)."""
+    from trackmilter.mta.runner import StartupError, run
+    from trackmilter.store import StoreError
+    from trackmilter.tokens import KeyFileError
+
+    settings = _settings(ctx)
+    try:
+        ctx.exit(run(settings))
+    except (StartupError, KeyFileError, StoreError) as exc:
+        click.echo(f"trackmilter milter: {exc}", err=True)
+        ctx.exit(EX_CONFIG if not isinstance(exc, StoreError) else 1)
+
+
+@main.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Create or migrate the schema of [database] url to the current version."""
+    from trackmilter.store import StoreError, upgrade
+
+    ctx.ensure_object(dict)["cli"] = True
+    settings = _settings(ctx)
+    try:
+        upgrade(settings.database.url)
+    except StoreError as exc:
+        click.echo(f"trackmilter db upgrade: {exc}", err=True)
+        ctx.exit(1)
+    click.echo("database schema is up to date")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.argument("ident")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, ident: str) -> None:
+    """Show what is known about a message: IDENT is a tracking id, Message-ID, queue id or
+    recipient address."""
+    from trackmilter.status import render
+    from trackmilter.store import SQLStore, StoreError
+
+    ctx.ensure_object(dict)["cli"] = True
+    settings = _settings(ctx)
+    try:
+        store = SQLStore(settings.database.url)
+        try:
+            views = [v.to_dict() for v in store.lookup(ident)]
+        finally:
+            store.close()
+    except StoreError as exc:
+        click.echo(f"trackmilter status: {exc}", err=True)
+        ctx.exit(1)
+    if as_json:
+        click.echo(json.dumps(views, indent=2, sort_keys=True))
+    elif views:
+        click.echo(render(views))
+    else:
+        click.echo(f"nothing recorded for {ident!r}")
+    if not views:
+        ctx.exit(3)
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("/var/tmp/trackmilter-demo"),
+              show_default=True, help="Where the private Postfix instance and database live.")
+def demo(workdir: Path) -> None:
+    """Start a private Postfix instance with trackmilter attached, send samples, show status."""
+    from trackmilter.lab.demo import run_demo
+
+    sys.exit(run_demo(workdir, sys.executable, sys.stdout))

@@ -1,0 +1,309 @@
+"""TOML file + TRACKMILTER_<SECTION>_<KEY> environment → frozen settings; errors name the key and file."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_CONFIG = Path("/etc/trackmilter/trackmilter.toml")
+ENV_PREFIX = "TRACKMILTER_"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key and where it came from."""
+
+
+@dataclass(frozen=True)
+class MilterSettings:
+    socket: str = "unix:/var/spool/postfix/trackmilter/milter.sock"
+    outgoing_networks: tuple[Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    sender_domains: tuple[str, ...] = ()
+    max_message_size: int = 10 * 1024 * 1024
+    optout_header: str = "X-Trackmilter-Opt-Out"
+    timeout: int = 600
+    mta_name: str = field(default_factory=socket.getfqdn)
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    base_url: str = ""
+    secret_file: Path = Path("/etc/trackmilter/secret")
+    rewrite_links: bool = True
+    text_links: bool = False
+    open_pixel: bool = True
+    excluded_domains: tuple[str, ...] = ()
+    optout_attribute: str = "data-notrack"
+    header: str = "X-Trackmilter-ID"
+    read_receipts: bool = False
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite:////var/lib/trackmilter/trackmilter.db"
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    spool_dir: Path = Path("/var/lib/trackmilter/spool")
+    batch_size: int = 500
+    flush_interval: float = 0.2
+    retry_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = "127.0.0.1:9494"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str = "auto"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    milter: MilterSettings = field(default_factory=MilterSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    source: str = "<defaults>"
+
+
+# --- value parsers: each takes the raw TOML or environment value, raises ValueError ---
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return v.lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected an integer, got a boolean")
+    if isinstance(v, int):
+        n = v
+    elif isinstance(v, str):
+        n = int(v.strip())
+    else:
+        raise ValueError(f"expected an integer, got {type(v).__name__}")
+    if n < 0:
+        raise ValueError(f"must not be negative, got {n}")
+    return n
+
+
+def _float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError(f"expected a number, got {v!r}")
+    f = float(v)
+    if f <= 0:
+        raise ValueError(f"must be positive, got {f}")
+    return f
+
+
+def _strlist(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):  # environment: comma-separated
+        return tuple(x.strip() for x in v.split(",") if x.strip())
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    raise ValueError("expected a list of strings")
+
+
+def _domains(v: Any) -> tuple[str, ...]:
+    return tuple(d.lower().strip(".") for d in _strlist(v))
+
+
+def _networks(v: Any) -> tuple[Network, ...]:
+    out = []
+    for item in _strlist(v):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not a network in CIDR notation") from exc
+    return tuple(out)
+
+
+def _milter_socket(v: Any) -> str:
+    s = _str(v)
+    if s.startswith("unix:") or s.startswith("local:"):
+        if not s.split(":", 1)[1].startswith("/"):
+            raise ValueError(f"unix socket path must be absolute: {s!r}")
+        return s
+    if s.startswith("inet:") or s.startswith("inet6:"):
+        port, _, host = s.split(":", 1)[1].partition("@")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad port in {s!r}; expected inet:PORT@HOST")
+        return s
+    raise ValueError(f"expected unix:/path or inet:PORT@HOST, got {s!r}")
+
+
+def _base_url(v: Any) -> str:
+    s = _str(v).rstrip("/")
+    if not s:
+        return s
+    parts = urlsplit(s)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"expected an http(s) URL without query or fragment, got {s!r}")
+    return s
+
+
+def _listen(v: Any) -> str:
+    s = _str(v)
+    if not s:
+        return s
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT (or empty to disable), got {s!r}")
+    return s
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        s = _str(v).lower()
+        if s not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}; got {v!r}")
+        return s
+
+    return parse
+
+
+def _db_url(v: Any) -> str:
+    s = _str(v)
+    if not (s.startswith("sqlite:") or s.startswith("postgresql")):
+        raise ValueError(f"expected a sqlite:/// or postgresql+psycopg:// URL, got {s!r}")
+    return s
+
+
+def _header_name(v: Any) -> str:
+    s = _str(v)
+    if not s or any(c <= " " or c == ":" or c > "~" for c in s):
+        raise ValueError(f"not a valid header field name: {s!r}")
+    return s
+
+
+SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
+    "milter": (
+        MilterSettings,
+        {
+            "socket": _milter_socket,
+            "outgoing_networks": _networks,
+            "sender_domains": _domains,
+            "max_message_size": _int,
+            "optout_header": _header_name,
+            "timeout": _int,
+            "mta_name": _str,
+        },
+    ),
+    "tracking": (
+        TrackingSettings,
+        {
+            "base_url": _base_url,
+            "secret_file": lambda v: Path(_str(v)),
+            "rewrite_links": _bool,
+            "text_links": _bool,
+            "open_pixel": _bool,
+            "excluded_domains": _domains,
+            "optout_attribute": _str,
+            "header": _header_name,
+            "read_receipts": _bool,
+        },
+    ),
+    "database": (DatabaseSettings, {"url": _db_url}),
+    "store": (
+        StoreSettings,
+        {
+            "spool_dir": lambda v: Path(_str(v)),
+            "batch_size": _int,
+            "flush_interval": _float,
+            "retry_interval": _float,
+        },
+    ),
+    "metrics": (MetricsSettings, {"listen": _listen}),
+    "log": (
+        LogSettings,
+        {
+            "format": _choice("auto", "json", "console"),
+            "level": _choice("debug", "info", "warning", "error"),
+        },
+    ),
+}
+
+
+def load(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (None: defaults only) and apply environment overrides."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    where = "<defaults>"
+    if path is not None:
+        where = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return build(data, where, env)
+
+
+def build(data: Mapping[str, Any], where: str, env: Mapping[str, str]) -> Settings:
+    for section, value in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{where}: unknown section [{section}]")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        for key in value:
+            if key not in SCHEMA[section][1]:
+                raise ConfigError(f"{where}: unknown key '{key}' in [{section}]")
+    for name in env:
+        if name.startswith(ENV_PREFIX) and _env_target(name) is None:
+            raise ConfigError(f"environment: unknown setting {name}")
+
+    sections: dict[str, Any] = {}
+    for section, (cls, keys) in SCHEMA.items():
+        values: dict[str, Any] = {}
+        for key, parse in keys.items():
+            env_name = f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+            if env_name in env:
+                raw, origin = env[env_name], f"environment variable {env_name}"
+            elif key in data.get(section, {}):
+                raw, origin = data[section][key], f"{where}: [{section}] {key}"
+            else:
+                continue
+            try:
+                values[key] = parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{origin}: {exc}") from exc
+        sections[section] = cls(**values)
+    return Settings(**sections, source=where)
+
+
+def _env_target(name: str) -> tuple[str, str] | None:
+    rest = name[len(ENV_PREFIX) :].lower()
+    for section, (_, keys) in SCHEMA.items():
+        if rest.startswith(section + "_") and rest[len(section) + 1 :] in keys:
+            return section, rest[len(section) + 1 :]
+    return None if rest != "config" else ("", "")

@@ -1,0 +1,107 @@
+"""Every Prometheus metric trackmilter exports, defined once, on an injectable registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from trackmilter import __version__
+
+# Milter callbacks should take well under a millisecond; Postfix's default
+# milter_command_timeout is 30 s, so the top buckets show trouble long before that.
+CALLBACK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5)
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class Metrics:
+    """All metrics of one process. Tests build one per test on a fresh ``CollectorRegistry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.build_info = Info("trackmilter_build", "trackmilter version", registry=r)
+        self.build_info.info({"version": __version__})
+
+        # milter
+        self.messages = Counter(
+            "trackmilter_milter_messages_total",
+            "SMTP transactions seen by the milter, by direction and what was done to them",
+            ["direction", "action"],
+            registry=r,
+        )
+        self.recipients = Counter(
+            "trackmilter_milter_recipients_total",
+            "Recipients by in-line outcome at our MTA and enhanced status code (refusals)",
+            ["outcome", "status"],
+            registry=r,
+        )
+        self.links_rewritten = Counter(
+            "trackmilter_milter_links_rewritten_total",
+            "Links replaced by signed tracking links",
+            registry=r,
+        )
+        self.pixels = Counter(
+            "trackmilter_milter_pixels_added_total", "Open pixels added", registry=r
+        )
+        self.skips = Counter(
+            "trackmilter_milter_skipped_total",
+            "Outgoing or inbound messages left unmodified, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.callback_seconds = Histogram(
+            "trackmilter_milter_callback_duration_seconds",
+            "Time spent inside each milter callback",
+            ["callback"],
+            buckets=CALLBACK_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "trackmilter_errors_total",
+            "Internal errors caught at an exception boundary; mail passed through unmodified",
+            ["stage"],
+            registry=r,
+        )
+        self.token_bytes = Histogram(
+            "trackmilter_milter_link_growth_bytes",
+            "Bytes a tracking link adds over the original URL",
+            buckets=(0, 32, 64, 96, 128, 192, 256, 512, 1024),
+            registry=r,
+        )
+
+        # store
+        self.store_queue = Gauge(
+            "trackmilter_store_queue_events",
+            "Events waiting in memory for the background writer",
+            registry=r,
+        )
+        self.store_batch_seconds = Histogram(
+            "trackmilter_store_batch_duration_seconds",
+            "Time to write one batch to the database",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.store_written = Counter(
+            "trackmilter_store_events_written_total",
+            "Events written to the database",
+            registry=r,
+        )
+        self.store_failures = Counter(
+            "trackmilter_store_write_failures_total",
+            "Batches the database refused or could not take (they went to the spool)",
+            registry=r,
+        )
+        self.spool_events = Gauge(
+            "trackmilter_store_spool_events",
+            "Events waiting in the on-disk spool for the database to come back",
+            registry=r,
+        )
+        self.spool_replayed = Counter(
+            "trackmilter_store_spool_replayed_total",
+            "Events replayed from the spool into the database",
+            registry=r,
+        )
+        self.store_dropped = Counter(
+            "trackmilter_store_events_dropped_total",
+            "Events lost because neither the database nor the spool could take them",
+            registry=r,
+        )

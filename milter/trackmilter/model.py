@@ -1,0 +1,177 @@
+"""The vocabulary: stored events, in-line outcomes and skip reasons as frozen dataclasses and enums."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+
+class Direction(StrEnum):
+    """Whether we may track (and modify) a message or only record it."""
+
+    OUTGOING = "outgoing"
+    INBOUND = "inbound"
+
+
+class RcptOutcome(StrEnum):
+    """What our own MTA said to a recipient, in-line (before any delivery attempt)."""
+
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+
+
+class EndReason(StrEnum):
+    """How an SMTP transaction ended."""
+
+    QUEUED = "queued"  # end of message reached; the MTA took it (unless a later milter refused)
+    ALL_REFUSED = "all_recipients_refused"
+    ABORTED = "aborted"  # RSET / client gone before end of message
+
+
+class SkipReason(StrEnum):
+    """Why a message was recorded but not rewritten. Stable names: used in metrics and storage."""
+
+    INBOUND = "inbound"
+    NULL_SENDER = "null_sender"
+    DKIM_SIGNED = "dkim_signed"
+    SIGNED_OR_ENCRYPTED = "signed_or_encrypted"
+    TOO_LARGE = "too_large"
+    OPT_OUT = "opt_out_header"
+    NO_LINKS = "no_links"
+    DISABLED = "disabled"
+    ERROR = "error"
+
+
+TRACKING_ID_BYTES = 10
+
+
+def new_tracking_id() -> str:
+    """Random 80-bit id, 16 lowercase base32 characters: short enough for headers and tokens."""
+    return base64.b32encode(secrets.token_bytes(TRACKING_ID_BYTES)).decode("ascii").lower()
+
+
+def tracking_id_to_bytes(tid: str) -> bytes:
+    """Inverse of :func:`new_tracking_id`; raises ``ValueError`` on anything else."""
+    if len(tid) != 16:
+        raise ValueError(f"tracking id must be 16 characters, got {len(tid)}: {tid!r}")
+    try:
+        return base64.b32decode(tid.upper())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a tracking id: {tid!r}") from exc
+
+
+def tracking_id_from_bytes(raw: bytes) -> str:
+    return base64.b32encode(raw).decode("ascii").lower()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class RecipientRecord:
+    """One RCPT TO as our MTA answered it."""
+
+    address: str
+    outcome: RcptOutcome
+    status: str = ""  # enhanced status code for refusals, e.g. "5.7.1"
+    text: str = ""  # the MTA's reply text for refusals, verbatim
+    at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class LinkRecord:
+    """A link that was rewritten: its index in the message and the original target."""
+
+    index: int
+    url: str
+
+
+@dataclass(frozen=True)
+class MessageRecorded:
+    """Everything the milter learned about one SMTP transaction."""
+
+    tracking_id: str
+    direction: Direction
+    end: EndReason
+    sender: str
+    started_at: datetime
+    finished_at: datetime
+    recipients: tuple[RecipientRecord, ...] = ()
+    queue_id: str = ""
+    message_id: str = ""
+    client_addr: str = ""
+    client_name: str = ""
+    auth_user: str = ""
+    helo: str = ""
+    size: int = 0
+    rewritten: bool = False
+    skip_reason: str = ""
+    pixel: bool = False
+    links: tuple[LinkRecord, ...] = ()
+    mta: str = ""  # which MTA host recorded it (several servers may share one store)
+    tracking_header: bool = False  # whether our tracking-id header was added
+
+    kind = "message"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind
+        return _jsonable(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MessageRecorded:
+        data = dict(data)
+        data.pop("kind", None)
+        data["direction"] = Direction(data["direction"])
+        data["end"] = EndReason(data["end"])
+        data["started_at"] = datetime.fromisoformat(data["started_at"])
+        data["finished_at"] = datetime.fromisoformat(data["finished_at"])
+        data["recipients"] = tuple(
+            RecipientRecord(
+                address=r["address"],
+                outcome=RcptOutcome(r["outcome"]),
+                status=r.get("status", ""),
+                text=r.get("text", ""),
+                at=datetime.fromisoformat(r["at"]),
+            )
+            for r in data.get("recipients", ())
+        )
+        data["links"] = tuple(LinkRecord(**link) for link in data.get("links", ()))
+        return cls(**data)
+
+    @property
+    def accepted(self) -> tuple[RecipientRecord, ...]:
+        return tuple(r for r in self.recipients if r.outcome is RcptOutcome.ACCEPTED)
+
+
+Event = MessageRecorded
+"""Union of everything the store accepts; grows as later layers add event kinds."""
+
+EVENT_KINDS: dict[str, type[MessageRecorded]] = {MessageRecorded.kind: MessageRecorded}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from its ``to_dict`` form (the spool's line format)."""
+    kind = data.get("kind")
+    try:
+        cls = EVENT_KINDS[str(kind)]
+    except KeyError as exc:
+        raise ValueError(f"unknown event kind {kind!r}") from exc
+    return cls.from_dict(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, StrEnum):
+        return str(value)
+    return value

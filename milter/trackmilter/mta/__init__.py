@@ -1,0 +1,1 @@
+"""The pymilter callback layer and the daemon that runs it."""

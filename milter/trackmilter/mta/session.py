@@ -1,0 +1,325 @@
+"""The pymilter callback layer: collects per-connection and per-transaction state, calls pure cores."""
+
+from __future__ import annotations
+
+import functools
+import html
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import Milter
+
+from trackmilter.config import Settings
+from trackmilter.metrics import Metrics
+from trackmilter.model import (
+    Direction,
+    EndReason,
+    LinkRecord,
+    MessageRecorded,
+    RcptOutcome,
+    RecipientRecord,
+    SkipReason,
+    new_tracking_id,
+    utcnow,
+)
+from trackmilter.mta import policy
+from trackmilter.rewrite import RewriteOptions, RewriteResult, rewrite_message
+from trackmilter.tokens import Signer, UnsignableURL
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class EventSink(Protocol):
+    def submit(self, event: MessageRecorded) -> None: ...
+
+
+@dataclass(frozen=True)
+class Deps:
+    """Everything a session needs, built once at start-up and shared read-only by all sessions."""
+
+    settings: Settings
+    signer: Signer | None  # None: no base_url configured, nothing is rewritten
+    sink: EventSink
+    metrics: Metrics
+    log: Any
+    clock: Callable[[], datetime] = utcnow
+
+    @functools.cached_property
+    def rewrite_options(self) -> RewriteOptions:
+        t = self.settings.tracking
+        return RewriteOptions(
+            html_links=t.rewrite_links,
+            text_links=t.text_links,
+            tracker_prefix=t.base_url + "/",
+            excluded_domains=frozenset(t.excluded_domains),
+            optout_attribute=t.optout_attribute,
+        )
+
+
+def guarded(stage: str) -> Callable[[F], F]:
+    """One exception boundary per callback: log, count, mark the transaction, let mail through."""
+
+    def wrap(func: F) -> F:
+        @functools.wraps(func)
+        def inner(self: Session, *args: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return func(self, *args)
+            except Exception:  # noqa: BLE001 - the boundary: mail must never suffer for our bugs
+                self.deps.metrics.errors.labels(stage).inc()
+                if self.tx is not None:
+                    self.tx.failed = True
+                self.log.exception("callback_failed", stage=stage,
+                                   tracking_id=self.tx.tracking_id if self.tx else None)
+                return Milter.CONTINUE
+            finally:
+                self.deps.metrics.callback_seconds.labels(stage).observe(
+                    time.perf_counter() - start)
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
+
+
+@Milter.rejected_recipients
+class Session(Milter.Base):  # type: ignore[misc]
+    """One instance per SMTP connection; libmilter may call it from different threads in turn."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.conn_id = Milter.uniqueID()
+        self.log = deps.log.bind(conn_id=self.conn_id)
+        self.client_addr = ""
+        self.client_name = ""
+        self.helo = ""
+        self.tx: policy.Transaction | None = None
+
+    # --- connection ---
+
+    @Milter.noreply
+    @guarded("connect")
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        self.client_name = hostname or ""
+        if isinstance(hostaddr, tuple) and hostaddr:  # (ip, port[, flow, scope])
+            self.client_addr = str(hostaddr[0])
+        elif isinstance(hostaddr, str) and family in (socket.AF_INET, socket.AF_INET6):
+            self.client_addr = hostaddr  # pymilter's TestCtx passes the bare address
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded("helo")
+    def hello(self, hostname: str) -> int:
+        self.helo = hostname or ""
+        return Milter.CONTINUE
+
+    # --- transaction ---
+
+    @Milter.noreply
+    @guarded("envfrom")
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self._end_open_transaction(EndReason.ABORTED)
+        sender = policy.normalise_address(mailfrom)
+        auth = self.getsymval("{auth_authen}") or ""
+        tx = policy.Transaction(tracking_id=new_tracking_id(), sender=sender,
+                                started_at=self.deps.clock(), auth_user=auth)
+        tx.direction = policy.direction_of(self.client_addr, auth, sender,
+                                           self.deps.settings.milter)
+        self.tx = tx
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded("envrcpt")
+    def envrcpt(self, to: str, *params: str) -> int:
+        if self.tx is None:
+            return Milter.CONTINUE
+        address = policy.normalise_address(to)
+        if self.getsymval("{rcpt_mailer}") == "error":
+            # Postfix passes refusals to milters that ask (P_RCPT_REJ): the enhanced code in
+            # {rcpt_host}, the reply text in {rcpt_addr}; the 3-digit code is not passed.
+            rec = RecipientRecord(address, RcptOutcome.REFUSED,
+                                  status=self.getsymval("{rcpt_host}") or "",
+                                  text=self.getsymval("{rcpt_addr}") or "",
+                                  at=self.deps.clock())
+        else:
+            rec = RecipientRecord(address, RcptOutcome.ACCEPTED, at=self.deps.clock())
+        self.tx.recipients.append(rec)
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded("header")
+    def header(self, name: str, value: str) -> int:
+        tx = self.tx
+        if tx is None:
+            return Milter.CONTINUE
+        key = name.lower()
+        if key == "content-type":
+            tx.content_type = value
+        elif key == "content-transfer-encoding":
+            tx.transfer_encoding = value
+        elif key == "message-id":
+            tx.message_id = policy.message_id_of(value)
+        elif key == "dkim-signature":
+            tx.dkim_signed = True
+        elif key == self.deps.settings.milter.optout_header.lower():
+            tx.opted_out = True
+        elif key == self.deps.settings.tracking.header.lower():
+            tx.already_tracked = True
+        tx.size += len(name) + len(value) + 4
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    @guarded("body")
+    def body(self, chunk: bytes) -> int:
+        tx = self.tx
+        if tx is None:
+            return Milter.CONTINUE
+        tx.size += len(chunk)
+        if self._may_modify(tx) and not policy.too_large(tx, self.deps.settings.milter):
+            tx.body.append(chunk)
+        else:
+            tx.body.clear()
+        return Milter.CONTINUE
+
+    @guarded("eom")
+    def eom(self) -> int:
+        tx = self.tx
+        if tx is None:
+            return Milter.CONTINUE
+        self.tx = None
+        tx.queue_id = self.getsymval("i") or ""
+        try:
+            self._finish_message(tx)
+        finally:
+            tx.body.clear()
+        return Milter.CONTINUE
+
+    @guarded("abort")
+    def abort(self) -> int:
+        self._end_open_transaction(EndReason.ABORTED)
+        return Milter.CONTINUE
+
+    @guarded("close")
+    def close(self) -> int:
+        self._end_open_transaction(EndReason.ABORTED)
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def data(self) -> int:
+        return Milter.CONTINUE
+
+    @Milter.nocallback
+    def unknown(self, cmd: str) -> int:
+        return Milter.CONTINUE
+
+    # --- internals ---
+
+    def _may_modify(self, tx: policy.Transaction) -> bool:
+        return not tx.failed and policy.skip_reason(tx, self.deps.settings.milter) is None
+
+    def _finish_message(self, tx: policy.Transaction) -> None:
+        start = time.perf_counter()
+        cfg = self.deps.settings
+        skip = policy.skip_reason(tx, cfg.milter)
+        if skip is None and tx.failed:
+            skip = SkipReason.ERROR
+        if skip is None and policy.too_large(tx, cfg.milter):
+            skip = SkipReason.TOO_LARGE
+        result: RewriteResult | None = None
+        header_added = False
+        if tx.direction is Direction.OUTGOING and skip not in _NEVER_TOUCH:
+            if skip is None and not tx.already_tracked:
+                try:
+                    result = self._rewrite(tx)
+                except Exception:  # noqa: BLE001 - pass the message through unmodified
+                    self.deps.metrics.errors.labels("rewrite").inc()
+                    self.log.exception("rewrite_failed", tracking_id=tx.tracking_id,
+                                       queue_id=tx.queue_id)
+                    skip = SkipReason.ERROR
+                else:
+                    if result is None or (result.body is None and not result.links):
+                        skip = SkipReason.NO_LINKS if result is not None else SkipReason.DISABLED
+            if not tx.already_tracked and skip is not SkipReason.ERROR:
+                self.addheader(cfg.tracking.header, tx.tracking_id)
+                header_added = True
+                if cfg.tracking.read_receipts and tx.sender:
+                    self.addheader("Disposition-Notification-To", f"<{tx.sender}>")
+        rewritten = result is not None and result.body is not None
+        links = tuple(LinkRecord(link.index, link.url) for link in result.links) if result else ()
+        event = policy.finish(
+            tx, end=EndReason.QUEUED, finished_at=self.deps.clock(),
+            client_addr=self.client_addr, client_name=self.client_name, helo=self.helo,
+            mta=cfg.milter.mta_name, rewritten=rewritten, skip=str(skip or ""),
+            pixel=bool(result and result.pixel_added), links=links, tracking_header=header_added,
+        )
+        self._record(event, time.perf_counter() - start)
+
+    def _rewrite(self, tx: policy.Transaction) -> RewriteResult | None:
+        signer = self.deps.signer
+        t = self.deps.settings.tracking
+        if signer is None or not (t.rewrite_links or t.text_links or t.open_pixel):
+            return None
+        base, tid = t.base_url, tx.tracking_id
+        growth = self.deps.metrics.token_bytes
+
+        def linker(index: int, url: str) -> str:
+            try:
+                new = f"{base}/c/{signer.sign_click(tid, index, url)}"
+            except UnsignableURL:
+                # Not something a browser would fetch as http(s): keep the link as it was.
+                return html.escape(url)
+            growth.observe(max(0, len(new) - len(url)))
+            return new
+
+        pixel = f"{base}/o/{signer.sign_open(tid)}" if t.open_pixel else None
+        result = rewrite_message(tx.content_type, tx.transfer_encoding, b"".join(tx.body),
+                                 linker, pixel, self.deps.rewrite_options)
+        if result.body is not None:
+            # Apply header change first: if replacebody fails, the MTA discards all changes.
+            if result.top_cte is not None:
+                self.chgheader("Content-Transfer-Encoding", 1, result.top_cte)
+            self.replacebody(result.body)
+        return result
+
+    def _end_open_transaction(self, end: EndReason) -> None:
+        tx, self.tx = self.tx, None
+        if tx is None:
+            return
+        event = policy.finish(tx, end=end, finished_at=self.deps.clock(),
+                              client_addr=self.client_addr, client_name=self.client_name,
+                              helo=self.helo, mta=self.deps.settings.milter.mta_name)
+        self._record(event, 0.0)
+
+    def _record(self, event: MessageRecorded, seconds: float) -> None:
+        m = self.deps.metrics
+        action = ("rewritten" if event.rewritten else "tracked" if event.tracking_header
+                  else "recorded") if event.end is EndReason.QUEUED else str(event.end)
+        m.messages.labels(str(event.direction), action).inc()
+        for r in event.recipients:
+            m.recipients.labels(str(r.outcome), r.status).inc()
+        if event.skip_reason:
+            m.skips.labels(event.skip_reason).inc()
+        m.links_rewritten.inc(len(event.links))
+        if event.pixel:
+            m.pixels.inc()
+        self.deps.sink.submit(event)
+        self.log.info(
+            "message",
+            queue_id=event.queue_id, tracking_id=event.tracking_id,
+            message_id=event.message_id, direction=str(event.direction), end=str(event.end),
+            sender=event.sender, client_addr=event.client_addr, auth_user=event.auth_user,
+            size=event.size,
+            recipients=[{"address": r.address, "outcome": str(r.outcome),
+                         **({"status": r.status, "text": r.text} if r.status or r.text else {})}
+                        for r in event.recipients],
+            links=len(event.links), pixel=event.pixel, rewritten=event.rewritten,
+            skip_reason=event.skip_reason or None, ms=round(seconds * 1000, 3),
+        )
+
+
+# Categories where even a header would be a modification the sender or a signature forbids.
+_NEVER_TOUCH = frozenset({SkipReason.NULL_SENDER, SkipReason.DKIM_SIGNED, SkipReason.ERROR,
+                          SkipReason.SIGNED_OR_ENCRYPTED, SkipReason.OPT_OUT, SkipReason.INBOUND})

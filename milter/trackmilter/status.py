@@ -1,0 +1,56 @@
+"""Timelines that never claim more than the evidence: the `trackmilter status` view."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# What each in-line event proves, in words a sender can read without over-reading them.
+_INLINE = {
+    "accepted": "accepted by our MTA for delivery (not yet delivered)",
+    "refused": "refused by our MTA: never sent",
+}
+_END = {
+    "queued": "",
+    "all_recipients_refused": "transaction ended: every recipient refused, no message sent",
+    "aborted": "transaction ended before the message was complete: nothing sent",
+}
+
+
+def describe_event(ev: Mapping[str, Any]) -> str:
+    kind, status = ev.get("kind", ""), ev.get("status", "")
+    detail = " ".join(x for x in (ev.get("code") or "", ev.get("text") or "") if x)
+    if kind == "inline":
+        text = _INLINE.get(status, status)
+    else:
+        text = f"{kind}: {status}"
+    return f"{text} ({detail})" if detail else text
+
+
+def render(messages: Iterable[Mapping[str, Any]]) -> str:
+    """Plain-text timeline for the messages returned by the store's lookup."""
+    out: list[str] = []
+    for m in messages:
+        ids = [f"queue id {m['queue_id']}" if m.get("queue_id") else "no queue id",
+               f"Message-ID <{m['message_id']}>" if m.get("message_id") else "no Message-ID"]
+        out.append(f"message {m['tracking_id']} ({', '.join(ids)})")
+        client = m.get("client_name") or m.get("client_addr") or "?"
+        auth = f", authenticated as {m['auth_user']}" if m.get("auth_user") else ""
+        out.append(f"  from <{m.get('sender', '')}> via {client}{auth}; "
+                   f"{m.get('direction')}, {m.get('size', 0)} bytes, at {m.get('started_at')}")
+        if m.get("rewritten"):
+            pixel = " and an open pixel" if m.get("pixel") else ""
+            out.append(f"  tracking: {m.get('link_count', 0)} link(s) rewritten{pixel}")
+        elif m.get("skip_reason"):
+            out.append(f"  tracking: message not modified ({m['skip_reason']})")
+        if _END.get(m.get("end_reason", ""), ""):
+            out.append(f"  {_END[m['end_reason']]}")
+        for r in m.get("recipients", ()):
+            out.append(f"  {r['address']}")
+            events = r.get("events", ())
+            for ev in events:
+                out.append(f"    {ev.get('at', '')}  {describe_event(ev)}")
+            if not events:
+                out.append("    no evidence yet: unknown")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,240 @@
+"""Sign and verify self-contained tracking tokens (truncated HMAC-SHA256, key ids, rotation).
+
+A token carries everything the tracker needs to answer without a database: the kind
+(click or open), the message's tracking id, the link index and, for clicks, the URL.
+Layout before base64url (no padding)::
+
+    byte 0      version << 4 | kind << 1 | https
+    byte 1      key id (first byte of SHA-256 over the key: stable across rotation)
+    10 bytes    tracking id
+    varint      link index (0 for the open pixel)
+    n bytes     click only: the URL without its "http://" / "https://" prefix (ASCII)
+    10 bytes    HMAC-SHA256(key, all of the above) truncated to 80 bits
+
+80 bits of MAC make forging a token a 2^80 guess per try; the tracker also answers any
+failure with the same plain 404, so there is no oracle to guide a search.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from trackmilter.model import TRACKING_ID_BYTES, tracking_id_from_bytes, tracking_id_to_bytes
+
+VERSION = 1
+MAC_BYTES = 10
+MIN_KEY_LENGTH = 16
+_HEADER = 2 + TRACKING_ID_BYTES
+
+
+class TokenError(Exception):
+    """Base class for token problems."""
+
+
+class InvalidToken(TokenError):
+    """Not a token we signed: malformed, truncated, tampered with, or signed by an unknown key."""
+
+
+class KeyFileError(TokenError):
+    """The HMAC key file is missing, empty or holds a key that is too short."""
+
+
+class Kind(IntEnum):
+    CLICK = 0
+    OPEN = 1
+
+
+@dataclass(frozen=True)
+class TokenData:
+    kind: Kind
+    tracking_id: str
+    index: int
+    url: str  # "" for opens
+    key_id: int
+
+
+@dataclass(frozen=True)
+class _Key:
+    kid: int
+    secret: bytes
+
+
+def _key_id(secret: bytes) -> int:
+    return hashlib.sha256(b"trackmilter key id\0" + secret).digest()[0]
+
+
+class Signer:
+    """Signs with the first key, verifies with any. Immutable and thread-safe."""
+
+    def __init__(self, secrets: Sequence[bytes]) -> None:
+        if not secrets:
+            raise KeyFileError("no HMAC key given")
+        for n, s in enumerate(secrets, 1):
+            if len(s) < MIN_KEY_LENGTH:
+                raise KeyFileError(f"key {n} is {len(s)} bytes; at least {MIN_KEY_LENGTH} needed")
+        self._keys = tuple(_Key(_key_id(s), s) for s in secrets)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Signer:
+        """One key per line; blank lines and ``#`` comments ignored; the first key signs."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc
+        keys = [
+            line.strip().encode("utf-8")
+            for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        if not keys:
+            raise KeyFileError(f"key file {path} holds no key")
+        try:
+            return cls(keys)
+        except KeyFileError as exc:
+            raise KeyFileError(f"{path}: {exc}") from exc
+
+    @property
+    def key_ids(self) -> tuple[int, ...]:
+        return tuple(k.kid for k in self._keys)
+
+    def sign_click(self, tracking_id: str, index: int, url: str) -> str:
+        """Token for a link. ``url`` must be an absolute http(s) URL (see :func:`canonical_url`)."""
+        canon = canonical_url(url)
+        https = canon.startswith("https://")
+        rest = canon[8:] if https else canon[7:]
+        return self._sign(Kind.CLICK, https, tracking_id, index, rest.encode("ascii"))
+
+    def sign_open(self, tracking_id: str) -> str:
+        return self._sign(Kind.OPEN, False, tracking_id, 0, b"")
+
+    def _sign(self, kind: Kind, https: bool, tid: str, index: int, tail: bytes) -> str:
+        key = self._keys[0]
+        body = (
+            bytes(((VERSION << 4) | (kind << 1) | int(https), key.kid))
+            + tracking_id_to_bytes(tid)
+            + _varint(index)
+            + tail
+        )
+        mac = hmac.new(key.secret, body, hashlib.sha256).digest()[:MAC_BYTES]
+        return base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode("ascii")
+
+    def verify(self, token: str) -> TokenData:
+        """Return the token's data, or raise :class:`InvalidToken` (never anything else)."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidToken("not base64url") from exc
+        if len(raw) < _HEADER + 1 + MAC_BYTES:
+            raise InvalidToken("too short")
+        body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+        head, kid = body[0], body[1]
+        if head >> 4 != VERSION:
+            raise InvalidToken("unknown version")
+        ok = False
+        for key in self._keys:
+            if key.kid == kid:
+                good = hmac.new(key.secret, body, hashlib.sha256).digest()[:MAC_BYTES]
+                ok = hmac.compare_digest(good, mac) or ok
+        if not ok:
+            raise InvalidToken("bad signature or unknown key")
+        # Only signed bytes are parsed below: they are ours, but stay defensive anyway.
+        try:
+            kind = Kind((head >> 1) & 0x7)
+            index, pos = _read_varint(body, _HEADER)
+            tail = body[pos:].decode("ascii")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidToken("malformed payload") from exc
+        tid = tracking_id_from_bytes(body[2:_HEADER])
+        url = ""
+        if kind is Kind.CLICK:
+            url = ("https://" if head & 1 else "http://") + tail
+            if not _SAFE_URL.fullmatch(url):
+                raise InvalidToken("unsafe URL in token")
+        elif tail:
+            raise InvalidToken("open token with a URL")
+        return TokenData(kind, tid, index, url, kid)
+
+
+# Printable ASCII without space, quotes or angle brackets: nothing that can break out of a
+# Location header or an HTML attribute.
+_SAFE_URL = re.compile(r"https?://[!#-;=?-~]+")
+_STRIP = "".join(chr(c) for c in range(0x21))
+_TABNL = str.maketrans("", "", "\t\r\n")
+
+
+class UnsignableURL(ValueError):
+    """Not an absolute http(s) URL with a host."""
+
+
+def canonical_url(url: str) -> str:
+    """The URL a browser would request for an href, as printable ASCII.
+
+    Follows the WHATWG URL parser where it matters for safety: leading/trailing C0 controls
+    and spaces are stripped, tabs and newlines removed; the host is IDNA-encoded; other
+    non-ASCII, spaces, quotes and angle brackets are percent-encoded (UTF-8).
+    """
+    cleaned = url.strip(_STRIP).translate(_TABNL)
+    try:
+        parts = urlsplit(cleaned)
+    except ValueError as exc:
+        raise UnsignableURL(f"unparseable URL: {url!r}") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise UnsignableURL(f"not an absolute http(s) URL: {url!r}")
+    netloc = parts.netloc
+    if not netloc.isascii():
+        host = parts.hostname
+        try:
+            ahost = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise UnsignableURL(f"host cannot be IDNA-encoded: {host!r}") from exc
+        netloc = netloc.replace(host, ahost) if host in netloc else ahost
+    safe = "!#$%&'()*+,-./:;=?@[]_~"  # keep existing %XX escapes as they are
+    rebuilt = urlunsplit(
+        (
+            scheme,
+            quote(netloc, safe=safe),
+            quote(parts.path, safe=safe),
+            quote(parts.query, safe=safe),
+            quote(parts.fragment, safe=safe),
+        )
+    )
+    if not _SAFE_URL.fullmatch(rebuilt):
+        raise UnsignableURL(f"URL not representable safely: {url!r}")
+    return rebuilt
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError("negative index")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if pos >= len(data) or shift > 28:
+            raise ValueError("bad varint")
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, pos
+        shift += 7
