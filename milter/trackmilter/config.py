@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
+import socket as _socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +33,7 @@ class MilterSettings:
     max_message_size: int = 10 * 1024 * 1024
     optout_header: str = "X-Trackmilter-Opt-Out"
     timeout: int = 600
-    mta_name: str = field(default_factory=socket.getfqdn)
+    mta_name: str = field(default_factory=_socket.getfqdn)
 
 
 @dataclass(frozen=True)

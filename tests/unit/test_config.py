@@ -1,0 +1,99 @@
+"""Configuration: TOML + environment, and errors that name the key and the file."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from trackmilter.config import ConfigError, load
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "tm.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_without_file() -> None:
+    s = load(None, environ={})
+    assert s.database.url == "sqlite:////var/lib/trackmilter/trackmilter.db"
+    assert s.milter.outgoing_networks == (ipaddress.ip_network("127.0.0.0/8"),
+                                          ipaddress.ip_network("::1/128"))
+    assert s.tracking.open_pixel is True and s.tracking.text_links is False
+
+
+def test_shipped_example_loads() -> None:
+    s = load(REPO / "conf" / "trackmilter.toml", environ={})
+    assert s.milter.socket == "unix:/var/spool/postfix/trackmilter/milter.sock"
+    assert s.tracking.base_url == "https://t.example.com"
+
+
+def test_file_values(tmp_path: Path) -> None:
+    p = _write(tmp_path, """
+[milter]
+socket = "inet:8894@127.0.0.1"
+outgoing_networks = ["10.0.0.0/8"]
+sender_domains = ["Example.COM."]
+[tracking]
+base_url = "https://t.example.net/"
+excluded_domains = ["Foo.example"]
+[metrics]
+listen = ""
+""")
+    s = load(p, environ={})
+    assert s.milter.socket == "inet:8894@127.0.0.1"
+    assert s.milter.sender_domains == ("example.com",)
+    assert s.tracking.base_url == "https://t.example.net"
+    assert s.tracking.excluded_domains == ("foo.example",)
+    assert s.metrics.listen == ""
+    assert s.source == str(p)
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    p = _write(tmp_path, '[log]\nlevel = "info"\n')
+    s = load(p, environ={"TRACKMILTER_LOG_LEVEL": "debug",
+                         "TRACKMILTER_MILTER_OUTGOING_NETWORKS": "192.0.2.0/24, 2001:db8::/32",
+                         "TRACKMILTER_TRACKING_OPEN_PIXEL": "false"})
+    assert s.log.level == "debug"
+    assert len(s.milter.outgoing_networks) == 2
+    assert s.tracking.open_pixel is False
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        pytest.param('[milter]\nsockt = "x"\n', {}, r"tm\.toml: unknown key 'sockt' in \[milter\]",
+                     id="unknown-key"),
+        pytest.param('[miltr]\n', {}, r"tm\.toml: unknown section \[miltr\]", id="unknown-section"),
+        pytest.param('[milter]\nsocket = "tcp:1"\n', {}, r"tm\.toml: \[milter\] socket: expected",
+                     id="bad-socket"),
+        pytest.param('[milter]\nmax_message_size = "big"\n', {},
+                     r"\[milter\] max_message_size", id="bad-int"),
+        pytest.param('[milter]\noutgoing_networks = ["10.0.0.300/8"]\n', {},
+                     r"\[milter\] outgoing_networks: '10.0.0.300/8' is not a network",
+                     id="bad-cidr"),
+        pytest.param('[tracking]\nbase_url = "ftp://x"\n', {}, r"\[tracking\] base_url",
+                     id="bad-base-url"),
+        pytest.param('[log]\nformat = "xml"\n', {}, r"\[log\] format: expected one of",
+                     id="bad-choice"),
+        pytest.param("[log\n", {}, r"tm\.toml: not valid TOML", id="bad-toml"),
+        pytest.param("", {"TRACKMILTER_LOG_LEVL": "x"}, r"unknown setting TRACKMILTER_LOG_LEVL",
+                     id="unknown-env"),
+        pytest.param("", {"TRACKMILTER_TRACKING_OPEN_PIXEL": "maybe"},
+                     r"environment variable TRACKMILTER_TRACKING_OPEN_PIXEL: expected true",
+                     id="bad-env-bool"),
+    ],
+)
+def test_errors_name_key_and_file(tmp_path: Path, text: str, env: dict[str, str],
+                                  message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(_write(tmp_path, text), environ=env)
+
+
+def test_missing_file_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.toml: cannot read"):
+        load(tmp_path / "nope.toml", environ={})
