@@ -1,0 +1,32 @@
+"""Storage: the Store interface, SQLite/PostgreSQL backend, migrations, batched writer and spool."""
+
+from __future__ import annotations
+
+from trackmilter.store.base import (
+    EventRejected,
+    SchemaTooOld,
+    Store,
+    StoreConfigError,
+    StoreError,
+    StoreUnavailable,
+)
+from trackmilter.store.migrate import current_revision, head_revision, upgrade
+from trackmilter.store.sql import SQLStore
+from trackmilter.store.views import EventView, LinkView, MessageView, RecipientView
+
+__all__ = [
+    "EventRejected",
+    "EventView",
+    "LinkView",
+    "MessageView",
+    "RecipientView",
+    "SQLStore",
+    "SchemaTooOld",
+    "Store",
+    "StoreConfigError",
+    "StoreError",
+    "StoreUnavailable",
+    "current_revision",
+    "head_revision",
+    "upgrade",
+]

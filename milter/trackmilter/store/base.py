@@ -1,0 +1,56 @@
+"""The store's interface (a Protocol every backend and test fake implements) and its errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from trackmilter.model import Event
+from trackmilter.store.views import MessageView
+
+
+class StoreError(Exception):
+    """Base of every error the store layer raises."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or cannot take writes right now; retrying later may work.
+
+    The background writer spools events on this and retries.
+    """
+
+
+class SchemaTooOld(StoreError):
+    """The database has no schema, or an older one than this code: run ``trackmilter db upgrade``."""
+
+
+class StoreConfigError(StoreError):
+    """The store is configured wrongly (bad URL, missing driver, unusable SQLite path)."""
+
+
+class EventRejected(StoreError):
+    """The database refused the data itself (constraint, value out of range).
+
+    Retrying the same events cannot help, so the writer moves them aside instead of
+    retrying them forever; any other error is treated as "try again later".
+    """
+
+
+class Store(Protocol):
+    """Where events go and where timelines come from."""
+
+    def write(self, events: Sequence[Event]) -> None:
+        """Store ``events`` in one transaction; writing the same events again changes nothing."""
+        ...
+
+    def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]:
+        """Messages matching a tracking id, Message-ID, queue id or recipient, newest first."""
+        ...
+
+    def ping(self) -> None:
+        """Return if the store is usable; raise :class:`StoreError` (usually unavailable) if not."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+        ...

@@ -1,0 +1,150 @@
+"""The database schema as SQLAlchemy Core tables, portable between SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import postgresql
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware datetimes stored as UTC.
+
+    SQLite has no timezone type and SQLAlchemy drops the offset there, and PostgreSQL
+    returns ``timestamptz`` in the session's zone: normalising both ways makes every value
+    read back an aware UTC datetime on either backend.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            # Naive values only come from bugs upstream; the model always uses UTC.
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# SQLite only auto-increments a column declared exactly "INTEGER PRIMARY KEY".
+ID = BigInteger().with_variant(Integer(), "sqlite")
+
+# JSONB on PostgreSQL so later issues can index and query evidence; None is SQL NULL, not 'null'.
+JSONData = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+# Named constraints: Alembic's SQLite batch mode can only alter constraints that have names.
+NAMING_CONVENTION: dict[str, Any] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Lengths only on values we generate (ids, enum names): a VARCHAR limit on anything an SMTP
+# client or a remote server controls would turn odd input into a rejected event.
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("tracking_id", String(32), nullable=False),
+    Column("queue_id", Text, nullable=False, server_default=""),
+    Column("message_id", Text, nullable=False, server_default=""),
+    Column("direction", String(32), nullable=False),
+    Column("end_reason", String(32), nullable=False),
+    Column("sender", Text, nullable=False, server_default=""),
+    Column("client_addr", Text, nullable=False, server_default=""),
+    Column("client_name", Text, nullable=False, server_default=""),
+    Column("auth_user", Text, nullable=False, server_default=""),
+    Column("helo", Text, nullable=False, server_default=""),
+    Column("size", BigInteger, nullable=False, server_default="0"),
+    Column("rewritten", Boolean, nullable=False),
+    Column("skip_reason", String(32), nullable=False, server_default=""),
+    Column("pixel", Boolean, nullable=False),
+    Column("tracking_header", Boolean, nullable=False),
+    Column("link_count", Integer, nullable=False, server_default="0"),
+    Column("mta", Text, nullable=False, server_default=""),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=False),
+    Index(None, "tracking_id", unique=True),
+    Index(None, "queue_id"),
+    Index(None, "message_id"),
+    Index(None, "started_at"),
+)
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("message", ID, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("address", Text, nullable=False),  # lowercased
+    Column("outcome", String(32), nullable=False),
+    Column("status", Text, nullable=False, server_default=""),
+    Column("text", Text, nullable=False, server_default=""),
+    Column("at", UTCDateTime, nullable=False),
+    UniqueConstraint("message", "address"),
+    Index(None, "address"),
+)
+
+links = Table(
+    "links",
+    metadata,
+    Column("message", ID, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("url", Text, nullable=False),
+    PrimaryKeyConstraint("message", "idx"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    # Nullable: a log line or a report may arrive before (or without) the message it is about.
+    Column("message", ID, ForeignKey("messages.id", ondelete="CASCADE"), nullable=True),
+    Column("recipient", Text, nullable=True),  # lowercased address
+    Column("kind", String(32), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("source", Text, nullable=False, server_default=""),
+    Column("status", Text, nullable=False, server_default=""),
+    Column("code", Text, nullable=False, server_default=""),
+    Column("text", Text, nullable=False, server_default=""),
+    Column("data", JSONData, nullable=True),
+    # Idempotency key: a replayed spool or re-read log must not add the same event twice,
+    # while a message may legitimately have many events of one kind (several deferrals,
+    # opens). Each writer derives a key from what makes its event unique; NULL never
+    # conflicts on either backend.
+    Column("dedup_key", Text, nullable=True),
+    Index(None, "message"),
+    Index(None, "recipient"),
+    Index(None, "dedup_key", unique=True),
+)

@@ -1,0 +1,295 @@
+"""SQLStore: the Store on SQLite or PostgreSQL, with idempotent batched writes and lookups."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Insert, Row, Table, exc, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from trackmilter.model import Event, MessageRecorded
+from trackmilter.store.base import EventRejected, StoreError
+from trackmilter.store.engine import (
+    DEFAULT_BUSY_TIMEOUT,
+    describe,
+    make_engine,
+    parse_url,
+    translate,
+)
+from trackmilter.store.migrate import check_schema
+from trackmilter.store.schema import events, links, messages, recipients
+from trackmilter.store.views import EventView, LinkView, MessageView, RecipientView
+
+# PostgreSQL refuses B-tree index entries over ~2700 bytes; clipping indexed text keeps a
+# pathological Message-ID or address from making a whole batch unstorable (4 bytes/char max).
+MAX_INDEXED_CHARS = 512
+
+INLINE_KIND = "inline"
+
+
+def normalize_address(address: str) -> str:
+    """Addresses are stored and looked up lowercased, without angle brackets."""
+    return strip_brackets(address).lower()[:MAX_INDEXED_CHARS]
+
+
+def strip_brackets(value: str) -> str:
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return value
+
+
+def inline_dedup_key(tracking_id: str, address: str) -> str:
+    """One in-line outcome per (message, recipient): a replay updates it instead of adding one."""
+    return f"{INLINE_KIND}:{tracking_id}:{address}"
+
+
+class SQLStore:
+    """A :class:`~trackmilter.store.base.Store` on any SQLAlchemy URL of a supported backend.
+
+    Creating it does not connect: a daemon must start (and spool) while the database is
+    down. The schema version is checked on the first connection that succeeds.
+    """
+
+    def __init__(self, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self._url = parse_url(url)
+        self._where = describe(self._url)
+        self._engine = make_engine(self._url, busy_timeout=busy_timeout)
+        # Only SQLite looks at this option (see engine._configure_sqlite).
+        self._write_engine = self._engine.execution_options(sqlite_begin="IMMEDIATE")
+        self._schema_ok = False
+
+    def __repr__(self) -> str:
+        return f"SQLStore({self._where!r})"
+
+    # -- Store protocol -------------------------------------------------------------------
+
+    def write(self, events_: Sequence[Event]) -> None:
+        if not events_:
+            return
+        batch = _Batch.build(events_)
+        try:
+            with self._write_engine.begin() as conn:
+                self._ensure_schema(conn)
+                batch.write(conn)
+        except exc.SQLAlchemyError as e:
+            raise translate(e, self._url) from e
+
+    def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]:
+        ident = ident.strip()
+        if not ident:
+            return []
+        addr = normalize_address(ident)
+        where = or_(
+            messages.c.tracking_id == ident.lower(),
+            messages.c.queue_id == ident,
+            messages.c.message_id == strip_brackets(ident)[:MAX_INDEXED_CHARS],
+            messages.c.id.in_(select(recipients.c.message).where(recipients.c.address == addr)),
+            # Later layers may record events for a recipient the milter never saw in-line.
+            messages.c.id.in_(
+                select(events.c.message).where(
+                    events.c.recipient == addr, events.c.message.is_not(None)
+                )
+            ),
+        )
+        query = (
+            select(messages)
+            .where(where)
+            .order_by(messages.c.started_at.desc(), messages.c.id.desc())
+            .limit(limit)
+        )
+        try:
+            with self._engine.connect() as conn:
+                self._ensure_schema(conn)
+                rows = conn.execute(query).all()
+                return _views(conn, rows)
+        except exc.SQLAlchemyError as e:
+            raise translate(e, self._url) from e
+
+    def ping(self) -> None:
+        try:
+            with self._engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+                self._ensure_schema(conn)
+        except exc.SQLAlchemyError as e:
+            raise translate(e, self._url) from e
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _ensure_schema(self, conn: Connection) -> None:
+        if not self._schema_ok:
+            check_schema(conn, self._where)
+            self._schema_ok = True
+
+
+class _Batch:
+    """The rows of one ``write`` call, deduplicated: a multi-row upsert on PostgreSQL
+    fails if it touches the same row twice, and a spool replay can repeat an event."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.recipients: dict[tuple[str, str], dict[str, Any]] = {}
+        self.links: dict[tuple[str, int], dict[str, Any]] = {}
+        self.events: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def build(cls, items: Iterable[Event]) -> _Batch:
+        batch = cls()
+        for event in items:
+            try:
+                if isinstance(event, MessageRecorded):
+                    batch._add_message(event)
+                else:  # pragma: no cover - grows with model.Event
+                    raise EventRejected(f"the SQL store cannot store {type(event).__name__}")
+            except (AttributeError, TypeError, ValueError) as e:
+                raise EventRejected(f"cannot store {event!r}: {e}") from e
+        return batch
+
+    def _add_message(self, ev: MessageRecorded) -> None:
+        tid = ev.tracking_id.lower()[:MAX_INDEXED_CHARS]
+        self.messages[tid] = {
+            "tracking_id": tid,
+            "queue_id": ev.queue_id[:MAX_INDEXED_CHARS],
+            "message_id": strip_brackets(ev.message_id)[:MAX_INDEXED_CHARS],
+            "direction": str(ev.direction),
+            "end_reason": str(ev.end),
+            "sender": ev.sender,
+            "client_addr": ev.client_addr,
+            "client_name": ev.client_name,
+            "auth_user": ev.auth_user,
+            "helo": ev.helo,
+            "size": int(ev.size),
+            "rewritten": bool(ev.rewritten),
+            "skip_reason": ev.skip_reason,
+            "pixel": bool(ev.pixel),
+            "tracking_header": bool(ev.tracking_header),
+            "link_count": len(ev.links),
+            "mta": ev.mta,
+            "started_at": ev.started_at,
+            "finished_at": ev.finished_at,
+        }
+        for r in ev.recipients:
+            address = normalize_address(r.address)
+            self.recipients[(tid, address)] = {
+                "address": address,
+                "outcome": str(r.outcome),
+                "status": r.status,
+                "text": r.text,
+                "at": r.at,
+            }
+            key = inline_dedup_key(tid, address)
+            self.events[key] = {
+                "recipient": address,
+                "kind": INLINE_KIND,
+                "at": r.at,
+                "source": ev.mta or "milter",
+                "status": str(r.outcome),
+                "code": r.status,
+                "text": r.text,
+                "data": None,
+                "dedup_key": key,
+                "_tid": tid,
+            }
+        for link in ev.links:
+            self.links[(tid, int(link.index))] = {"idx": int(link.index), "url": link.url}
+
+    def write(self, conn: Connection) -> None:
+        if self.messages:
+            _upsert(conn, messages, list(self.messages.values()), ["tracking_id"])
+        ids = _message_ids(conn, list(self.messages))
+        if self.recipients:
+            rows = [{"message": ids[tid], **row} for (tid, _), row in self.recipients.items()]
+            _upsert(conn, recipients, rows, ["message", "address"])
+        if self.links:
+            rows = [{"message": ids[tid], **row} for (tid, _), row in self.links.items()]
+            _upsert(conn, links, rows, ["message", "idx"])
+        if self.events:
+            rows = []
+            for row in self.events.values():
+                row = dict(row)
+                tid = row.pop("_tid")
+                row["message"] = ids[tid] if tid is not None else None
+                rows.append(row)
+            _upsert(conn, events, rows, ["dedup_key"])
+
+
+def _insert(conn: Connection, table: Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise StoreError(f"no upsert for dialect {conn.dialect.name}")  # pragma: no cover
+
+
+def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """INSERT … ON CONFLICT (keys) DO UPDATE: both backends, same semantics, one round trip."""
+    ins = _insert(conn, table)
+    update = {c: ins.excluded[c] for c in rows[0] if c not in keys}
+    stmt: Insert = ins.on_conflict_do_update(index_elements=keys, set_=update)
+    conn.execute(stmt, rows)
+
+
+def _message_ids(conn: Connection, tracking_ids: list[str]) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    # Chunked: old SQLite builds allow only 999 bound parameters per statement.
+    for start in range(0, len(tracking_ids), 500):
+        chunk = tracking_ids[start : start + 500]
+        query = select(messages.c.tracking_id, messages.c.id).where(
+            messages.c.tracking_id.in_(chunk)
+        )
+        for tid, mid in conn.execute(query):
+            ids[tid] = mid
+    return ids
+
+
+def _views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageView]:
+    if not rows:
+        return []
+    ids = [row.id for row in rows]
+    rcpts: dict[int, list[RecipientView]] = defaultdict(list)
+    for r in conn.execute(
+        select(recipients).where(recipients.c.message.in_(ids)).order_by(recipients.c.id)
+    ):
+        rcpts[r.message].append(RecipientView(r.address, r.outcome, r.status, r.text, r.at))
+    lnks: dict[int, list[LinkView]] = defaultdict(list)
+    for r in conn.execute(select(links).where(links.c.message.in_(ids)).order_by(links.c.idx)):
+        lnks[r.message].append(LinkView(r.idx, r.url))
+    evs: dict[int, list[EventView]] = defaultdict(list)
+    for r in conn.execute(
+        select(events).where(events.c.message.in_(ids)).order_by(events.c.at, events.c.id)
+    ):
+        evs[r.message].append(
+            EventView(r.kind, r.at, r.recipient, r.source, r.status, r.code, r.text, r.data)
+        )
+    return [
+        MessageView(
+            tracking_id=m.tracking_id,
+            direction=m.direction,
+            end_reason=m.end_reason,
+            sender=m.sender,
+            started_at=m.started_at,
+            finished_at=m.finished_at,
+            queue_id=m.queue_id,
+            message_id=m.message_id,
+            client_addr=m.client_addr,
+            client_name=m.client_name,
+            auth_user=m.auth_user,
+            helo=m.helo,
+            size=m.size,
+            rewritten=bool(m.rewritten),
+            skip_reason=m.skip_reason,
+            pixel=bool(m.pixel),
+            tracking_header=bool(m.tracking_header),
+            link_count=m.link_count,
+            mta=m.mta,
+            recipients=tuple(rcpts[m.id]),
+            links=tuple(lnks[m.id]),
+            events=tuple(evs[m.id]),
+        )
+        for m in rows
+    ]

@@ -1,0 +1,109 @@
+"""Read-side snapshots of stored messages: frozen dataclasses with a JSON-ready ``to_dict``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@dataclass(frozen=True)
+class RecipientView:
+    """A recipient as our MTA answered it in-line (``outcome`` is accepted or refused)."""
+
+    address: str
+    outcome: str
+    status: str
+    text: str
+    at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "outcome": self.outcome,
+            "status": self.status,
+            "text": self.text,
+            "at": _iso(self.at),
+        }
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """A rewritten link: its index in the message (the one in the token) and the original URL."""
+
+    index: int
+    url: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "url": self.url}
+
+
+@dataclass(frozen=True)
+class EventView:
+    """One entry of a message's timeline: what happened, when, and the evidence."""
+
+    kind: str
+    at: datetime | None
+    recipient: str | None = None
+    source: str = ""
+    status: str = ""
+    code: str = ""
+    text: str = ""
+    # Kind-specific evidence (user agent, verdict reasons, DSN fields); JSON-compatible.
+    data: dict[str, Any] | None = field(default=None, hash=False, compare=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "at": _iso(self.at),
+            "recipient": self.recipient,
+            "source": self.source,
+            "status": self.status,
+            "code": self.code,
+            "text": self.text,
+            "data": self.data,
+        }
+
+
+@dataclass(frozen=True)
+class MessageView:
+    """A stored message with its recipients, links and timeline (events ordered by time)."""
+
+    tracking_id: str
+    direction: str
+    end_reason: str
+    sender: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_id: str = ""
+    message_id: str = ""  # without angle brackets
+    client_addr: str = ""
+    client_name: str = ""
+    auth_user: str = ""
+    helo: str = ""
+    size: int = 0
+    rewritten: bool = False
+    skip_reason: str = ""
+    pixel: bool = False
+    tracking_header: bool = False
+    link_count: int = 0
+    mta: str = ""
+    recipients: tuple[RecipientView, ...] = ()
+    links: tuple[LinkView, ...] = ()
+    events: tuple[EventView, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, datetime):
+                out[f.name] = value.isoformat()
+            elif isinstance(value, tuple):
+                out[f.name] = [item.to_dict() for item in value]
+            else:
+                out[f.name] = value
+        return out
