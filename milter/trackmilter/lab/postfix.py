@@ -459,7 +459,7 @@ class PostfixInstance:
                 return True
         return False
 
-    def _instance_pids(self) -> list[int]:
+    def instance_pids(self) -> list[int]:
         """Pids of processes working in this instance's queue directory (its daemons)."""
         pids = []
         for entry in Path("/proc").iterdir():
@@ -488,9 +488,9 @@ class PostfixInstance:
                 wait_until(lambda: process_gone(pid), 10, what=f"master {pid} to die")
         # Children notice the master's exit on their status pipe and leave on their own.
         try:
-            wait_until(lambda: not self._instance_pids(), timeout, what="daemons to exit")
+            wait_until(lambda: not self.instance_pids(), timeout, what="daemons to exit")
         except TimeoutError:
-            for child in self._instance_pids():
+            for child in self.instance_pids():
                 os.kill(child, signal.SIGKILL)
         self._master_pid = None
 
