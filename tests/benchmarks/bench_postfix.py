@@ -230,13 +230,14 @@ level = "warning"
 
 
 def start_milters(
-    bench: Bench, variants: list[str], sock_dir: Path, python: str
-) -> list[MilterProcess]:
-    procs: list[MilterProcess] = []
+    bench: Bench, variants: list[str], sock_dir: Path, python: str, procs: list[MilterProcess]
+) -> None:
+    """Start the milters of `variants`, appending each to `procs` as soon as it runs."""
     bench.milters["none"] = None
     if "null" in variants:
         sock = sock_dir / "null.sock"
-        procs.append(MilterProcess([python, str(NULLMILTER), f"unix:{sock}"], sock).start())
+        procs.append(MilterProcess([python, str(NULLMILTER), f"unix:{sock}"], sock))
+        procs[-1].start()
         bench.milters["null"] = procs[-1].spec
         bench.pids["null"] = procs[-1].pid
     if "trackmilter" in variants:
@@ -247,10 +248,10 @@ def start_milters(
         if up.returncode != 0:
             print(f"note: trackmilter db upgrade exited {up.returncode}: {up.stderr.strip()}")
         log = bench.work / "trackmilter.log"
-        procs.append(MilterProcess([*base, "milter"], sock, log_path=log, cwd=bench.work).start())
+        procs.append(MilterProcess([*base, "milter"], sock, log_path=log, cwd=bench.work))
+        procs[-1].start()
         bench.milters["trackmilter"] = procs[-1].spec
         bench.pids["trackmilter"] = procs[-1].pid
-    return procs
 
 
 def report(runs: list[Run], variants: list[str], args: argparse.Namespace) -> int:
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pf.start()
         bench = Bench(args, work, pf, msg_file)
-        procs = start_milters(bench, variants, make_socket_dir(work / "sock"), args.python)
+        start_milters(bench, variants, make_socket_dir(work / "sock"), args.python, procs)
         if args.warmup:
             for v in variants:
                 bench.run(v, args.warmup)
