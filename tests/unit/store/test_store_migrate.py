@@ -1,0 +1,150 @@
+"""Migrations: upgrade creates exactly schema.py's tables; the store refuses a stale schema."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from trackmilter.store import (
+    SchemaTooOld,
+    SQLStore,
+    StoreConfigError,
+    current_revision,
+    head_revision,
+    upgrade,
+)
+from trackmilter.store.engine import make_engine
+from trackmilter.store.migrate import MIGRATIONS_DIR, VERSION_TABLE, alembic_config
+from trackmilter.store.schema import metadata
+
+TABLES = {"messages", "recipients", "links", "events", VERSION_TABLE}
+
+
+def test_upgrade_creates_schema(db_url: str) -> None:
+    assert current_revision(db_url) is None
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision()
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            assert set(inspect(conn).get_table_names()) == TABLES
+            # The hand-written migration and schema.py must describe the same database.
+            ctx = MigrationContext.configure(
+                conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
+            )
+            assert compare_metadata(ctx, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_twice_is_a_no_op(db_url: str) -> None:
+    upgrade(db_url)
+    upgrade(db_url)
+    assert current_revision(db_url) == head_revision()
+
+
+def test_sqlite_upgrade_uses_wal(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    upgrade(url)
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "t.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("make_dir", "mode", "message"),
+    [
+        pytest.param(False, None, "does not exist", id="missing-directory"),
+        pytest.param(True, 0o500, "not writable", id="read-only-directory"),
+    ],
+)
+def test_sqlite_upgrade_names_unusable_directory(
+    tmp_path: Path, make_dir: bool, mode: int | None, message: str
+) -> None:
+    directory = tmp_path / "db"
+    if make_dir:
+        directory.mkdir()
+    if mode is not None:
+        if os.geteuid() == 0:
+            pytest.skip("root can write to read-only directories")
+        directory.chmod(mode)
+    with pytest.raises(StoreConfigError, match=message) as info:
+        upgrade(f"sqlite:///{directory}/t.db")
+    assert str(directory) in str(info.value)
+    assert not (directory / "t.db").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("not a url", id="garbage"),
+        pytest.param("mysql://localhost/x", id="unsupported-backend"),
+        pytest.param("postgresql+nosuchdriver://localhost/x", id="unknown-driver"),
+    ],
+)
+def test_bad_url_is_a_config_error(url: str) -> None:
+    with pytest.raises(StoreConfigError):
+        upgrade(url)
+    with pytest.raises(StoreConfigError):
+        SQLStore(url)
+
+
+def test_store_refuses_database_without_schema(db_url: str) -> None:
+    store = SQLStore(db_url)
+    try:
+        with pytest.raises(SchemaTooOld, match="run `trackmilter db upgrade`"):
+            store.ping()
+        with pytest.raises(SchemaTooOld):
+            store.lookup("x")
+    finally:
+        store.close()
+
+
+def test_store_refuses_older_schema(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "base")
+    finally:
+        engine.dispose()
+    assert current_revision(db_url) is None
+    store = SQLStore(db_url)
+    try:
+        with pytest.raises(SchemaTooOld, match="trackmilter db upgrade"):
+            store.ping()
+    finally:
+        store.close()
+
+
+def test_store_refuses_unknown_newer_schema(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE {VERSION_TABLE} SET version_num = '9999'")
+    finally:
+        engine.dispose()
+    store = SQLStore(db_url)
+    try:
+        with pytest.raises(StoreConfigError, match="newer version"):
+            store.ping()
+    finally:
+        store.close()
+
+
+def test_migrations_ship_as_package_data() -> None:
+    # pyproject's package-data globs: store/migrations/*.py and store/migrations/versions/*.py
+    assert (MIGRATIONS_DIR / "env.py").is_file()
+    assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py"))
+    assert not (MIGRATIONS_DIR / "__init__.py").exists()
