@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from trackmilter.lab import (
     postfix_available,
     wait_until,
 )
+from trackmilter.lab import daemon as tmd
 
 VARIANTS = ("none", "null", "trackmilter")
 SENDER = "news@shop.example.org"
@@ -200,35 +200,6 @@ class Bench:
         return Run(variant, messages, seconds, e2e, count, warnings, ok, cpu)
 
 
-def write_trackmilter_config(work: Path, socket: Path) -> Path:
-    secret = work / "secret"
-    secret.write_text(secrets.token_hex(32) + "\n")
-    secret.chmod(0o600)
-    cfg = work / "trackmilter.toml"
-    cfg.write_text(
-        f"""[milter]
-socket = "unix:{socket}"
-
-[tracking]
-base_url = "https://t.example"
-secret_file = "{secret}"
-
-[database]
-url = "sqlite:///{work / "tm.db"}"
-
-[store]
-spool_dir = "{work / "spool"}"
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[log]
-level = "warning"
-"""
-    )
-    return cfg
-
-
 def start_milters(
     bench: Bench, variants: list[str], sock_dir: Path, python: str, procs: list[MilterProcess]
 ) -> None:
@@ -242,13 +213,8 @@ def start_milters(
         bench.pids["null"] = procs[-1].pid
     if "trackmilter" in variants:
         sock = sock_dir / "trackmilter.sock"
-        cfg = write_trackmilter_config(bench.work, sock)
-        base = [python, "-m", "trackmilter", "--config", str(cfg)]
-        up = subprocess.run([*base, "db", "upgrade"], capture_output=True, text=True, check=False)
-        if up.returncode != 0:
-            print(f"note: trackmilter db upgrade exited {up.returncode}: {up.stderr.strip()}")
-        log = bench.work / "trackmilter.log"
-        procs.append(MilterProcess([*base, "milter"], sock, log_path=log, cwd=bench.work))
+        cfg = tmd.write_config(bench.work, sock, metrics_listen="127.0.0.1:0", log_level="warning")
+        procs.append(tmd.milter_process(cfg, sock, python=python))
         procs[-1].start()
         bench.milters["trackmilter"] = procs[-1].spec
         bench.pids["trackmilter"] = procs[-1].pid
