@@ -45,12 +45,16 @@ def render(messages: Iterable[Mapping[str, Any]]) -> str:
             out.append(f"  tracking: message not modified ({m['skip_reason']})")
         if _END.get(m.get("end_reason", ""), ""):
             out.append(f"  {_END[m['end_reason']]}")
+        timeline = list(m.get("events", ()))
         for r in m.get("recipients", ()):
             out.append(f"  {r['address']}")
-            events = r.get("events", ())
+            events = [ev for ev in timeline if ev.get("recipient") == r["address"]]
             for ev in events:
                 out.append(f"    {ev.get('at', '')}  {describe_event(ev)}")
             if not events:
                 out.append("    no evidence yet: unknown")
+        for ev in timeline:
+            if not ev.get("recipient"):
+                out.append(f"  {ev.get('at', '')}  {describe_event(ev)}")
         out.append("")
     return "\n".join(out)

@@ -7,16 +7,24 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from trackmilter.lab.milterproc import MilterProcess
+from trackmilter.lab.postfix import wait_until
 
 BASE_URL = "https://t.example"
 
 
-def write_config(workdir: Path, socket_path: Path, *, base_url: str = BASE_URL,
-                 metrics_listen: str = "", log_level: str = "info",
-                 extra: dict[str, dict[str, Any]] | None = None) -> Path:
+def write_config(
+    workdir: Path,
+    socket_path: Path,
+    *,
+    base_url: str = BASE_URL,
+    metrics_listen: str = "",
+    log_level: str = "info",
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     """A TOML config with a fresh HMAC key, a SQLite store and a spool inside ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     secret = workdir / "secret"
@@ -27,8 +35,11 @@ def write_config(workdir: Path, socket_path: Path, *, base_url: str = BASE_URL,
         "milter": {"socket": f"unix:{socket_path}", "mta_name": "lab.example"},
         "tracking": {"base_url": base_url, "secret_file": str(secret)},
         "database": {"url": f"sqlite:///{workdir / 'trackmilter.db'}"},
-        "store": {"spool_dir": str(workdir / "spool"), "flush_interval": 0.05,
-                  "retry_interval": 0.5},
+        "store": {
+            "spool_dir": str(workdir / "spool"),
+            "flush_interval": 0.05,
+            "retry_interval": 0.5,
+        },
         "metrics": {"listen": metrics_listen},
         "log": {"format": "json", "level": log_level},
     }
@@ -51,17 +62,43 @@ def command(config: Path, *args: str, python: str = sys.executable) -> list[str]
 
 def milter_process(config: Path, socket_path: Path, python: str = sys.executable) -> MilterProcess:
     """The daemon, not started; upgrade the schema first so it starts on a ready store."""
-    subprocess.run(command(config, "db", "upgrade", python=python), check=True,
-                   capture_output=True, timeout=60)
-    return MilterProcess(command(config, "milter", python=python), socket_path,
-                         log_path=config.parent / "milter.log")
+    subprocess.run(
+        command(config, "db", "upgrade", python=python), check=True, capture_output=True, timeout=60
+    )
+    return MilterProcess(
+        command(config, "milter", python=python), socket_path, log_path=config.parent / "milter.log"
+    )
 
 
 def status(config: Path, ident: str, python: str = sys.executable) -> list[dict[str, Any]]:
     """``trackmilter status --json IDENT`` (empty list when nothing matches)."""
-    proc = subprocess.run(command(config, "status", "--json", ident, python=python),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        command(config, "status", "--json", ident, python=python),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"trackmilter status failed ({proc.returncode}): {proc.stderr}")
     result: list[dict[str, Any]] = json.loads(proc.stdout) if proc.stdout.strip() else []
     return result
+
+
+def wait_status(
+    config: Path,
+    ident: str,
+    predicate: Callable[[list[dict[str, Any]]], bool] = bool,
+    timeout: float = 20.0,
+    python: str = sys.executable,
+) -> list[dict[str, Any]]:
+    """Poll ``status`` until ``predicate`` holds for what it shows (the writer is asynchronous)."""
+    last: list[list[dict[str, Any]]] = [[]]
+
+    def check() -> list[dict[str, Any]] | None:
+        last[0] = status(config, ident, python)
+        return last[0] if predicate(last[0]) else None
+
+    try:
+        return wait_until(check, timeout, interval=0.2, what=f"status of {ident}")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; last status: {json.dumps(last[0], indent=1)}") from None
