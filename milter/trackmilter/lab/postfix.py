@@ -442,11 +442,15 @@ class PostfixInstance:
         warnings = self._run([POSTFIX, "-c", str(self.config_dir), "check"], check=False)
         if "fatal" in warnings:
             raise PostfixError(f"postfix check failed for {self.config_dir}: {warnings}")
-        self.postfix("start", timeout=timeout)
-        self._master_pid = wait_until(
-            lambda: self.master_pid, timeout, what=f"master pid in {self.queue_dir}/pid"
-        )
-        wait_until(self._smtpd_listening, timeout, what=f"smtpd on 127.0.0.1:{self.smtp_port}")
+        try:
+            self.postfix("start", timeout=timeout)
+            self._master_pid = wait_until(
+                lambda: self.master_pid, timeout, what=f"master pid in {self.queue_dir}/pid"
+            )
+            wait_until(self._smtpd_listening, timeout, what=f"smtpd on 127.0.0.1:{self.smtp_port}")
+        except BaseException:
+            self.stop()  # a half-started master must not outlive the failure
+            raise
         return self
 
     def _smtpd_listening(self) -> bool:
