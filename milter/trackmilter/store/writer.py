@@ -37,6 +37,7 @@ class BatchWriter:
         flush_interval: float = 0.2,
         retry_interval: float = 5.0,
         high_water: int = 10_000,
+        overflow_limit: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         logger: Log | None = None,
     ) -> None:
@@ -52,6 +53,8 @@ class BatchWriter:
         self._flush_interval = flush_interval
         self._retry_interval = retry_interval
         self._high_water = high_water
+        # Room for bursts while the spooler fsyncs; beyond it even the disk cannot keep up.
+        self._overflow_limit = overflow_limit if overflow_limit is not None else 4 * high_water
         self._clock = clock
         self._log: Log = logger if logger is not None else structlog.get_logger("trackmilter.store")
         self._spool = Spool(spool_dir, self._log)
@@ -107,7 +110,7 @@ class BatchWriter:
                     if len(self._queue) == 1 or len(self._queue) >= self._max_batch:
                         self._work.notify()
                     return
-                elif len(self._overflow) < self._high_water:
+                elif len(self._overflow) < self._overflow_limit:
                     self._overflow.append(event)
                     self._spooler.notify()
                     return
