@@ -34,8 +34,8 @@ CORPUS_HTML = REPO.parent / "shared" / "corpus" / "html"
 DEFAULT_TEMPLATE = CORPUS_HTML / "postmark" / "basic-receipt.html"
 NULLMILTER = HERE / "nullmilter.py"
 
-sys.path.insert(0, str(REPO / "milter"))
-from trackmilter.lab import (
+sys.path.insert(0, str(REPO / "milter"))  # run from a checkout without installing
+from trackmilter.lab import (  # noqa: E402
     MilterProcess,
     PostfixInstance,
     free_port,
@@ -43,7 +43,7 @@ from trackmilter.lab import (
     postfix_available,
     wait_until,
 )
-from trackmilter.lab import daemon as tmd
+from trackmilter.lab import daemon as tmd  # noqa: E402
 
 VARIANTS = ("none", "null", "trackmilter")
 SENDER = "news@shop.example.org"

@@ -9,12 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-# tests/ is not a package; make `tests.support` importable however pytest was started.
-_REPO = Path(__file__).resolve().parents[2]
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
 from tests.support import NULLMILTER
 from tests.support.lab import NullMilter, PostfixFactory
 

@@ -172,8 +172,10 @@ def test_dkim_signed_and_opted_out_pass_byte_identical(rig: Rig) -> None:
                                {"X-Trackmilter-Opt-Out": "yes"})):
         raw = html_message('<a href="https://example.com/d">d</a>', extra=extra,
                            to=f"dk{n}@example.net")
-        rig.send(raw, [f"dk{n}@example.net"])
-        got = rig.mx.wait_for(lambda ms: [m for m in ms if f"dk{n}@example.net" in m.recipients], 30)[0]
+        rcpt = f"dk{n}@example.net"
+        rig.send(raw, [rcpt])
+        got = rig.mx.wait_for(
+            lambda ms, rcpt=rcpt: [m for m in ms if rcpt in m.recipients], 30)[0]
         assert got.body == raw.partition(b"\r\n\r\n")[2]
         assert b"X-Trackmilter-ID" not in got.data
 

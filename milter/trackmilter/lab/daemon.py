@@ -6,8 +6,8 @@ import json
 import secrets
 import subprocess
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from trackmilter.lab.milterproc import MilterProcess
