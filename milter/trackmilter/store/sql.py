@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Row, Table, exc, or_, select
+from sqlalchemy import Connection, Insert, Row, Table, exc, select, union
 from sqlalchemy.dialects import postgresql, sqlite
 
 from trackmilter.model import Event, MessageRecorded
@@ -82,21 +82,23 @@ class SQLStore:
         if not ident:
             return []
         addr = normalize_address(ident)
-        where = or_(
-            messages.c.tracking_id == ident.lower(),
-            messages.c.queue_id == ident,
-            messages.c.message_id == strip_brackets(ident)[:MAX_INDEXED_CHARS],
-            messages.c.id.in_(select(recipients.c.message).where(recipients.c.address == addr)),
-            # Later layers may record events for a recipient the milter never saw in-line.
-            messages.c.id.in_(
-                select(events.c.message).where(
-                    events.c.recipient == addr, events.c.message.is_not(None)
-                )
+        # A UNION of index lookups, not one WHERE … OR …: PostgreSQL answers the OR form
+        # by scanning every message.
+        candidates = union(
+            select(messages.c.id).where(messages.c.tracking_id == ident.lower()),
+            select(messages.c.id).where(messages.c.queue_id == ident),
+            select(messages.c.id).where(
+                messages.c.message_id == strip_brackets(ident)[:MAX_INDEXED_CHARS]
             ),
-        )
+            select(recipients.c.message).where(recipients.c.address == addr),
+            # Later layers may record events for a recipient the milter never saw in-line.
+            select(events.c.message).where(
+                events.c.recipient == addr, events.c.message.is_not(None)
+            ),
+        ).subquery()
         query = (
             select(messages)
-            .where(where)
+            .where(messages.c.id.in_(select(candidates.c.id)))
             .order_by(messages.c.started_at.desc(), messages.c.id.desc())
             .limit(limit)
         )
