@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine
-from store_helpers import BACKENDS, PG_URL, SocketProxy, pg_target, with_schema
+from tests.unit.store.store_helpers import BACKENDS, PG_URL, SocketProxy, pg_target, with_schema
 
 from trackmilter.metrics import Metrics
 

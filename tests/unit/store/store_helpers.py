@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -223,3 +224,25 @@ def via_proxy(url: str, proxy: SocketProxy) -> str:
     query = {k: v for k, v in parsed.query.items() if k not in ("host", "port")}
     query |= {"host": proxy.directory, "port": "5432"}
     return parsed.set(query=query).render_as_string(hide_password=False)
+
+
+class ListLog:
+    """A structlog stand-in that keeps what was logged."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+
+    def _add(self, level: str, event: str, **kw: Any) -> None:
+        self.records.append((level, event, kw))
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._add("info", event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._add("warning", event, **kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._add("error", event, **kw)
+
+    def events(self) -> list[str]:
+        return [e for _, e, _ in self.records]

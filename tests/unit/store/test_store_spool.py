@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from store_helpers import make_message
+from tests.unit.store.store_helpers import ListLog, make_message
 
 from trackmilter.model import Event
 from trackmilter.store.spool import REJECTED_FILE, Spool, encode
-
-
-class ListLog:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str, dict[str, Any]]] = []
-
-    def _add(self, level: str, event: str, **kw: Any) -> None:
-        self.records.append((level, event, kw))
-
-    def info(self, event: str, **kw: Any) -> None:
-        self._add("info", event, **kw)
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self._add("warning", event, **kw)
-
-    def error(self, event: str, **kw: Any) -> None:
-        self._add("error", event, **kw)
-
-    def events(self) -> list[str]:
-        return [e for _, e, _ in self.records]
 
 
 def ids(events: list[Event]) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from store_helpers import PG_SKIP, PG_URL, T0, make_message, row_counts
+from tests.unit.store.store_helpers import PG_SKIP, PG_URL, T0, make_message, row_counts
 
 from trackmilter.model import RcptOutcome, RecipientRecord
 from trackmilter.store import (

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from store_helpers import (
+from tests.unit.store.store_helpers import (
     PG_SKIP,
     PG_URL,
+    ListLog,
     SocketProxy,
     make_message,
     row_counts,
@@ -23,7 +24,6 @@ from store_helpers import (
     wait_for,
     with_schema,
 )
-from test_store_spool import ListLog
 
 from trackmilter.metrics import Metrics
 from trackmilter.model import Event
