@@ -7,7 +7,8 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,11 +20,13 @@ from trackmilter.metrics import Metrics
 from trackmilter.model import (
     Direction,
     EndReason,
+    Event,
     LinkRecord,
     MessageRecorded,
     RcptOutcome,
     RecipientRecord,
 )
+from trackmilter.store import EventRejected, MessageView, StoreUnavailable
 from trackmilter.store.engine import make_engine
 from trackmilter.store.schema import events, links, messages, recipients
 
@@ -246,3 +249,51 @@ class ListLog:
 
     def events(self) -> list[str]:
         return [e for _, e, _ in self.records]
+
+
+class FakeStore:
+    """Implements the Store protocol in memory; can be down, hang, or refuse chosen events."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.attempts = 0
+        self.down = False
+        self.gate: threading.Event | None = None  # while set to an unset Event, write hangs
+        self.entered = threading.Event()
+        self.refuse: set[str] = set()
+        self._lock = threading.Lock()
+
+    def write(self, events: Sequence[Event]) -> None:
+        with self._lock:
+            self.attempts += 1
+        if self.gate is not None:
+            self.entered.set()
+            self.gate.wait()
+        if self.down:
+            raise StoreUnavailable("fake database is down")
+        if any(e.tracking_id in self.refuse for e in events):
+            raise EventRejected("fake database refuses it")
+        with self._lock:
+            self.batches.append([e.tracking_id for e in events])
+
+    def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]:
+        return []
+
+    def ping(self) -> None:
+        if self.down:
+            raise StoreUnavailable("fake database is down")
+
+    def close(self) -> None:
+        pass
+
+    def written(self) -> list[str]:
+        with self._lock:
+            return [tid for batch in self.batches for tid in batch]
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 from tests.unit.store.store_helpers import (
     PG_SKIP,
     PG_URL,
+    FakeClock,
+    FakeStore,
     ListLog,
     SocketProxy,
     make_message,
@@ -26,64 +28,12 @@ from tests.unit.store.store_helpers import (
 )
 
 from trackmilter.metrics import Metrics
-from trackmilter.model import Event
 from trackmilter.store import (
-    EventRejected,
-    MessageView,
     SQLStore,
     StoreConfigError,
-    StoreUnavailable,
 )
 from trackmilter.store.spool import REJECTED_FILE, Spool
 from trackmilter.store.writer import BatchWriter
-
-
-class FakeStore:
-    """Implements the Store protocol in memory; can be down, hang, or refuse chosen events."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[str]] = []
-        self.attempts = 0
-        self.down = False
-        self.gate: threading.Event | None = None  # while set to an unset Event, write hangs
-        self.entered = threading.Event()
-        self.refuse: set[str] = set()
-        self._lock = threading.Lock()
-
-    def write(self, events: Sequence[Event]) -> None:
-        with self._lock:
-            self.attempts += 1
-        if self.gate is not None:
-            self.entered.set()
-            self.gate.wait()
-        if self.down:
-            raise StoreUnavailable("fake database is down")
-        if any(e.tracking_id in self.refuse for e in events):
-            raise EventRejected("fake database refuses it")
-        with self._lock:
-            self.batches.append([e.tracking_id for e in events])
-
-    def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]:
-        return []
-
-    def ping(self) -> None:
-        if self.down:
-            raise StoreUnavailable("fake database is down")
-
-    def close(self) -> None:
-        pass
-
-    def written(self) -> list[str]:
-        with self._lock:
-            return [tid for batch in self.batches for tid in batch]
-
-
-@dataclass
-class FakeClock:
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -330,8 +280,12 @@ def _sqlite_locked(tmp_path: Path) -> Outage:
         conn.execute("ROLLBACK")
         conn.close()
 
+    def release() -> None:
+        for conn in holder:
+            conn.close()
+
     outage = Outage(url, url, starts_down=False, down_fn=down, up_fn=up)
-    outage.cleanup.append(lambda: [c.close() for c in holder])
+    outage.cleanup.append(release)
     return outage
 
 
