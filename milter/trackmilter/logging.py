@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -15,7 +16,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _SECRET_KEYS = frozenset({"secret", "secrets", "key", "password", "token_key", "hmac_key"})
 
 
-def _drop_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for k in _SECRET_KEYS.intersection(event):
         event[k] = "[redacted]"
     return event

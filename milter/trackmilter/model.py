@@ -121,7 +121,8 @@ class MessageRecorded:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["kind"] = self.kind
-        return _jsonable(data)
+        result: dict[str, Any] = _jsonable(data)
+        return result
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MessageRecorded:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import Milter
 
@@ -31,6 +31,19 @@ from trackmilter.rewrite import RewriteOptions, RewriteResult, rewrite_message
 from trackmilter.tokens import Signer, UnsignableURL
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# pymilter is untyped: give its constants and decorators types once, here.
+CONTINUE: int = Milter.CONTINUE
+
+
+def noreply(func: F) -> F:
+    """Tell the MTA not to wait for this callback's reply (Postfix: milter protocol 6)."""
+    return cast(F, Milter.noreply(func))
+
+
+def nocallback(func: F) -> F:
+    """Tell the MTA not to call this callback at all."""
+    return cast(F, Milter.nocallback(func))
 
 
 class EventSink(Protocol):
@@ -75,7 +88,7 @@ def guarded(stage: str) -> Callable[[F], F]:
                     self.tx.failed = True
                 self.log.exception("callback_failed", stage=stage,
                                    tracking_id=self.tx.tracking_id if self.tx else None)
-                return Milter.CONTINUE
+                return CONTINUE
             finally:
                 self.deps.metrics.callback_seconds.labels(stage).observe(
                     time.perf_counter() - start)
@@ -100,7 +113,7 @@ class Session(Milter.Base):  # type: ignore[misc]
 
     # --- connection ---
 
-    @Milter.noreply
+    @noreply
     @guarded("connect")
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         self.client_name = hostname or ""
@@ -108,17 +121,17 @@ class Session(Milter.Base):  # type: ignore[misc]
             self.client_addr = str(hostaddr[0])
         elif isinstance(hostaddr, str) and family in (socket.AF_INET, socket.AF_INET6):
             self.client_addr = hostaddr  # pymilter's TestCtx passes the bare address
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.noreply
+    @noreply
     @guarded("helo")
     def hello(self, hostname: str) -> int:
         self.helo = hostname or ""
-        return Milter.CONTINUE
+        return CONTINUE
 
     # --- transaction ---
 
-    @Milter.noreply
+    @noreply
     @guarded("envfrom")
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self._end_open_transaction(EndReason.ABORTED)
@@ -129,13 +142,13 @@ class Session(Milter.Base):  # type: ignore[misc]
         tx.direction = policy.direction_of(self.client_addr, auth, sender,
                                            self.deps.settings.milter)
         self.tx = tx
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.noreply
+    @noreply
     @guarded("envrcpt")
     def envrcpt(self, to: str, *params: str) -> int:
         if self.tx is None:
-            return Milter.CONTINUE
+            return CONTINUE
         address = policy.normalise_address(to)
         if self.getsymval("{rcpt_mailer}") == "error":
             # Postfix passes refusals to milters that ask (P_RCPT_REJ): the enhanced code in
@@ -147,14 +160,14 @@ class Session(Milter.Base):  # type: ignore[misc]
         else:
             rec = RecipientRecord(address, RcptOutcome.ACCEPTED, at=self.deps.clock())
         self.tx.recipients.append(rec)
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.noreply
+    @noreply
     @guarded("header")
     def header(self, name: str, value: str) -> int:
         tx = self.tx
         if tx is None:
-            return Milter.CONTINUE
+            return CONTINUE
         key = name.lower()
         if key == "content-type":
             tx.content_type = value
@@ -169,51 +182,51 @@ class Session(Milter.Base):  # type: ignore[misc]
         elif key == self.deps.settings.tracking.header.lower():
             tx.already_tracked = True
         tx.size += len(name) + len(value) + 4
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.noreply
+    @noreply
     @guarded("body")
     def body(self, chunk: bytes) -> int:
         tx = self.tx
         if tx is None:
-            return Milter.CONTINUE
+            return CONTINUE
         tx.size += len(chunk)
         if self._may_modify(tx) and not policy.too_large(tx, self.deps.settings.milter):
             tx.body.append(chunk)
         else:
             tx.body.clear()
-        return Milter.CONTINUE
+        return CONTINUE
 
     @guarded("eom")
     def eom(self) -> int:
         tx = self.tx
         if tx is None:
-            return Milter.CONTINUE
+            return CONTINUE
         self.tx = None
         tx.queue_id = self.getsymval("i") or ""
         try:
             self._finish_message(tx)
         finally:
             tx.body.clear()
-        return Milter.CONTINUE
+        return CONTINUE
 
     @guarded("abort")
     def abort(self) -> int:
         self._end_open_transaction(EndReason.ABORTED)
-        return Milter.CONTINUE
+        return CONTINUE
 
     @guarded("close")
     def close(self) -> int:
         self._end_open_transaction(EndReason.ABORTED)
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.nocallback
+    @nocallback
     def data(self) -> int:
-        return Milter.CONTINUE
+        return CONTINUE
 
-    @Milter.nocallback
+    @nocallback
     def unknown(self, cmd: str) -> int:
-        return Milter.CONTINUE
+        return CONTINUE
 
     # --- internals ---
 
