@@ -1,0 +1,302 @@
+"""Walk a message body's MIME tree over raw bytes and rewrite links in the parts that hold them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from trackmilter.rewrite import charset as charsets
+from trackmilter.rewrite import htmlscan, textscan, transfer
+from trackmilter.rewrite.links import LinkPolicy, check_replacement, normalize
+from trackmilter.rewrite.mime import (
+    ContentType,
+    PartHeaders,
+    parse_content_type,
+    parse_headers,
+    split_multipart,
+)
+from trackmilter.rewrite.model import Link, RewriteOptions, RewriteResult, SkipReason
+
+__all__ = ["rewrite_message"]
+
+Linker = Callable[[int, str], str]
+
+_MAX_DEPTH = 32  # deeper nesting is malformed or hostile; leave it alone
+_PIXEL = (
+    '<img src="{}" width="1" height="1" alt="" '
+    'style="display:block;width:1px;height:1px;border:0" />'
+)
+_CTE_FIELD = b"Content-Transfer-Encoding"
+_QP = "quoted-printable"
+_Edit = tuple[int, int, bytes]
+
+
+@dataclass(slots=True)
+class _Run:
+    """Mutable state of one rewrite_message call (never shared between calls)."""
+
+    buf: bytes
+    eol: bytes
+    options: RewriteOptions
+    policy: LinkPolicy
+    optout: bytes
+    linker: Linker
+    pixel: bytes | None
+    links: list[Link] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    edits: list[_Edit] = field(default_factory=list)
+    leaf: int = 0
+    pixel_added: bool = False
+    top_cte: str | None = None
+
+    def skip(self, reason: str) -> None:
+        self.skipped.append((self.leaf, reason))
+
+
+def rewrite_message(
+    content_type: str | None,
+    transfer_encoding: str | None,
+    body: bytes,
+    linker: Linker,
+    pixel_url: str | None,
+    options: RewriteOptions,
+) -> RewriteResult:
+    """Rewrite the links of a message body (the bytes after the header's blank line).
+
+    `content_type` and `transfer_encoding` are the top-level header values (None: absent).
+    Only the leaf parts that change are re-encoded; every other byte is kept as it was.
+    """
+    pixel = None
+    if pixel_url is not None:
+        src = check_replacement(pixel_url, "pixel_url").replace("&", "&amp;")
+        pixel = _PIXEL.format(src).encode("ascii")
+    nl = body.find(b"\n")
+    # SMTP and the milter protocol use CRLF; files on disk usually LF. Never mix them.
+    eol = b"\n" if nl >= 0 and (nl == 0 or body[nl - 1] != 0x0D) else b"\r\n"
+    run = _Run(
+        buf=body,
+        eol=eol,
+        options=options,
+        policy=LinkPolicy.from_options(options),
+        optout=options.optout_attribute.lower().encode("ascii", "replace"),
+        linker=linker,
+        pixel=pixel,
+    )
+    cte = (transfer_encoding or "7bit").strip().lower()
+    _entity(run, parse_content_type(content_type), cte, None, 0, len(body), 0)
+    skipped = tuple(run.skipped)
+    if not run.edits:
+        return RewriteResult(None, (), False, None, skipped)
+    run.edits.sort()
+    pieces: list[bytes] = []
+    last = 0
+    for start, end, new in run.edits:
+        pieces.append(body[last:start])
+        pieces.append(new)
+        last = end
+    pieces.append(body[last:])
+    return RewriteResult(b"".join(pieces), tuple(run.links), run.pixel_added, run.top_cte, skipped)
+
+
+def _entity(
+    run: _Run,
+    ctype: ContentType,
+    cte: str,
+    headers: PartHeaders | None,
+    start: int,
+    end: int,
+    depth: int,
+) -> None:
+    if ctype.maintype != "multipart":
+        run.leaf += 1
+        _leaf(run, ctype, cte, headers, start, end)
+        return
+    if ctype.subtype in ("signed", "encrypted"):
+        # RFC 1847: any change breaks the signature or the encrypted envelope.
+        run.leaf += 1
+        run.skip(SkipReason.SIGNED_OR_ENCRYPTED)
+        return
+    boundary = ctype.params.get("boundary", "").rstrip()
+    spans = None
+    # RFC 2045 §6.4: a multipart may only be 7bit, 8bit or binary.
+    if boundary and cte in transfer.IDENTITY and depth < _MAX_DEPTH:
+        spans = split_multipart(run.buf, start, end, boundary.encode("latin-1", "replace"))
+    if not spans:
+        run.leaf += 1
+        run.skip(SkipReason.MALFORMED)
+        return
+    # RFC 2046 §5.1.5: parts of a digest are messages unless they say otherwise.
+    default = "message/rfc822" if ctype.subtype == "digest" else "text/plain"
+    buf = run.buf
+    for part_start, part_end in spans:
+        hdrs = parse_headers(buf, part_start, part_end)
+        if hdrs is None:
+            run.leaf += 1
+            run.skip(SkipReason.MALFORMED)
+            continue
+        child = parse_content_type(hdrs.value(buf, b"content-type"), default)
+        child_cte = (hdrs.value(buf, b"content-transfer-encoding") or "7bit").lower()
+        _entity(run, child, child_cte, hdrs, hdrs.body_start, part_end, depth + 1)
+
+
+def _leaf(
+    run: _Run,
+    ctype: ContentType,
+    cte: str,
+    headers: PartHeaders | None,
+    start: int,
+    end: int,
+) -> None:
+    options = run.options
+    if ctype.maintype == "message":
+        if ctype.subtype in ("rfc822", "global"):
+            run.skip(SkipReason.ATTACHED_MESSAGE)
+        return
+    if not ctype.valid:
+        run.skip(SkipReason.MALFORMED)
+        return
+    if ctype.maintype != "text":
+        return
+    if ctype.subtype == "html":
+        want_links = options.html_links
+        want_pixel = run.pixel is not None and not run.pixel_added
+        if not (want_links or want_pixel):
+            return
+        kind = "html"
+    elif ctype.subtype == "plain" and options.text_links:
+        want_links, want_pixel, kind = True, False, "text"
+    else:
+        return
+    if headers is not None:
+        disposition = headers.value(run.buf, b"content-disposition")
+        if disposition and disposition.partition(";")[0].strip().lower() == "attachment":
+            run.skip(SkipReason.ATTACHMENT)
+            return
+    if cte not in transfer.KNOWN:
+        run.skip(SkipReason.UNKNOWN_TRANSFER_ENCODING)
+        return
+    cs = charsets.lookup(ctype.params.get("charset"))
+    if cs is None:
+        run.skip(SkipReason.UNKNOWN_CHARSET)
+        return
+    raw = run.buf[start:end]
+    try:
+        data = transfer.decode(cte, raw)
+        if cs.decode_part:
+            cs = charsets.for_part(cs, data)
+            work = data[len(cs.bom) :].decode(cs.codec).encode("utf-8")
+        else:
+            work = data
+    except (transfer.DecodeError, UnicodeError):
+        run.skip(SkipReason.UNDECODABLE)
+        return
+
+    edits: list[_Edit] = []
+    links: list[Link] = []
+    if want_links:
+        _find_links(run, kind, work, cs, edits, links)
+    pixel_here = False
+    if want_pixel and run.pixel is not None:
+        edits.append((_pixel_position(work, edits), -1, run.pixel))
+        pixel_here = True
+    if not edits:
+        return
+    new_data, touched = _apply(work, edits)
+    try:
+        if cs.decode_part:
+            new_data = cs.bom + new_data.decode("utf-8").encode(cs.fragment_codec)
+    except UnicodeError:
+        run.skip(SkipReason.UNDECODABLE)
+        return
+
+    new_cte = cte
+    if cte in ("7bit", "8bit"):
+        limit = options.max_line
+        if cs.decode_part:
+            too_long = transfer.max_line_exceeded(new_data, limit)
+        else:
+            too_long = any(transfer.line_length_at(new_data, p) > limit for p in touched)
+        if too_long:
+            new_cte = _QP
+    if new_cte == cte:
+        encoded = transfer.encode(cte, new_data, run.eol, raw)
+    else:
+        encoded = transfer.qp_encode(new_data, run.eol)
+        _change_cte(run, headers, new_cte)
+    run.edits.append((start, end, encoded))
+    run.links.extend(links)
+    if pixel_here:
+        run.pixel_added = True
+
+
+def _find_links(
+    run: _Run,
+    kind: str,
+    work: bytes,
+    cs: charsets.Charset,
+    edits: list[_Edit],
+    links: list[Link],
+) -> None:
+    html = kind == "html"
+    spans = htmlscan.find_hrefs(work, run.optout) if html else textscan.find_urls(work)
+    url_codec = "utf-8" if cs.decode_part else cs.codec
+    tracks = run.policy.tracks
+    for s, e in spans:
+        raw = work[s:e]
+        try:
+            value = raw.decode(url_codec)
+        except UnicodeDecodeError:
+            continue  # bytes that are not text in the part's charset: no sure target
+        url = normalize(htmlscan.unescape_attr(value) if html else value)
+        if not tracks(url):
+            continue
+        index = len(run.links) + len(links) + 1
+        tracking = check_replacement(run.linker(index, url), "linker result")
+        if html:
+            tracking = tracking.replace("&", "&amp;")
+        edits.append((s, e, tracking.encode("ascii")))
+        if cs.decode_part:
+            raw = value.encode(cs.fragment_codec)
+        links.append(Link(index, url, raw, run.leaf, kind))
+
+
+def _pixel_position(work: bytes, edits: list[_Edit]) -> int:
+    """Before the last </body>, else at the end (before the final line breaks)."""
+    pos = htmlscan.body_close(work)
+    if pos >= 0 and not any(s < pos < e for s, e, _ in edits):
+        return pos
+    return len(work.rstrip(b"\r\n"))
+
+
+def _apply(data: bytes, edits: list[_Edit]) -> tuple[bytes, list[int]]:
+    """Apply (start, end, new) edits (end -1: insertion); also return where each new piece
+    starts in the result, to measure the lines that changed."""
+    edits.sort(key=lambda ed: (ed[0], ed[1]))
+    pieces: list[bytes] = []
+    touched: list[int] = []
+    last = 0
+    delta = 0
+    for s, e, new in edits:
+        if e < 0:
+            e = s
+        pieces.append(data[last:s])
+        pieces.append(new)
+        touched.append(s + delta)
+        delta += len(new) - (e - s)
+        last = e
+    pieces.append(data[last:])
+    return b"".join(pieces), touched
+
+
+def _change_cte(run: _Run, headers: PartHeaders | None, cte: str) -> None:
+    """Record the new Content-Transfer-Encoding: in the part's header, or for the caller."""
+    if headers is None:
+        run.top_cte = cte
+        return
+    value = cte.encode("ascii")
+    pos = headers.fields.get(b"content-transfer-encoding")
+    if pos is not None:
+        name = run.buf[pos[0] : pos[1]]  # the field name as written, with its colon
+        run.edits.append((pos[0], pos[2], name + b" " + value + run.eol))
+    else:
+        run.edits.append((headers.end, headers.end, _CTE_FIELD + b": " + value + run.eol))
