@@ -12,7 +12,7 @@ from typing import Any
 import Milter
 import pytest
 import structlog
-from Milter.testctx import TestCtx
+from Milter.testctx import TestCtx as MilterTestCtx
 from prometheus_client import CollectorRegistry
 
 from trackmilter.config import Settings, TrackingSettings
@@ -48,6 +48,19 @@ class ListSink:
             self.events.append(event)
 
 
+# TestCtx treats NOREPLY as "stop" (it predates protocol 6); offer it an MTA without the
+# no-reply steps, as older Sendmail is. Postfix's real negotiation is covered by miltertest
+# and the integration tests.
+_NR_BITS = (Milter.P_NR_CONN | Milter.P_NR_HELO | Milter.P_NR_MAIL | Milter.P_NR_RCPT
+            | Milter.P_NR_DATA | Milter.P_NR_UNKN | Milter.P_NR_EOH | Milter.P_NR_BODY
+            | Milter.P_NR_HDR)
+
+
+@pytest.fixture(autouse=True)
+def _no_noreply(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MilterTestCtx, "default_opts", [Milter.CURR_ACTS, 0x1FFFFF & ~_NR_BITS, 0, 0])
+
+
 @pytest.fixture
 def sink() -> ListSink:
     return ListSink()
@@ -62,7 +75,7 @@ def make_deps(sink: ListSink, **tracking: Any) -> Deps:
 
 @dataclass
 class Outcome:
-    ctx: TestCtx
+    ctx: MilterTestCtx
     body: bytes
     replaced: bool
     headers: dict[str, str]
@@ -74,7 +87,7 @@ def run(deps: Deps, raw: bytes, *, sender: str = "<alice@example.com>",
         queue_id: str = "4ABCDEF") -> Outcome:
     """Drive one transaction the way libmilter does; return what the milter asked for."""
     Milter.factory = lambda: Session(deps)
-    ctx = TestCtx()
+    ctx = MilterTestCtx()
     ctx._setsymval("{auth_authen}", auth or None)
     assert ctx._connect(helo="client.example", ip=ip) == Milter.CONTINUE
     ctx._envfrom(sender)
@@ -205,7 +218,7 @@ def test_callback_exception_boundary(sink: ListSink, monkeypatch: pytest.MonkeyP
 
 def test_all_recipients_refused_is_recorded(sink: ListSink) -> None:
     Milter.factory = lambda: Session(make_deps(sink))
-    ctx = TestCtx()
+    ctx = MilterTestCtx()
     ctx._connect(ip="127.0.0.1")
     ctx._envfrom("<alice@example.com>")
     ctx._setsymval("{rcpt_mailer}", "error")
