@@ -28,7 +28,7 @@ _PIXEL = (
 )
 _CTE_FIELD = b"Content-Transfer-Encoding"
 _QP = "quoted-printable"
-_Edit = tuple[int, int, bytes]
+_Edit = transfer.Edit
 
 
 @dataclass(slots=True)
@@ -197,32 +197,37 @@ def _leaf(
         _find_links(run, kind, work, cs, edits, links)
     pixel_here = False
     if want_pixel and run.pixel is not None:
-        edits.append((_pixel_position(work, edits), -1, run.pixel))
+        pos = _pixel_position(work, edits)
+        edits.append((pos, pos, run.pixel))
         pixel_here = True
     if not edits:
         return
-    new_data, touched = _apply(work, edits)
-    try:
-        if cs.decode_part:
-            new_data = cs.bom + new_data.decode("utf-8").encode(cs.fragment_codec)
-    except UnicodeError:
-        run.skip(SkipReason.UNDECODABLE)
-        return
-
+    edits.sort(key=lambda ed: (ed[0], ed[1]))
+    encoded: bytes | None = None
     new_cte = cte
-    if cte in ("7bit", "8bit"):
-        limit = options.max_line
-        if cs.decode_part:
-            too_long = transfer.max_line_exceeded(new_data, limit)
+    if cte == _QP and not cs.decode_part:
+        encoded = transfer.qp_splice(raw, data, edits, run.eol)
+    if encoded is None:
+        new_data, touched = _apply(work, edits)
+        try:
+            if cs.decode_part:
+                new_data = cs.bom + new_data.decode("utf-8").encode(cs.fragment_codec)
+        except UnicodeError:
+            run.skip(SkipReason.UNDECODABLE)
+            return
+        if cte in ("7bit", "8bit"):
+            limit = options.max_line
+            if cs.decode_part:
+                too_long = transfer.max_line_exceeded(new_data, limit)
+            else:
+                too_long = any(transfer.line_length_at(new_data, p) > limit for p in touched)
+            if too_long:
+                new_cte = _QP
+        if new_cte == cte:
+            encoded = transfer.encode(cte, new_data, run.eol, raw)
         else:
-            too_long = any(transfer.line_length_at(new_data, p) > limit for p in touched)
-        if too_long:
-            new_cte = _QP
-    if new_cte == cte:
-        encoded = transfer.encode(cte, new_data, run.eol, raw)
-    else:
-        encoded = transfer.qp_encode(new_data, run.eol)
-        _change_cte(run, headers, new_cte)
+            encoded = transfer.qp_encode(new_data, run.eol)
+            _change_cte(run, headers, new_cte)
     run.edits.append((start, end, encoded))
     run.links.extend(links)
     if pixel_here:
@@ -269,16 +274,13 @@ def _pixel_position(work: bytes, edits: list[_Edit]) -> int:
 
 
 def _apply(data: bytes, edits: list[_Edit]) -> tuple[bytes, list[int]]:
-    """Apply (start, end, new) edits (end -1: insertion); also return where each new piece
-    starts in the result, to measure the lines that changed."""
-    edits.sort(key=lambda ed: (ed[0], ed[1]))
+    """Apply sorted (start, end, new) edits; also return where each new piece starts in
+    the result, to measure the lines that changed."""
     pieces: list[bytes] = []
     touched: list[int] = []
     last = 0
     delta = 0
     for s, e, new in edits:
-        if e < 0:
-            e = s
         pieces.append(data[last:s])
         pieces.append(new)
         touched.append(s + delta)

@@ -11,6 +11,9 @@ __all__ = ["body_close", "find_hrefs", "unescape_attr"]
 # The only places the scanner stops: tags whose content or attributes matter.
 _TOKEN = re.compile(rb"<(?:(!--)|(a|area)(?=[\t\n\f\r />])|(script|style)(?=[\t\n\f\r />]))", re.I)
 _TAG_NAME = re.compile(rb"[a-zA-Z][^\t\n\f\r />]*")
+# A whole tag when quotes only ever open attribute values (the usual case); possessive
+# quantifiers keep a failed match linear.
+_SIMPLE_TAG = re.compile(rb"""[^>"']*+(?:(?:"[^"]*+"|'[^']*+')[^>"']*+)*+>""")
 _END_SCRIPT = re.compile(rb"</script", re.I)
 _END_STYLE = re.compile(rb"</style", re.I)
 # One attribute, HTML5 §13.2.5.32–.39: names stop at whitespace, '/', '>' and '='; values
@@ -40,20 +43,17 @@ def _parse_tag(data: bytes, pos: int) -> tuple[int, list[_Attr]] | None:
         m = match(data, pos)
         assert m is not None  # every part of the pattern is optional
         pos = m.end()
-        name = m.group(1)
-        if name is not None:
-            for g in (3, 4, 5):
-                if m.group(g) is not None:
-                    vs, ve = m.span(g)
-                    break
+        last = m.lastindex
+        if last is not None:
+            if last > 2:
+                vs, ve = m.span(last)  # the "double", 'single' or unquoted value
+            elif last == 1:
+                vs = ve = -1
+            elif pos < n and data[pos] in b"\"'":
+                return None  # an opening quote that is never closed
             else:
-                if m.group(2) is None:
-                    vs = ve = -1
-                elif pos < n and data[pos] in b"\"'":
-                    return None  # an opening quote that is never closed
-                else:
-                    vs = ve = pos  # `name=>`: an empty value
-            attrs.append((name, vs, ve))
+                vs = ve = pos  # `name=>`: an empty value
+            attrs.append((m.group(1), vs, ve))
         if pos >= n:
             return None
         if data[pos] == 0x3E:  # '>'
@@ -69,9 +69,9 @@ def _inside_tag(data: bytes, floor: int, at: int) -> int:
     m = _TAG_NAME.match(data, lt + 1)
     if m is None:
         return 0
-    gt = data.find(b">", lt, at)
-    if gt >= 0 and data.find(b'"', lt, gt) < 0 and data.find(b"'", lt, gt) < 0:
-        return 0  # no quotes before the first '>', so that '>' ends the tag
+    simple = _SIMPLE_TAG.match(data, m.end())
+    if simple is not None and simple.end() <= at:
+        return 0
     parsed = _parse_tag(data, m.end())
     if parsed is None:
         return -1

@@ -10,11 +10,14 @@ __all__ = [
     "decode",
     "encode",
     "qp_encode",
+    "qp_splice",
     "split_trailing_breaks",
 ]
 
 IDENTITY = frozenset({"7bit", "8bit", "binary"})
 KNOWN = IDENTITY | {"quoted-printable", "base64"}
+
+Edit = tuple[int, int, bytes]
 
 _B64_LINE = 76  # RFC 2045 §6.8: at most 76 characters per encoded line
 
@@ -80,6 +83,70 @@ def qp_encode(data: bytes, eol: bytes) -> bytes:
     return eol.join(
         binascii.b2a_qp(line, istext=False).replace(b"=\n", b"=" + eol) for line in data.split(eol)
     )
+
+
+def qp_splice(raw: bytes, decoded: bytes, edits: list[Edit], eol: bytes) -> bytes | None:
+    """Apply `edits` (sorted (start, end, new) in `decoded` = a2b_qp(raw)) to a QP body by
+    re-encoding only the lines they touch; every other line keeps its original bytes.
+
+    That is both faster than re-encoding the whole part (b2a_qp is slow on large text)
+    and leaves the least trace. Returns None when the decoded lines cannot be matched one
+    to one with the encoded lines (=0A escapes, stray line breaks): encode it all then.
+    """
+    width = len(eol)
+    # Hide soft breaks behind same-length filler so that splitting on `eol` yields the
+    # encoded logical lines at their original offsets.
+    lines = raw.replace(b"=" + eol, b"=" + b"_" * width).split(eol)
+    if decoded.count(b"\n") != len(lines) - 1:
+        return None
+    crlf = width == 2
+    n = len(decoded)
+    out: list[bytes] = []
+    raw_pos = 0  # end of what has been copied from raw
+    line_no = 0  # encoded line whose start is `line_off`
+    line_off = 0
+    dec_pos = 0  # decoded offset where line `line_no` starts... counted lazily
+    dec_line = 0
+    i = 0
+    while i < len(edits):
+        s, e, _ = edits[i]
+        ls = decoded.rfind(b"\n", 0, s) + 1
+        group = [edits[i]]
+        while True:
+            le = decoded.find(b"\n", max(s, e - 1))
+            if le < 0:
+                le = n
+            elif le < e:
+                return None  # the edit swallows a line break
+            ce = le - 1 if crlf and le < n and le > ls and decoded[le - 1] == 0x0D else le
+            if e > ce:
+                return None
+            if i + 1 < len(edits) and edits[i + 1][0] <= ce:
+                i += 1
+                s, e, _ = edits[i]
+                group.append(edits[i])
+                continue
+            break
+        i += 1
+        first = dec_line + decoded.count(b"\n", dec_pos, ls)
+        last = first + decoded.count(b"\n", ls, ce)
+        dec_pos, dec_line = ls, first
+        line_off += sum(map(len, lines[line_no:first])) + (first - line_no) * width
+        line_no = first
+        region_end = line_off + sum(map(len, lines[first:last])) + (last - first) * width
+        region_end += len(lines[last])
+        pieces: list[bytes] = []
+        cur = ls
+        for gs, ge, new in group:
+            pieces.append(decoded[cur:gs])
+            pieces.append(new)
+            cur = ge
+        pieces.append(decoded[cur:ce])
+        out.append(raw[raw_pos:line_off])
+        out.append(qp_encode(b"".join(pieces), eol))
+        raw_pos = region_end
+    out.append(raw[raw_pos:])
+    return b"".join(out)
 
 
 def max_line_exceeded(data: bytes, limit: int) -> bool:
