@@ -9,6 +9,7 @@ import base64
 import email
 import email.policy
 import re
+import smtplib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
@@ -93,8 +94,8 @@ def test_outgoing_html_is_rewritten_tracked_and_stored(rig: Rig) -> None:
     assert re.fullmatch(r"[a-z2-7]{16}", tid)
     # headers are never touched, the plain part neither
     assert msg["List-Unsubscribe"] == "<https://example.com/unsubscribe?u=1>"
-    assert msg.get_body(preferencelist=("plain",)).get_content() == (  # type: ignore[union-attr]
-        "Plain part: https://example.com/plain\n")
+    plain = msg.get_body(preferencelist=("plain",)).get_content()  # type: ignore[union-attr]
+    assert plain.replace("\r\n", "\n") == "Plain part: https://example.com/plain\n"
     found = tokens_in(html, rig.signer)
     clicks = [d for k, d in found if k == "c"]
     opens = [d for k, d in found if k == "o"]
@@ -143,13 +144,33 @@ def test_multipart_base64_several_recipients_and_refusals(rig: Rig) -> None:
     assert "Recipient refused by policy" in refused_rec["text"]
 
 
+def test_transaction_without_message_is_recorded(rig: Rig) -> None:
+    """The client gives up after RCPT: recorded as aborted, with each recipient's outcome.
+
+    This is what the milter must not negotiate "no reply" for MAIL/RCPT for: Postfix then
+    holds those events back and drops them when the client aborts.
+    """
+    with smtplib.SMTP("127.0.0.1", rig.postfix.smtp_port, timeout=30) as client:
+        client.ehlo("client.example")
+        assert client.mail("alice@example.com")[0] == 250
+        assert client.rcpt("gone@example.net")[0] == 250
+        assert client.rcpt(REFUSED)[0] == 554
+        client.rset()
+    [stored] = rig.status("gone@example.net", lambda v: bool(v) and v[0]["end_reason"] == "aborted")
+    outcomes = {r["address"]: (r["outcome"], r["status"]) for r in stored["recipients"]}
+    assert outcomes == {"gone@example.net": ("accepted", ""), REFUSED: ("refused", "5.7.1")}
+    assert stored["queue_id"] == "" or stored["queue_id"]  # smtpd may have assigned one
+    assert rig.mx.messages == []
+
+
 def test_all_recipients_refused_transaction_is_recorded(rig: Rig) -> None:
     raw = html_message("<p>x</p>", extra={"Message-ID": "<allrefused@example.com>"})
     refused = rig.send(raw, [REFUSED])
     assert list(refused) == [REFUSED]
     [stored] = rig.status(REFUSED, lambda v: any(m["end_reason"] == "all_recipients_refused"
                                                  for m in v))
-    assert stored["recipients"][0]["status"] == "5.7.1"
+    assert (stored["recipients"][0]["outcome"], stored["recipients"][0]["status"]) == (
+        "refused", "5.7.1")
     assert rig.mx.messages == []
 
 
@@ -187,7 +208,7 @@ def test_mail_flows_when_the_milter_is_stopped(rig: Rig) -> None:
     got = rig.mx.wait_for(lambda ms: [m for m in ms if "down@example.net" in m.recipients], 30)[0]
     assert got.body == raw.partition(b"\r\n\r\n")[2]
     assert b"X-Trackmilter-ID" not in got.data
-    rig.postfix.wait_log(r"milter .*trackmilter\.sock", 5)
+    rig.postfix.wait_log(r"connect to Milter service unix:.*trackmilter\.sock", 5)
 
 
 def test_base64_single_part_roundtrip(rig: Rig) -> None:
