@@ -61,10 +61,10 @@ class Metrics:
             ["stage"],
             registry=r,
         )
-        self.token_bytes = Histogram(
-            "trackmilter_milter_link_growth_bytes",
-            "Bytes a tracking link adds over the original URL",
-            buckets=(0, 32, 64, 96, 128, 192, 256, 512, 1024),
+        self.link_growth = Counter(
+            "trackmilter_milter_link_growth_bytes_total",
+            "Bytes tracking links added over the original URLs (divide by links rewritten "
+            "for the mean overhead per link)",
             registry=r,
         )
 

@@ -276,19 +276,21 @@ class Session(Milter.Base):  # type: ignore[misc]
         t = self.deps.settings.tracking
         if signer is None or not (t.rewrite_links or t.text_links or t.open_pixel):
             return None
-        base, tid = t.base_url, tx.tracking_id
-        growth = self.deps.metrics.token_bytes
+        prefix = t.base_url + "/c/"
+        sign = signer.for_message(tx.tracking_id)
+        growth = 0
 
         def linker(index: int, url: str) -> str:
+            nonlocal growth
             try:
-                new = f"{base}/c/{signer.sign_click(tid, index, url)}"
+                new = prefix + sign.click(index, url)
             except UnsignableURL:
                 # Not something a browser would fetch as http(s): keep the link as it was.
                 return html.escape(url)
-            growth.observe(max(0, len(new) - len(url)))
+            growth += len(new) - len(url)
             return new
 
-        pixel = f"{base}/o/{signer.sign_open(tid)}" if t.open_pixel else None
+        pixel = f"{t.base_url}/o/{sign.open()}" if t.open_pixel else None
         result = rewrite_message(tx.content_type, tx.transfer_encoding, b"".join(tx.body),
                                  linker, pixel, self.deps.rewrite_options)
         if result.body is not None:
@@ -296,6 +298,7 @@ class Session(Milter.Base):  # type: ignore[misc]
             if result.top_cte is not None:
                 self.chgheader("Content-Transfer-Encoding", 1, result.top_cte)
             self.replacebody(result.body)
+            self.deps.metrics.link_growth.inc(max(0, growth))
         return result
 
     def _end_open_transaction(self, end: EndReason) -> None:
