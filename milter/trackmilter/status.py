@@ -41,6 +41,9 @@ def render(messages: Iterable[Mapping[str, Any]]) -> str:
         if m.get("rewritten"):
             pixel = " and an open pixel" if m.get("pixel") else ""
             out.append(f"  tracking: {m.get('link_count', 0)} link(s) rewritten{pixel}")
+        elif m.get("tracking_header"):
+            why = f" ({m['skip_reason']})" if m.get("skip_reason") else ""
+            out.append(f"  tracking: tracking-id header added, body not modified{why}")
         elif m.get("skip_reason"):
             out.append(f"  tracking: message not modified ({m['skip_reason']})")
         if _END.get(m.get("end_reason", ""), ""):
