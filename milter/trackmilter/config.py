@@ -302,8 +302,14 @@ def build(data: Mapping[str, Any], where: str, env: Mapping[str, str]) -> Settin
 
 
 def _env_target(name: str) -> tuple[str, str] | None:
+    """The (section, key) a TRACKMILTER_* variable sets; None for a typo in a known section.
+
+    Variables naming no section of ours (TRACKMILTER_CONFIG, a test suite's own settings)
+    are not configuration and are left alone.
+    """
     rest = name[len(ENV_PREFIX) :].lower()
     for section, (_, keys) in SCHEMA.items():
-        if rest.startswith(section + "_") and rest[len(section) + 1 :] in keys:
-            return section, rest[len(section) + 1 :]
-    return None if rest != "config" else ("", "")
+        if rest.startswith(section + "_"):
+            key = rest[len(section) + 1 :]
+            return (section, key) if key in keys else None
+    return ("", "")

@@ -94,6 +94,11 @@ def test_errors_name_key_and_file(tmp_path: Path, text: str, env: dict[str, str]
         load(_write(tmp_path, text), environ=env)
 
 
+def test_foreign_trackmilter_variables_ignored(tmp_path: Path) -> None:
+    s = load(None, environ={"TRACKMILTER_CONFIG": "/x", "TRACKMILTER_TEST_PG_URL": "postgresql://"})
+    assert s.log.level == "info"
+
+
 def test_missing_file_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.toml: cannot read"):
         load(tmp_path / "nope.toml", environ={})
