@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from trackmilter.lab.postfix import wait_until
 
 T = TypeVar("T")
 
@@ -20,33 +21,8 @@ BENCHMARKS = REPO_ROOT / "tests" / "benchmarks"
 NULLMILTER = BENCHMARKS / "nullmilter.py"
 
 
-class PollTimeout(AssertionError):
-    """poll() gave up; carries the last value fn returned."""
-
-    def __init__(self, message: str, last: object) -> None:
-        super().__init__(message)
-        self.last = last
-
-
-def poll(
-    fn: Callable[[], T | None],
-    timeout: float = 10.0,
-    interval: float = 0.05,
-    what: str = "",
-) -> T:
-    """Call `fn` until it returns something truthy and return that, or raise PollTimeout.
-
-    The only sanctioned way for a test to wait: a deadline, never a bare sleep.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise PollTimeout(
-                f"timed out after {timeout}s waiting for {what or getattr(fn, '__name__', fn)}; "
-                f"last value: {last!r}",
-                last,
-            )
-        time.sleep(interval)
+# The only sanctioned way for a test to wait: a deadline, never a bare sleep. One
+# implementation for tests, lab and demo alike.
+def poll(fn: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05,
+         what: str = "") -> T:
+    return wait_until(fn, timeout, interval, what)
