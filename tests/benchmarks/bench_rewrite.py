@@ -40,7 +40,7 @@ def build_html() -> bytes:
     html = re.sub(r'href="\{\{\{?\s*([\w.]+)\s*\}\}\}?"', fill, html)
     footer = "".join(
         f'<a href="https://social{i}.example.net/acme?ref=newsletter&amp;n={i}">Follow {i}</a> '
-        for i in range(6)
+        for i in range(15)
     )
     html = html.replace("</body>", f"<p>{footer}</p></body>", 1)
     return html.encode("utf-8")
@@ -50,7 +50,7 @@ def build_message(html: bytes, cte: str) -> tuple[bytes, bytes, str]:
     """(header block, body, top Content-Type) of a CRLF multipart/alternative message."""
     text = re.sub(rb"<[^>]+>", b"", html)
     text = re.sub(rb"[ \t]+", b" ", text)
-    text = re.sub(rb"(\r?\n\s*)+", b"\n", text).replace(b"\n", b"\r\n")
+    text = re.sub(rb"(\r?\n\s*)+", b"\n", text)[:4000].replace(b"\n", b"\r\n")
     html = html.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if cte == "quoted-printable":
         html_body = binascii.b2a_qp(html, istext=True)

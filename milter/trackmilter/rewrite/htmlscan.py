@@ -11,53 +11,55 @@ __all__ = ["body_close", "find_hrefs", "unescape_attr"]
 # The only places the scanner stops: tags whose content or attributes matter.
 _TOKEN = re.compile(rb"<(?:(!--)|(a|area)(?=[\t\n\f\r />])|(script|style)(?=[\t\n\f\r />]))", re.I)
 _TAG_NAME = re.compile(rb"[a-zA-Z][^\t\n\f\r />]*")
-# A whole tag when quotes only ever open attribute values (the usual case); possessive
-# quantifiers keep a failed match linear.
-_SIMPLE_TAG = re.compile(rb"""[^>"']*+(?:(?:"[^"]*+"|'[^']*+')[^>"']*+)*+>""")
 _END_SCRIPT = re.compile(rb"</script", re.I)
 _END_STYLE = re.compile(rb"</style", re.I)
-# One attribute, HTML5 §13.2.5.32–.39: names stop at whitespace, '/', '>' and '='; values
-# are "double", 'single' or unquoted (up to whitespace or '>').
-_ATTR = re.compile(
-    rb"""[\t\n\f\r /]*
-    (?:
-      ([^\t\n\f\r />][^\t\n\f\r /=>]*)
-      (?:[\t\n\f\r ]*(=)[\t\n\f\r ]*(?:"([^"]*)"|'([^']*)'|([^\t\n\f\r >]+))?)?
-    )?""",
-    re.X,
+
+# The attribute grammar of HTML5 §13.2.5.32–.39: separators are whitespace and '/'; a name
+# runs up to whitespace, '/', '>' or '='; a value is "double", 'single' or unquoted (up to
+# whitespace or '>', not starting with a quote). An opening quote that is never closed runs
+# to the end of the document (the tag, and all after it, is then dropped), so a quoted value
+# here may lack its closing quote: the match then fails for want of '>'. Every quantifier
+# is possessive, which both mirrors the tokenizer (no second reading) and keeps failing
+# matches linear.
+_SEP = rb"[\t\n\f\r /]*+"
+_NAME = rb"[^\t\n\f\r />][^\t\n\f\r /=>]*+"
+_VALUE = rb"""(?:"[^"]*+"?|'[^']*+'?|[^\t\n\f\r >"'][^\t\n\f\r >]*+|(?=>))"""
+_EQ_VALUE = rb"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+" + _VALUE + rb")?+"
+_ATTRIBUTES = rb"(?:" + _SEP + _NAME + _EQ_VALUE + rb")*+"
+# From the end of a tag name to past its '>'.
+_TAG_REST = re.compile(_ATTRIBUTES + _SEP + rb">")
+# From the end of a tag name to past the first href attribute, capturing its value.
+_HREF = re.compile(
+    rb"(?:"
+    + _SEP
+    + rb"(?!href[\t\n\f\r /=>])"
+    + _NAME
+    + _EQ_VALUE
+    + rb")*+"
+    + _SEP
+    + rb"href(?=[\t\n\f\r /=>])"
+    + rb"""(?:[\t\n\f\r ]*+(=)[\t\n\f\r ]*+(?:"([^"]*+)"|'([^']*+)'|([^\t\n\f\r >"'][^\t\n\f\r >]*+)|(?=>)))?+""",
+    re.I,
 )
+_SEP_RE = re.compile(_SEP)
+# One attribute at a time, for the rare tag that names the opt-out attribute.
+_ATTR = re.compile(rb"(" + _NAME + rb")(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+" + _VALUE + rb")?+")
 # Same as the html module's own pattern for character references.
 _CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
 
-_Attr = tuple[bytes, int, int]
 
-
-def _parse_tag(data: bytes, pos: int) -> tuple[int, list[_Attr]] | None:
-    """Attributes (name, value start, value end; -1 without a value) of the tag whose name
-    ends at `pos`, and the offset past its '>'. None when the tag never ends: HTML5 drops a
-    tag cut off by the end of the document, and so does everything after it."""
-    attrs: list[_Attr] = []
-    n = len(data)
-    match = _ATTR.match
+def _has_attribute(data: bytes, start: int, end: int, name: bytes) -> bool:
+    """Whether the tag attributes in data[start:end] include `name` (lower-case)."""
+    pos = start
     while True:
-        m = match(data, pos)
-        assert m is not None  # every part of the pattern is optional
+        sep = _SEP_RE.match(data, pos, end)
+        assert sep is not None  # matches the empty string too
+        m = _ATTR.match(data, sep.end(), end)
+        if m is None:
+            return False
+        if m.group(1).lower() == name:
+            return True
         pos = m.end()
-        last = m.lastindex
-        if last is not None:
-            if last > 2:
-                vs, ve = m.span(last)  # the "double", 'single' or unquoted value
-            elif last == 1:
-                vs = ve = -1
-            elif pos < n and data[pos] in b"\"'":
-                return None  # an opening quote that is never closed
-            else:
-                vs = ve = pos  # `name=>`: an empty value
-            attrs.append((m.group(1), vs, ve))
-        if pos >= n:
-            return None
-        if data[pos] == 0x3E:  # '>'
-            return pos + 1, attrs
 
 
 def _inside_tag(data: bytes, floor: int, at: int) -> int:
@@ -69,13 +71,10 @@ def _inside_tag(data: bytes, floor: int, at: int) -> int:
     m = _TAG_NAME.match(data, lt + 1)
     if m is None:
         return 0
-    simple = _SIMPLE_TAG.match(data, m.end())
-    if simple is not None and simple.end() <= at:
-        return 0
-    parsed = _parse_tag(data, m.end())
-    if parsed is None:
+    rest = _TAG_REST.match(data, m.end())
+    if rest is None:
         return -1
-    return parsed[0] if parsed[0] > at else 0
+    return rest.end() if rest.end() > at else 0
 
 
 def find_hrefs(data: bytes, optout: bytes) -> list[tuple[int, int]]:
@@ -124,27 +123,28 @@ def find_hrefs(data: bytes, optout: bytes) -> list[tuple[int, int]]:
                 return out
             pos = em.end()
             continue
-        parsed = _parse_tag(data, p)
-        if parsed is None:
+        rest = _TAG_REST.match(data, p)
+        if rest is None:
             return out
-        pos, attrs = parsed
-        href: tuple[int, int] | None = None
-        opted_out = False
-        for name, vs, ve in attrs:
-            lname = name.lower()
-            if lname == b"href":
-                # HTML5 keeps the first of duplicate attributes.
-                if href is None and vs >= 0:
-                    href = (vs, ve)
-            elif lname == optout:
-                opted_out = True
-        if href is not None and not opted_out:
-            out.append(href)
+        pos = rest.end()
+        h = _HREF.match(data, p)
+        if h is None or h.lastindex is None:
+            continue  # no href, or one without a value
+        if optout and optout in data[p:pos].lower() and _has_attribute(data, p, pos, optout):
+            continue
+        last = h.lastindex
+        out.append(h.span(last) if last > 1 else (h.end(), h.end()))
 
 
 def body_close(data: bytes) -> int:
     """Offset of the last `</body` (any case), or -1."""
-    return data.lower().rfind(b"</body")
+    # Searching backwards for the two usual spellings stops near the end of the document;
+    # lower-casing all of it is only needed for odd spellings like </Body.
+    found = max(data.rfind(b"</body"), data.rfind(b"</BODY"))
+    if found < 0:
+        return data.lower().rfind(b"</body")
+    later = data[found + 6 :].lower().rfind(b"</body")
+    return found if later < 0 else found + 6 + later
 
 
 def _charref(m: re.Match[str]) -> str:
