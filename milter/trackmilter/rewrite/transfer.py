@@ -20,6 +20,7 @@ KNOWN = IDENTITY | {"quoted-printable", "base64"}
 Edit = tuple[int, int, bytes]
 
 _B64_LINE = 76  # RFC 2045 §6.8: at most 76 characters per encoded line
+_QP_LINE = 76  # RFC 2045 §6.7 (5): likewise for quoted-printable
 
 
 class DecodeError(ValueError):
@@ -67,6 +68,10 @@ def qp_encode(data: bytes, eol: bytes) -> bytes:
     used when the data's breaks are all `eol`; otherwise each line is encoded in binary
     mode, which escapes stray CR and LF as =0D/=0A.
     """
+    if b"\n" not in data and b"\r" not in data:
+        # One line (what qp_splice passes most): b2a_qp's soft breaks are LF.
+        out = binascii.b2a_qp(data, istext=True)
+        return out if eol == b"\n" else out.replace(b"=\n", b"=\r\n")
     crlf = eol == b"\r\n"
     if crlf:
         n_lf = data.count(b"\n")
@@ -85,68 +90,116 @@ def qp_encode(data: bytes, eol: bytes) -> bytes:
     )
 
 
+class _QPCursor:
+    """Map decoded offsets (a2b_qp of raw) to raw offsets, moving forward only.
+
+    Each "=XX" escape is 2 bytes longer in raw and each soft break "=" + eol 1 + len(eol)
+    bytes longer, so the raw offset follows from the '=' before it; they are counted
+    incrementally, so mapping all the links of a part reads it about once. The caller
+    checks what it gets, so an '=' that is neither only costs the fast path.
+    """
+
+    __slots__ = ("_raw", "_soft", "_dec", "_pos")
+
+    def __init__(self, raw: bytes, soft: bytes) -> None:
+        self._raw = raw
+        self._soft = soft
+        self._dec = 0
+        self._pos = 0
+
+    def raw_offset(self, dec: int) -> int:
+        """Where the encoding of decoded byte `dec` starts (before a soft break that precedes
+        it); -1 when it cannot be found. `dec` must not go backwards."""
+        raw, soft, pos = self._raw, self._soft, self._pos
+        extra = len(soft) - 2  # a soft break is 1 + len(eol) longer; 2 are counted for '='
+        overlap = len(soft) - 1  # a soft break may straddle the end of the last count
+        target = pos + dec - self._dec
+        est = target  # a lower bound: the estimate only ever grows to the answer
+        eq = sb = 0
+        counted = pos
+        for _ in range(64):
+            if est > len(raw) or est < counted:
+                return -1
+            eq += raw.count(b"=", counted, est)
+            sb += raw.count(soft, max(pos, counted - overlap), est)
+            counted = est
+            new = target + 2 * eq + extra * sb
+            if new == est:
+                self._dec, self._pos = dec, est
+                return est
+            est = new
+        return -1
+
+
+def _expansion(raw: bytes, start: int, end: int) -> int:
+    """How much longer raw[start:end] (no line break inside) is than its decoding."""
+    return 2 * raw.count(b"=", start, end)
+
+
 def qp_splice(raw: bytes, decoded: bytes, edits: list[Edit], eol: bytes) -> bytes | None:
     """Apply `edits` (sorted (start, end, new) in `decoded` = a2b_qp(raw)) to a QP body by
-    re-encoding only the lines they touch; every other line keeps its original bytes.
+    re-encoding only the physical lines they touch; all else keeps its bytes.
 
-    That is both faster than re-encoding the whole part (b2a_qp is slow on large text)
-    and leaves the least trace. Returns None when the decoded lines cannot be matched one
-    to one with the encoded lines (=0A escapes, stray line breaks): encode it all then.
+    The re-encoded lines end where the old ones did, before the old soft or hard line
+    break, which stays: a soft break may stand between any two encoded characters. That is
+    both faster than re-encoding the whole part (b2a_qp is slow) and leaves the least
+    trace. Returns None when a region cannot be located with certainty (odd escapes): the
+    caller then encodes the whole part.
     """
     width = len(eol)
-    # Hide soft breaks behind same-length filler so that splitting on `eol` yields the
-    # encoded logical lines at their original offsets.
-    lines = raw.replace(b"=" + eol, b"=" + b"_" * width).split(eol)
-    if decoded.count(b"\n") != len(lines) - 1:
-        return None
-    crlf = width == 2
-    n = len(decoded)
+    cursor = _QPCursor(raw, b"=" + eol)
+    # [raw start, raw end, decoded start, decoded end, first edit, past last edit]
+    regions: list[list[int]] = []
+    for k, (s, e, _) in enumerate(edits):
+        rs = cursor.raw_offset(s)
+        re_ = rs if e == s else cursor.raw_offset(e)
+        if rs < 0 or re_ < 0:
+            return None
+        j = raw.rfind(eol, 0, rs)
+        start = 0 if j < 0 else j + width  # the physical line holding the edit's start
+        j = raw.find(eol, re_)
+        if j < 0:
+            j = len(raw)
+        end = j - 1 if j > re_ and raw[j - 1] == 0x3D else j  # up to its soft break's '='
+        d_start = s - (rs - start - _expansion(raw, start, rs))
+        d_end = e + (end - re_ - _expansion(raw, re_, end))
+        if regions and start < regions[-1][1]:
+            last = regions[-1]
+            last[1], last[3], last[5] = max(end, last[1]), max(d_end, last[3]), k + 1
+        else:
+            regions.append([start, end, d_start, d_end, k, k + 1])
     out: list[bytes] = []
-    raw_pos = 0  # end of what has been copied from raw
-    line_no = 0  # encoded line whose start is `line_off`
-    line_off = 0
-    dec_pos = 0  # decoded offset where line `line_no` starts... counted lazily
-    dec_line = 0
-    i = 0
-    while i < len(edits):
-        s, e, _ = edits[i]
-        ls = decoded.rfind(b"\n", 0, s) + 1
-        group = [edits[i]]
-        while True:
-            le = decoded.find(b"\n", max(s, e - 1))
-            if le < 0:
-                le = n
-            elif le < e:
-                return None  # the edit swallows a line break
-            ce = le - 1 if crlf and le < n and le > ls and decoded[le - 1] == 0x0D else le
-            if e > ce:
-                return None
-            if i + 1 < len(edits) and edits[i + 1][0] <= ce:
-                i += 1
-                s, e, _ = edits[i]
-                group.append(edits[i])
-                continue
-            break
-        i += 1
-        first = dec_line + decoded.count(b"\n", dec_pos, ls)
-        last = first + decoded.count(b"\n", ls, ce)
-        dec_pos, dec_line = ls, first
-        line_off += sum(map(len, lines[line_no:first])) + (first - line_no) * width
-        line_no = first
-        region_end = line_off + sum(map(len, lines[first:last])) + (last - first) * width
-        region_end += len(lines[last])
+    copied = 0  # end of what has been copied from raw
+    for start, end, d_start, d_end, first, past in regions:
+        # Exactly these decoded bytes, or no splice at all.
+        if d_start < 0 or binascii.a2b_qp(raw[start:end]) != decoded[d_start:d_end]:
+            return None
         pieces: list[bytes] = []
-        cur = ls
-        for gs, ge, new in group:
+        cur = d_start
+        for gs, ge, new in edits[first:past]:
             pieces.append(decoded[cur:gs])
             pieces.append(new)
             cur = ge
-        pieces.append(decoded[cur:ce])
-        out.append(raw[raw_pos:line_off])
-        out.append(qp_encode(b"".join(pieces), eol))
-        raw_pos = region_end
-    out.append(raw[raw_pos:])
+        pieces.append(decoded[cur:d_end])
+        encoded = qp_encode(b"".join(pieces), eol)
+        if raw.startswith(b"=", end):
+            encoded = _room_for_soft_break(encoded, eol)
+        out.append(raw[copied:start])
+        out.append(encoded)
+        copied = end
+    out.append(raw[copied:])
     return b"".join(out)
+
+
+def _room_for_soft_break(encoded: bytes, eol: bytes) -> bytes:
+    """b2a_qp lets its last line reach 76 characters; an old soft break's '=' follows here,
+    so break once more before the last character (or escape) to stay within 76."""
+    line_start = encoded.rfind(eol) + len(eol) if eol in encoded else 0
+    length = len(encoded) - line_start
+    if length < _QP_LINE:
+        return encoded
+    cut = len(encoded) - (3 if encoded[-3:-2] == b"=" else 1)
+    return encoded[:cut] + b"=" + eol + encoded[cut:]
 
 
 def max_line_exceeded(data: bytes, limit: int) -> bool:

@@ -221,14 +221,44 @@ def test_qp_encode_round_trips_with_one_line_ending(data: bytes, eol: bytes) -> 
     assert all(len(line) <= 76 for line in out.split(eol))
 
 
-def test_qp_splice_keeps_other_lines_and_refuses_ambiguous_lines() -> None:
-    raw = b"one=\r\n two\r\nthree =3D four\r\nfive\r\n"
+SPLICES = [
+    # (raw, text to replace, replacement, expected raw or None: no splice)
+    pytest.param(
+        b"one=\r\n two\r\nthree =3D four\r\nfive\r\n",
+        b"four",
+        b"4",
+        b"one=\r\n two\r\nthree =3D 4\r\nfive\r\n",
+        id="hard-line",
+    ),
+    pytest.param(
+        b"aaaa=\r\nbb=3Dcc=\r\ndd\r\n",
+        b"cc",
+        b"C C",
+        b"aaaa=\r\nbb=3DC C=\r\ndd\r\n",
+        id="only-the-physical-line",
+    ),
+    pytest.param(b"aa=\r\nbb=\r\ncc\r\n", b"abbc", b"X", b"aXc\r\n", id="across-soft-breaks"),
+    pytest.param(
+        b"x" * 74 + b"=\r\nyy\r\n",
+        b"x" * 74,
+        b"z" * 76,
+        b"z" * 75 + b"=\r\nz=\r\nyy\r\n",
+        id="room-for-old-soft-break",
+    ),
+    pytest.param(b"x=0Ay=\r\nz\r\n", b"yz", b"Y", b"x=0AY\r\n", id="encoded-line-break-before"),
+    pytest.param(b"a=ZZb\r\n", b"b", b"B", None, id="not-an-escape"),
+]
+
+
+@pytest.mark.parametrize(("raw", "old", "new", "expected"), SPLICES)
+def test_qp_splice(raw: bytes, old: bytes, new: bytes, expected: bytes | None) -> None:
     decoded = binascii.a2b_qp(raw)
-    at = decoded.index(b"four")
-    out = transfer.qp_splice(raw, decoded, [(at, at + 4, b"4")], b"\r\n")
-    assert out == b"one=\r\n two\r\nthree =3D 4\r\nfive\r\n"
-    raw = b"x=0Ay\r\nz\r\n"
-    assert transfer.qp_splice(raw, binascii.a2b_qp(raw), [(0, 1, b"X")], b"\r\n") is None
+    at = decoded.index(old)
+    out = transfer.qp_splice(raw, decoded, [(at, at + len(old), new)], b"\r\n")
+    assert out == expected
+    if out is not None:
+        assert binascii.a2b_qp(out) == decoded.replace(old, new)
+        assert max(len(line) for line in out.split(b"\r\n")) <= 76
 
 
 def test_base64_output_lines_and_tail() -> None:
