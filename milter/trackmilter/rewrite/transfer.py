@@ -72,19 +72,14 @@ def qp_encode(data: bytes, eol: bytes) -> bytes:
         # One line (what qp_splice passes most): b2a_qp's soft breaks are LF.
         out = binascii.b2a_qp(data, istext=True)
         return out if eol == b"\n" else out.replace(b"=\n", b"=\r\n")
-    crlf = eol == b"\r\n"
-    if crlf:
+    if eol == b"\r\n":
         n_lf = data.count(b"\n")
         clean = n_lf == data.count(b"\r") == data.count(b"\r\n")
     else:
-        n_lf = 1
         clean = b"\r" not in data
     if clean:
-        out = binascii.b2a_qp(data, istext=True)
-        if crlf and n_lf == 0:
-            # No newline to guess from: b2a_qp used LF for its soft breaks.
-            out = out.replace(b"=\n", b"=\r\n")
-        return out
+        # There is a newline, and it is `eol`: b2a_qp takes that for all its breaks.
+        return binascii.b2a_qp(data, istext=True)
     return eol.join(
         binascii.b2a_qp(line, istext=False).replace(b"=\n", b"=" + eol) for line in data.split(eol)
     )
