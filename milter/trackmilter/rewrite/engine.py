@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trackmilter.rewrite import charset as charsets
-from trackmilter.rewrite import htmlscan, textscan, transfer
+from trackmilter.rewrite import scan, transfer
 from trackmilter.rewrite.links import LinkPolicy, check_replacement, normalize
 from trackmilter.rewrite.mime import (
     ContentType,
@@ -147,31 +147,9 @@ def _leaf(
     start: int,
     end: int,
 ) -> None:
-    options = run.options
-    if ctype.maintype == "message":
-        if ctype.subtype in ("rfc822", "global"):
-            run.skip(SkipReason.ATTACHED_MESSAGE)
+    kind = _kind(run, ctype, headers)
+    if kind is None:
         return
-    if not ctype.valid:
-        run.skip(SkipReason.MALFORMED)
-        return
-    if ctype.maintype != "text":
-        return
-    if ctype.subtype == "html":
-        want_links = options.html_links
-        want_pixel = run.pixel is not None and not run.pixel_added
-        if not (want_links or want_pixel):
-            return
-        kind = "html"
-    elif ctype.subtype == "plain" and options.text_links:
-        want_links, want_pixel, kind = True, False, "text"
-    else:
-        return
-    if headers is not None:
-        disposition = headers.value(run.buf, b"content-disposition")
-        if disposition and disposition.partition(";")[0].strip().lower() == "attachment":
-            run.skip(SkipReason.ATTACHMENT)
-            return
     if cte not in transfer.KNOWN:
         run.skip(SkipReason.UNKNOWN_TRANSFER_ENCODING)
         return
@@ -183,6 +161,7 @@ def _leaf(
     try:
         data = transfer.decode(cte, raw)
         if cs.decode_part:
+            # Scanned as UTF-8, whose ASCII bytes are always ASCII characters.
             cs = charsets.for_part(cs, data)
             work = data[len(cs.bom) :].decode(cs.codec).encode("utf-8")
         else:
@@ -193,45 +172,82 @@ def _leaf(
 
     edits: list[_Edit] = []
     links: list[Link] = []
-    if want_links:
+    if kind == "text" or run.options.html_links:
         _find_links(run, kind, work, cs, edits, links)
-    pixel_here = False
-    if want_pixel and run.pixel is not None:
+    pixel_here = kind == "html" and run.pixel is not None and not run.pixel_added
+    if pixel_here and run.pixel is not None:
         pos = _pixel_position(work, edits)
         edits.append((pos, pos, run.pixel))
-        pixel_here = True
     if not edits:
         return
     edits.sort(key=lambda ed: (ed[0], ed[1]))
-    encoded: bytes | None = None
-    new_cte = cte
+    encoded = None
     if cte == _QP and not cs.decode_part:
         encoded = transfer.qp_splice(raw, data, edits, run.eol)
+    new_cte = cte
     if encoded is None:
-        new_data, touched = _apply(work, edits)
-        try:
-            if cs.decode_part:
-                new_data = cs.bom + new_data.decode("utf-8").encode(cs.fragment_codec)
-        except UnicodeError:
+        new = _encode(run, cte, cs, raw, work, edits)
+        if new is None:
             run.skip(SkipReason.UNDECODABLE)
             return
-        if cte in ("7bit", "8bit"):
-            limit = options.max_line
-            if cs.decode_part:
-                too_long = transfer.max_line_exceeded(new_data, limit)
-            else:
-                too_long = any(transfer.line_length_at(new_data, p) > limit for p in touched)
-            if too_long:
-                new_cte = _QP
-        if new_cte == cte:
-            encoded = transfer.encode(cte, new_data, run.eol, raw)
-        else:
-            encoded = transfer.qp_encode(new_data, run.eol)
-            _change_cte(run, headers, new_cte)
+        encoded, new_cte = new
+    if new_cte != cte:
+        _change_cte(run, headers, new_cte)
     run.edits.append((start, end, encoded))
     run.links.extend(links)
     if pixel_here:
         run.pixel_added = True
+
+
+def _kind(run: _Run, ctype: ContentType, headers: PartHeaders | None) -> str | None:
+    """ "html" or "text" for a leaf to look into; None (recording why, when it matters)."""
+    if ctype.maintype == "message":
+        if ctype.subtype in ("rfc822", "global"):
+            run.skip(SkipReason.ATTACHED_MESSAGE)
+        return None
+    if not ctype.valid:
+        run.skip(SkipReason.MALFORMED)
+        return None
+    if ctype.maintype != "text":
+        return None
+    if ctype.subtype == "html":
+        if not run.options.html_links and (run.pixel is None or run.pixel_added):
+            return None
+        kind = "html"
+    elif ctype.subtype == "plain" and run.options.text_links:
+        kind = "text"
+    else:
+        return None
+    if headers is not None:
+        disposition = headers.value(run.buf, b"content-disposition")
+        if disposition and disposition.partition(";")[0].strip().lower() == "attachment":
+            run.skip(SkipReason.ATTACHMENT)
+            return None
+    return kind
+
+
+def _encode(
+    run: _Run, cte: str, cs: charsets.Charset, raw: bytes, work: bytes, edits: list[_Edit]
+) -> tuple[bytes, str] | None:
+    """The whole part re-encoded with its edits, and its (possibly new) transfer encoding;
+    None when the text no longer fits its charset."""
+    new_data, touched = _apply(work, edits)
+    if cs.decode_part:
+        try:
+            new_data = cs.bom + new_data.decode("utf-8").encode(cs.fragment_codec)
+        except UnicodeError:
+            return None
+    if cte in ("7bit", "8bit"):
+        # RFC 5322 §2.1.1: 998 characters a line at most; quoted-printable has no such limit
+        # to break. Only lines we lengthened count: others were the sender's choice.
+        limit = run.options.max_line
+        if cs.decode_part:
+            too_long = transfer.max_line_exceeded(new_data, limit)
+        else:
+            too_long = any(transfer.line_length_at(new_data, p) > limit for p in touched)
+        if too_long:
+            return transfer.qp_encode(new_data, run.eol), _QP
+    return transfer.encode(cte, new_data, run.eol, raw), cte
 
 
 def _find_links(
@@ -243,7 +259,7 @@ def _find_links(
     links: list[Link],
 ) -> None:
     html = kind == "html"
-    spans = htmlscan.find_hrefs(work, run.optout) if html else textscan.find_urls(work)
+    spans = scan.find_hrefs(work, run.optout) if html else scan.find_urls(work)
     url_codec = "utf-8" if cs.decode_part else cs.codec
     tracks = run.policy.tracks
     for s, e in spans:
@@ -252,7 +268,7 @@ def _find_links(
             value = raw.decode(url_codec)
         except UnicodeDecodeError:
             continue  # bytes that are not text in the part's charset: no sure target
-        url = normalize(htmlscan.unescape_attr(value) if html else value)
+        url = normalize(scan.unescape_attr(value) if html else value)
         if not tracks(url):
             continue
         index = len(run.links) + len(links) + 1
@@ -267,7 +283,7 @@ def _find_links(
 
 def _pixel_position(work: bytes, edits: list[_Edit]) -> int:
     """Before the last </body>, else at the end (before the final line breaks)."""
-    pos = htmlscan.body_close(work)
+    pos = scan.body_close(work)
     if pos >= 0 and not any(s < pos < e for s, e, _ in edits):
         return pos
     return len(work.rstrip(b"\r\n"))

@@ -1,4 +1,4 @@
-"""Find the href values of <a>/<area> tags in HTML bytes, as a browser's tokenizer would."""
+"""Find link targets in part bytes: <a>/<area> hrefs as a browser tokenizes HTML, bare URLs in text."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from html import unescape
 from html.entities import html5
 
-__all__ = ["body_close", "find_hrefs", "unescape_attr"]
+__all__ = ["body_close", "find_hrefs", "find_urls", "unescape_attr"]
 
 # The only places the scanner stops: tags whose content or attributes matter.
 _TOKEN = re.compile(rb"<(?:(!--)|(a|area)(?=[\t\n\f\r />])|(script|style)(?=[\t\n\f\r />]))", re.I)
@@ -170,3 +170,43 @@ def unescape_attr(value: str) -> str:
     if "&" not in value:
         return value
     return _CHARREF.sub(_charref, value)
+
+
+# `<URL>` / `<URL:URL>` (RFC 3986 appendix C) first: the brackets delimit the URL, so its
+# last character is kept even when it is punctuation. Otherwise a URL starts at a word
+# boundary and stops at whitespace, quotes or angle brackets.
+_URL = re.compile(
+    rb"<(?:URL:)?(https?://[^\s<>\"]+)>"
+    rb"|(?<![A-Za-z0-9+.\-])(https?://[^\s<>\"']+)",
+    re.I,
+)
+_URL_TRAILING = b".,;:!?"
+
+
+def find_urls(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each URL in `data`, in order."""
+    out: list[tuple[int, int]] = []
+    for m in _URL.finditer(data):
+        if m.group(1) is not None:
+            s, e = m.span(1)
+        else:
+            s, e = m.span(2)
+            e = _trim(data, s, e)
+        scheme = 8 if data[s + 4 : s + 5] in (b"s", b"S") else 7
+        if e - s > scheme:
+            out.append((s, e))
+    return out
+
+
+def _trim(data: bytes, s: int, e: int) -> int:
+    """Drop sentence punctuation after a URL, and a ')' that closes a parenthesis opened
+    before the URL (but keep `…/Foo_(bar)`)."""
+    while e > s:
+        c = data[e - 1]
+        if c in _URL_TRAILING:
+            e -= 1
+        elif c == 0x29 and data.count(b"(", s, e) < data.count(b")", s, e):
+            e -= 1
+        else:
+            break
+    return e
