@@ -28,8 +28,9 @@ _EQ_VALUE = rb"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+" + _VALUE + rb")?+"
 _ATTRIBUTES = rb"(?:" + _SEP + _NAME + _EQ_VALUE + rb")*+"
 # From the end of a tag name to past its '>'.
 _TAG_REST = re.compile(_ATTRIBUTES + _SEP + rb">")
-# From the end of a tag name to past the first href attribute, capturing its value.
-_HREF = re.compile(
+# From the end of an <a>/<area> tag name to past its '>', capturing the first href value
+# ('=' alone in group 1 for `href=>`, the value in group 2, 3 or 4).
+_HREF_TAG = re.compile(
     rb"(?:"
     + _SEP
     + rb"(?!href[\t\n\f\r /=>])"
@@ -38,9 +39,14 @@ _HREF = re.compile(
     + rb")*+"
     + _SEP
     + rb"href(?=[\t\n\f\r /=>])"
-    + rb"""(?:[\t\n\f\r ]*+(=)[\t\n\f\r ]*+(?:"([^"]*+)"|'([^']*+)'|([^\t\n\f\r >"'][^\t\n\f\r >]*+)|(?=>)))?+""",
+    + rb"""(?:[\t\n\f\r ]*+(=)[\t\n\f\r ]*+(?:"([^"]*+)"|'([^']*+)'|([^\t\n\f\r >"'][^\t\n\f\r >]*+)|(?=>)))?+"""
+    + _ATTRIBUTES
+    + _SEP
+    + rb">",
     re.I,
 )
+# A whole tag from its '<'.
+_TAG = re.compile(rb"<[a-zA-Z][^\t\n\f\r />]*+" + _ATTRIBUTES + _SEP + rb">")
 _SEP_RE = re.compile(_SEP)
 # One attribute at a time, for the rare tag that names the opt-out attribute.
 _ATTR = re.compile(rb"(" + _NAME + rb")(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+" + _VALUE + rb")?+")
@@ -68,13 +74,11 @@ def _inside_tag(data: bytes, floor: int, at: int) -> int:
     lt = data.rfind(b"<", floor, at)
     if lt < 0:
         return 0
-    m = _TAG_NAME.match(data, lt + 1)
-    if m is None:
-        return 0
-    rest = _TAG_REST.match(data, m.end())
-    if rest is None:
-        return -1
-    return rest.end() if rest.end() > at else 0
+    tag = _TAG.match(data, lt)
+    if tag is not None:
+        return tag.end() if tag.end() > at else 0
+    # No tag there (a stray '<'), or one that never ends.
+    return -1 if _TAG_NAME.match(data, lt + 1) else 0
 
 
 def find_hrefs(data: bytes, optout: bytes) -> list[tuple[int, int]]:
@@ -123,17 +127,20 @@ def find_hrefs(data: bytes, optout: bytes) -> list[tuple[int, int]]:
                 return out
             pos = em.end()
             continue
-        rest = _TAG_REST.match(data, p)
-        if rest is None:
-            return out
-        pos = rest.end()
-        h = _HREF.match(data, p)
-        if h is None or h.lastindex is None:
-            continue  # no href, or one without a value
+        tag = _HREF_TAG.match(data, p)
+        if tag is None:
+            rest = _TAG_REST.match(data, p)
+            if rest is None:
+                return out  # the tag never ends: neither does the document's markup
+            pos = rest.end()
+            continue  # no href
+        pos = tag.end()
+        last = tag.lastindex
+        if last is None:
+            continue  # an href without a value
         if optout and optout in data[p:pos].lower() and _has_attribute(data, p, pos, optout):
             continue
-        last = h.lastindex
-        out.append(h.span(last) if last > 1 else (h.end(), h.end()))
+        out.append(tag.span(last) if last > 1 else (tag.start(1) + 1, tag.start(1) + 1))
 
 
 def body_close(data: bytes) -> int:

@@ -21,6 +21,7 @@ Edit = tuple[int, int, bytes]
 
 _B64_LINE = 76  # RFC 2045 §6.8: at most 76 characters per encoded line
 _QP_LINE = 76  # RFC 2045 §6.7 (5): likewise for quoted-printable
+_CLUSTER_GAP = 480  # decoded bytes between edits re-encoded rather than located anew
 
 
 class DecodeError(ValueError):
@@ -145,7 +146,7 @@ def qp_splice(raw: bytes, decoded: bytes, edits: list[Edit], eol: bytes) -> byte
     cursor = _QPCursor(raw, b"=" + eol)
     # [raw start, raw end, decoded start, decoded end, first edit, past last edit]
     regions: list[list[int]] = []
-    for k, (s, e, _) in enumerate(edits):
+    for k, s, e in _clusters(edits):
         rs = cursor.raw_offset(s)
         re_ = rs if e == s else cursor.raw_offset(e)
         if rs < 0 or re_ < 0:
@@ -158,11 +159,12 @@ def qp_splice(raw: bytes, decoded: bytes, edits: list[Edit], eol: bytes) -> byte
         end = j - 1 if j > re_ and raw[j - 1] == 0x3D else j  # up to its soft break's '='
         d_start = s - (rs - start - _expansion(raw, start, rs))
         d_end = e + (end - re_ - _expansion(raw, re_, end))
+        first, past = k
         if regions and start < regions[-1][1]:
             last = regions[-1]
-            last[1], last[3], last[5] = max(end, last[1]), max(d_end, last[3]), k + 1
+            last[1], last[3], last[5] = max(end, last[1]), max(d_end, last[3]), past
         else:
-            regions.append([start, end, d_start, d_end, k, k + 1])
+            regions.append([start, end, d_start, d_end, first, past])
     out: list[bytes] = []
     copied = 0  # end of what has been copied from raw
     for start, end, d_start, d_end, first, past in regions:
@@ -184,6 +186,22 @@ def qp_splice(raw: bytes, decoded: bytes, edits: list[Edit], eol: bytes) -> byte
         copied = end
     out.append(raw[copied:])
     return b"".join(out)
+
+
+def _clusters(edits: list[Edit]) -> list[tuple[tuple[int, int], int, int]]:
+    """((first, past last) edit, start, end) of runs of edits close enough together that
+    re-encoding the text between them costs less than locating each on its own."""
+    out: list[tuple[tuple[int, int], int, int]] = []
+    first = 0
+    start, end = edits[0][0], edits[0][1]
+    for k in range(1, len(edits)):
+        s, e, _ = edits[k]
+        if s - end > _CLUSTER_GAP:
+            out.append(((first, k), start, end))
+            first, start = k, s
+        end = max(end, e)
+    out.append(((first, len(edits)), start, end))
+    return out
 
 
 def _room_for_soft_break(encoded: bytes, eol: bytes) -> bytes:
