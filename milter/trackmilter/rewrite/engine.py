@@ -19,6 +19,8 @@ from trackmilter.rewrite.model import Link, RewriteOptions, RewriteResult, SkipR
 
 __all__ = ["rewrite_message"]
 
+# linker(index, url) -> the tracking URL for link `index` (printable ASCII without quotes,
+# '<', '>' or spaces), or `url` itself to leave that link alone; `index` is then reused.
 Linker = Callable[[int, str], str]
 
 _MAX_DEPTH = 32  # deeper nesting is malformed or hostile; leave it alone
@@ -272,7 +274,10 @@ def _find_links(
         if not tracks(url):
             continue
         index = len(run.links) + len(links) + 1
-        tracking = check_replacement(run.linker(index, url), "linker result")
+        tracking = run.linker(index, url)
+        if tracking == url:
+            continue  # the linker declines (e.g. a URL it cannot sign): left as written
+        check_replacement(tracking, "linker result")
         if html:
             tracking = tracking.replace("&", "&amp;")
         edits.append((s, e, tracking.encode("ascii")))

@@ -7,8 +7,12 @@ import binascii
 __all__ = [
     "IDENTITY",
     "KNOWN",
+    "DecodeError",
+    "Edit",
     "decode",
     "encode",
+    "line_length_at",
+    "max_line_exceeded",
     "qp_encode",
     "qp_splice",
     "split_trailing_breaks",

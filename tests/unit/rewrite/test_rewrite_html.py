@@ -346,3 +346,17 @@ def test_linker_output_is_checked_and_ampersand_escaped() -> None:
             rewrite_message("text/html", None, html, lambda i, u, b=bad: b, None, options)
     with pytest.raises(ValueError):
         rewrite_message("text/html", None, html, lambda i, u: "x", 'https://t/"', options)
+
+
+def test_linker_can_decline_a_link() -> None:
+    html = b'<a href="http://a.example/x?a=1&amp;b=2">1</a><a href="http://b.example/">2</a>'
+
+    def linker(index: int, url: str) -> str:
+        return url if url.startswith("http://a.") else f"https://t/c/{index}"
+
+    result = rewrite_message("text/html", None, html, linker, None, RewriteOptions())
+    assert (
+        result.body
+        == b'<a href="http://a.example/x?a=1&amp;b=2">1</a><a href="https://t/c/1">2</a>'
+    )
+    assert [(link.index, link.url) for link in result.links] == [(1, "http://b.example/")]
