@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import html
 import socket
 import time
 from collections.abc import Callable
@@ -285,8 +284,9 @@ class Session(Milter.Base):  # type: ignore[misc]
             try:
                 new = prefix + sign.click(index, url)
             except UnsignableURL:
-                # Not something a browser would fetch as http(s): keep the link as it was.
-                return html.escape(url)
+                # Not something a browser would fetch as http(s): returning the URL
+                # unchanged declines it, and the engine leaves the link as written.
+                return url
             growth += len(new) - len(url)
             return new
 

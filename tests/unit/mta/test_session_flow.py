@@ -243,3 +243,13 @@ def test_metrics_counted(sink: ListSink) -> None:
                {"outcome": "accepted", "status": ""}) == 1
     assert get("trackmilter_milter_callback_duration_seconds_count", {"callback": "eom"}) == 1
 
+
+
+def test_unsignable_link_left_exactly_as_written(sink: ListSink) -> None:
+    raw = HTML_MSG.replace(b'<a href="mailto:x@example.com">',
+                           b'<a href="http:///no-host?a=1&amp;b=2">')
+    out = run(make_deps(sink), raw)
+    assert out.replaced
+    # declined link: byte-identical (entity kept, not double-escaped), not recorded as a link
+    assert b'<a href="http:///no-host?a=1&amp;b=2">' in out.body
+    assert [link.url for link in sink.events[0].links] == ["https://example.com/a?x=1&y=2"]
