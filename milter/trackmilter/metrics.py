@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from trackmilter import __version__
@@ -17,6 +19,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.build_info = Info("trackmilter_build", "trackmilter version", registry=r)
         self.build_info.info({"version": __version__})
@@ -105,3 +108,13 @@ class Metrics:
             "Events lost because neither the database nor the spool could take them",
             registry=r,
         )
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: prometheus-client validates and locks on
+        every ``labels`` call, which the milter would pay several times per callback."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            # A race here creates the same child twice; prometheus-client returns one object.
+            found = self._children[key] = metric.labels(*values)
+        return found

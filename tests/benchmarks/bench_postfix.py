@@ -107,6 +107,8 @@ class Run:
     milter_warnings: int
     ok: bool
     milter_cpu: float = 0.0  # seconds of milter CPU (user + system) during the run
+    postfix_cpu: float = 0.0  # seconds of CPU of the Postfix instance (all its daemons)
+    machine_cpu: float = 0.0  # seconds of CPU of the whole machine (all cores, not idle)
 
     @property
     def rate(self) -> float:
@@ -120,14 +122,38 @@ class Run:
     def cpu_ms_per_msg(self) -> float:
         return 1000 * self.milter_cpu / self.messages
 
+    @property
+    def postfix_ms_per_msg(self) -> float:
+        return 1000 * self.postfix_cpu / self.messages
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
+    @property
+    def machine_ms_per_msg(self) -> float:
+        return 1000 * self.machine_cpu / self.messages
+
+
+def _stat_fields(pid: int) -> list[str]:
+    # Fields after "(comm)": stat(5) field n is index n - 3.
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def cpu_seconds(pid: int | None, children: bool = False) -> float:
+    """User + system CPU time of a process (all its threads) so far; with ``children``,
+    also that of its exited and reaped children."""
     if pid is None:
         return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    # utime and stime are fields 14 and 15 of stat(5), counted after the ") ".
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        f = _stat_fields(pid)
+    except OSError:
+        return 0.0  # gone since it was listed
+    ticks = int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time of the machine, all cores, that was not idle or waiting for I/O."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -149,6 +175,12 @@ class Bench:
             if comm == "smtpd":
                 pids.append(pid)
         return pids
+
+    def postfix_cpu(self) -> float:
+        """CPU of the instance: the master with its reaped children, and the live daemons."""
+        master = self.pf.master_pid
+        pids = [p for p in self.pf.instance_pids() if p != master]
+        return cpu_seconds(master, children=True) + sum(cpu_seconds(p) for p in pids)
 
     def select(self, variant: str) -> None:
         spec = self.milters[variant]
@@ -175,7 +207,7 @@ class Bench:
             argv.append("-d")
         argv.append(f"127.0.0.1:{self.pf.smtp_port}")
         pid = self.pids.get(variant)
-        cpu0 = cpu_seconds(pid)
+        cpu0, pf0, all0 = cpu_seconds(pid), self.postfix_cpu(), machine_cpu_seconds()
         t0 = time.monotonic()
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         seconds = time.monotonic() - t0
@@ -192,12 +224,14 @@ class Bench:
             pass
         e2e = time.monotonic() - t0
         cpu = cpu_seconds(pid) - cpu0
+        pf_cpu = self.postfix_cpu() - pf0
+        all_cpu = machine_cpu_seconds() - all0
         log = self.pf.log_text(offset)
         count = delivered()
         warnings = len(re.findall(r"warning: .*[Mm]ilter", log))
         rejects = len(re.findall(r"(?:milter-)?reject:", log))
         ok = count == messages and warnings == 0 and rejects == 0
-        return Run(variant, messages, seconds, e2e, count, warnings, ok, cpu)
+        return Run(variant, messages, seconds, e2e, count, warnings, ok, cpu, pf_cpu, all_cpu)
 
 
 def start_milters(
@@ -213,7 +247,8 @@ def start_milters(
         bench.pids["null"] = procs[-1].pid
     if "trackmilter" in variants:
         sock = sock_dir / "trackmilter.sock"
-        cfg = tmd.write_config(bench.work, sock, metrics_listen="127.0.0.1:0", log_level="warning")
+        cfg = tmd.write_config(bench.work, sock, metrics_listen="127.0.0.1:0", log_level="warning",
+                               extra={"store": {"flush_interval": 0.2}})
         procs.append(tmd.milter_process(cfg, sock, python=python))
         procs[-1].start()
         bench.milters["trackmilter"] = procs[-1].spec
@@ -224,7 +259,8 @@ def report(runs: list[Run], variants: list[str], args: argparse.Namespace) -> in
     print()
     header = (
         f"{'variant':<12} {'runs':>4} {'median msg/s':>13} {'min':>8} {'max':>8} "
-        f"{'e2e msg/s':>10} {'milter CPU ms/msg':>18} {'bad runs':>8}"
+        f"{'e2e msg/s':>10} {'CPU ms/msg: milter':>19} {'postfix':>8} {'machine':>8} "
+        f"{'bad runs':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -237,12 +273,18 @@ def report(runs: list[Run], variants: list[str], args: argparse.Namespace) -> in
             medians[v] = statistics.median(rates)
             e2e = statistics.median(r.e2e_rate for r in good)
             cpu = statistics.median(r.cpu_ms_per_msg for r in good)
+            pf = statistics.median(r.postfix_ms_per_msg for r in good)
+            machine = statistics.median(r.machine_ms_per_msg for r in good)
             print(
                 f"{v:<12} {len(good):>4} {medians[v]:>13.1f} {min(rates):>8.1f} "
-                f"{max(rates):>8.1f} {e2e:>10.1f} {cpu:>18.2f} {len(bad):>8}"
+                f"{max(rates):>8.1f} {e2e:>10.1f} {cpu:>19.2f} {pf:>8.2f} {machine:>8.2f} "
+                f"{len(bad):>8}"
             )
         else:
-            print(f"{v:<12} {0:>4} {'-':>13} {'-':>8} {'-':>8} {'-':>10} {'-':>18} {len(bad):>8}")
+            print(
+                f"{v:<12} {0:>4} {'-':>13} {'-':>8} {'-':>8} {'-':>10} {'-':>19} {'-':>8} "
+                f"{'-':>8} {len(bad):>8}"
+            )
     print()
     if "null" in medians and "none" in medians:
         print(f"null/none        = {medians['null'] / medians['none']:.2f}")
@@ -344,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(
                     f"round {rnd} {v:<12} {r.rate:7.1f} msg/s  ({r.seconds:.2f} s; "
-                    f"e2e {r.e2e_rate:.1f} msg/s; milter CPU {r.cpu_ms_per_msg:.2f} ms/msg)"
+                    f"e2e {r.e2e_rate:.1f} msg/s; CPU ms/msg: milter {r.cpu_ms_per_msg:.2f}, "
+                    f"postfix {r.postfix_ms_per_msg:.2f}, machine {r.machine_ms_per_msg:.2f})"
                     f"{flag}",
                     flush=True,
                 )

@@ -90,8 +90,8 @@ def guarded(stage: str) -> Callable[[F], F]:
                                    tracking_id=self.tx.tracking_id if self.tx else None)
                 return CONTINUE
             finally:
-                self.deps.metrics.callback_seconds.labels(stage).observe(
-                    time.perf_counter() - start)
+                m = self.deps.metrics
+                m.child(m.callback_seconds, stage).observe(time.perf_counter() - start)
 
         return inner  # type: ignore[return-value]
 
@@ -314,11 +314,11 @@ class Session(Milter.Base):  # type: ignore[misc]
         m = self.deps.metrics
         action = ("rewritten" if event.rewritten else "tracked" if event.tracking_header
                   else "recorded") if event.end is EndReason.QUEUED else str(event.end)
-        m.messages.labels(str(event.direction), action).inc()
+        m.child(m.messages, str(event.direction), action).inc()
         for r in event.recipients:
-            m.recipients.labels(str(r.outcome), r.status).inc()
+            m.child(m.recipients, str(r.outcome), r.status).inc()
         if event.skip_reason:
-            m.skips.labels(event.skip_reason).inc()
+            m.child(m.skips, event.skip_reason).inc()
         m.links_rewritten.inc(len(event.links))
         if event.pixel:
             m.pixels.inc()

@@ -22,7 +22,11 @@ _REPLACEMENT = re.compile(r"[!#-&(-;=?-~]+")
 
 def normalize(url: str) -> str:
     """The URL a browser would follow for this attribute value (after entity decoding)."""
-    return url.strip(_C0_AND_SPACE).translate(_TAB_NEWLINE)
+    url = url.strip(_C0_AND_SPACE)
+    # str.translate walks the string in Python-level steps: only when there is work for it.
+    if "\t" in url or "\n" in url or "\r" in url:
+        url = url.translate(_TAB_NEWLINE)
+    return url
 
 
 def host_of(url: str) -> str:

@@ -176,6 +176,10 @@ def unescape_attr(value: str) -> str:
     """Decode character references in an attribute value, with HTML5's attribute rules."""
     if "&" not in value:
         return value
+    if value.count("&") == value.count("&amp;"):
+        # The usual case (query strings): every reference is &amp;, and one pass of
+        # replace decodes exactly those (its output is not looked at again).
+        return value.replace("&amp;", "&")
     return _CHARREF.sub(_charref, value)
 
 
