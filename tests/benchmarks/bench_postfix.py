@@ -46,6 +46,16 @@ from trackmilter.lab import (  # noqa: E402
 from trackmilter.lab import daemon as tmd  # noqa: E402
 
 VARIANTS = ("none", "null", "trackmilter")
+# Diagnostic variants (not in the default run): trackmilter with parts of its work turned
+# off, to show where its cost goes.
+TRACKMILTER_VARIANTS: dict[str, dict[str, dict[str, object]]] = {
+    "trackmilter": {},
+    # records and adds the tracking header; no body change
+    "tm-record": {"tracking": {"base_url": ""}},
+    # body replaced with the open pixel only; links not rewritten
+    "tm-pixel": {"tracking": {"rewrite_links": False}},
+}
+ALL_VARIANTS = ("none", "null", *TRACKMILTER_VARIANTS)
 SENDER = "news@shop.example.org"
 RCPT = "reader@example.net"  # smtp-source -N prepends a sequence number
 THRESHOLD = 0.9
@@ -245,14 +255,24 @@ def start_milters(
         procs[-1].start()
         bench.milters["null"] = procs[-1].spec
         bench.pids["null"] = procs[-1].pid
-    if "trackmilter" in variants:
-        sock = sock_dir / "trackmilter.sock"
-        cfg = tmd.write_config(bench.work, sock, metrics_listen="127.0.0.1:0", log_level="warning",
-                               extra={"store": {"flush_interval": 0.2}})
+    for name, overrides in TRACKMILTER_VARIANTS.items():
+        if name not in variants:
+            continue
+        sock = sock_dir / f"{name}.sock"
+        extra: dict[str, dict[str, object]] = {"store": {"flush_interval": 0.2}}  # shipped default
+        for section, values in overrides.items():
+            extra.setdefault(section, {}).update(values)
+        cfg = tmd.write_config(
+            bench.work / name,
+            sock,
+            metrics_listen="127.0.0.1:0",
+            log_level="warning",
+            extra=extra,
+        )
         procs.append(tmd.milter_process(cfg, sock, python=python))
         procs[-1].start()
-        bench.milters["trackmilter"] = procs[-1].spec
-        bench.pids["trackmilter"] = procs[-1].pid
+        bench.milters[name] = procs[-1].spec
+        bench.pids[name] = procs[-1].pid
 
 
 def report(runs: list[Run], variants: list[str], args: argparse.Namespace) -> int:
@@ -288,6 +308,9 @@ def report(runs: list[Run], variants: list[str], args: argparse.Namespace) -> in
     print()
     if "null" in medians and "none" in medians:
         print(f"null/none        = {medians['null'] / medians['none']:.2f}")
+    for v in TRACKMILTER_VARIANTS:
+        if v != "trackmilter" and v in medians and "null" in medians:
+            print(f"{v + '/null':<16} = {medians[v] / medians['null']:.2f}  (diagnostic)")
     if "trackmilter" in variants:
         if "trackmilter" not in medians or "null" not in medians:
             print("trackmilter/null = n/a (no valid run)  -> FAIL")
@@ -303,7 +326,9 @@ def report(runs: list[Run], variants: list[str], args: argparse.Namespace) -> in
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma-separated: none,null,trackmilter"
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from {','.join(ALL_VARIANTS)}",
     )
     p.add_argument("-m", "--messages", type=int, default=1000, help="messages per run")
     p.add_argument("-s", "--sessions", type=int, default=20, help="parallel SMTP sessions")
@@ -324,9 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args(argv)  # fmt: skip
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variants) - set(VARIANTS)
+    unknown = set(variants) - set(ALL_VARIANTS)
     if unknown:
-        p.error(f"unknown variants {sorted(unknown)}; choose from {','.join(VARIANTS)}")
+        p.error(f"unknown variants {sorted(unknown)}; choose from {','.join(ALL_VARIANTS)}")
     for tool in ("smtp-source", "smtp-sink"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             p.error(f"{tool} not found (Debian: it is in the postfix package)")
@@ -395,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in procs:
             # trackmilter flushes its batched writer on SIGTERM; the null milter has nothing.
-            proc.stop(graceful=proc.socket_path.name.startswith("trackmilter"))
+            proc.stop(graceful=proc.socket_path.stem in TRACKMILTER_VARIANTS)
         pf.stop()
         sink.terminate()
         sink.wait(10)
