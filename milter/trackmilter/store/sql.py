@@ -224,20 +224,15 @@ class _Upsert:
     the DBAPI cursor with SQLAlchemy's own bind processors.
 
     The statement text is the same on SQLite (3.24+) and PostgreSQL. Going through
-    ``exec_driver_sql`` skips SQLAlchemy's per-row parameter machinery, which cost the
-    milter more CPU than the rewriting of the message itself (measured with
-    tests/benchmarks/bench_postfix.py and py-spy).
+    ``exec_driver_sql`` skips SQLAlchemy's statement building and per-row parameter
+    machinery, the largest item in the milter's profile under load before (py-spy during
+    tests/benchmarks/bench_postfix.py).
     """
 
     def __init__(self, dialect: Dialect, table: Table, columns: Sequence[str],
                  keys: Sequence[str]) -> None:
         self.columns = tuple(columns)
-        if dialect.paramstyle == "qmark":
-            mark = "?"
-        elif dialect.paramstyle in ("format", "pyformat"):
-            mark = "%s"
-        else:  # pragma: no cover - both supported drivers use one of the above
-            raise StoreError(f"unsupported DBAPI paramstyle {dialect.paramstyle}")
+        mark = _placeholder(dialect)
         prep = dialect.identifier_preparer
         cols = ", ".join(prep.quote(c) for c in self.columns)
         marks = ", ".join(mark for _ in self.columns)
@@ -269,6 +264,15 @@ class _Upsert:
             conn.exec_driver_sql(self.sql, params)
 
 
+def _placeholder(dialect: Dialect) -> str:
+    """The DBAPI's positional parameter marker."""
+    if dialect.paramstyle == "qmark":
+        return "?"
+    if dialect.paramstyle in ("format", "pyformat"):
+        return "%s"
+    raise StoreError(f"unsupported DBAPI paramstyle {dialect.paramstyle}")  # pragma: no cover
+
+
 _UPSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], _Upsert] = {}
 
 
@@ -284,7 +288,7 @@ def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: li
 
 def _message_ids(conn: Connection, tracking_ids: list[str]) -> dict[str, int]:
     ids: dict[str, int] = {}
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = _placeholder(conn.dialect)
     # Chunked: old SQLite builds allow only 999 bound parameters per statement.
     for start in range(0, len(tracking_ids), 500):
         chunk = tuple(tracking_ids[start : start + 500])
