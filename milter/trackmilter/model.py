@@ -32,6 +32,15 @@ class EndReason(StrEnum):
     ABORTED = "aborted"  # RSET / client gone before end of message
 
 
+class DeliveryStatus(StrEnum):
+    """What the MTA logged about one delivery attempt (Postfix's status=, Sendmail's stat=)."""
+
+    SENT = "sent"  # the next hop answered 2xx: accepted by it, nothing more
+    DEFERRED = "deferred"  # temporary failure; the MTA will try again
+    BOUNCED = "bounced"  # permanent failure; a bounce goes to the sender
+    EXPIRED = "expired"  # retried until the queue lifetime ran out; returned to the sender
+
+
 class SkipReason(StrEnum):
     """Why a message was recorded but not rewritten. Stable names: used in metrics and storage."""
 
@@ -150,10 +159,48 @@ class MessageRecorded:
         return tuple(r for r in self.recipients if r.outcome is RcptOutcome.ACCEPTED)
 
 
-Event = MessageRecorded
+@dataclass(frozen=True)
+class DeliveryObserved:
+    """One delivery attempt for one recipient, as the MTA's log tells it.
+
+    Tied to the message by queue id (and the MTA host when several share a store); the
+    reply text is the remote server's, verbatim, when there was one.
+    """
+
+    queue_id: str
+    recipient: str
+    status: DeliveryStatus
+    at: datetime
+    dsn: str = ""  # enhanced status code, e.g. "2.0.0", "5.1.1"
+    relay: str = ""  # e.g. "mx.example.net[192.0.2.1]:25", "none", "local"
+    text: str = ""  # the parenthesised explanation, verbatim
+    orig_to: str = ""
+    mta: str = ""  # which MTA host logged it
+
+    kind = "delivery"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind
+        result: dict[str, Any] = _jsonable(data)
+        return result
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeliveryObserved:
+        data = dict(data)
+        data.pop("kind", None)
+        data["status"] = DeliveryStatus(data["status"])
+        data["at"] = datetime.fromisoformat(data["at"])
+        return cls(**data)
+
+
+Event = MessageRecorded | DeliveryObserved
 """Union of everything the store accepts; grows as later layers add event kinds."""
 
-EVENT_KINDS: dict[str, type[MessageRecorded]] = {MessageRecorded.kind: MessageRecorded}
+EVENT_KINDS: dict[str, type[MessageRecorded] | type[DeliveryObserved]] = {
+    MessageRecorded.kind: MessageRecorded,
+    DeliveryObserved.kind: DeliveryObserved,
+}
 
 
 def event_from_dict(data: dict[str, Any]) -> Event:

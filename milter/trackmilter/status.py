@@ -10,6 +10,16 @@ _INLINE = {
     "accepted": "accepted by our MTA for delivery (not yet delivered)",
     "refused": "refused by our MTA: never sent",
 }
+# What the MTA's delivery log proves: what the next hop answered, nothing beyond it.
+_DELIVERY = {
+    "sent": "accepted by the remote server {relay} (not proof of inbox placement)",
+    "deferred": "deferred: not accepted yet by {relay}; the MTA will retry",
+    "bounced": "bounced: refused by {relay}; not delivered",
+    "expired": "expired: the MTA gave up retrying; not delivered",
+}
+# Which evidence settles a recipient's current state: a later retry never undoes an answer,
+# and a bounce after "sent" (a DSN that came back) still wins because it is later.
+_FINAL = {"sent", "bounced", "expired"}
 _END = {
     "queued": "",
     "all_recipients_refused": "transaction ended: every recipient refused, no message sent",
@@ -22,9 +32,27 @@ def describe_event(ev: Mapping[str, Any]) -> str:
     detail = " ".join(x for x in (ev.get("code") or "", ev.get("text") or "") if x)
     if kind == "inline":
         text = _INLINE.get(status, status)
+    elif kind == "delivery":
+        relay = ((ev.get("data") or {}).get("relay") or "the next hop").strip()
+        text = _DELIVERY.get(status, status).format(relay=relay)
     else:
         text = f"{kind}: {status}"
     return f"{text} ({detail})" if detail else text
+
+
+def current(events: Iterable[Mapping[str, Any]]) -> str:
+    """One line for where a recipient stands now: the latest settling evidence, else the
+    latest evidence of any kind; "" when there is none."""
+    ordered = sorted(events, key=lambda ev: str(ev.get("at") or ""))
+    if not ordered:
+        return ""
+    settled = [ev for ev in ordered if ev.get("kind") == "delivery" and ev.get("status") in _FINAL]
+    latest = settled[-1] if settled else ordered[-1]
+    if latest.get("kind") == "delivery" and latest.get("status") == "bounced" and any(
+        ev.get("kind") == "delivery" and ev.get("status") == "sent" for ev in ordered
+    ):
+        return "bounced after the remote server had accepted it"
+    return describe_event(latest)
 
 
 def render(messages: Iterable[Mapping[str, Any]]) -> str:
@@ -56,6 +84,8 @@ def render(messages: Iterable[Mapping[str, Any]]) -> str:
                 out.append(f"    {ev.get('at', '')}  {describe_event(ev)}")
             if not events:
                 out.append("    no evidence yet: unknown")
+            elif len(events) > 1:
+                out.append(f"    now: {current(events)}")
         for ev in timeline:
             if not ev.get("recipient"):
                 out.append(f"  {ev.get('at', '')}  {describe_event(ev)}")

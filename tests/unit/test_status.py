@@ -44,3 +44,32 @@ def test_tracking_summary() -> None:
         [_msg(tracking_header=True, skip_reason="no_links")])
     assert "message not modified (dkim_signed)" in render([_msg(skip_reason="dkim_signed")])
     assert "every recipient refused" in render([_msg(end_reason="all_recipients_refused")])
+
+
+def _delivery(status: str, at: str, code: str = "", text: str = "") -> dict[str, Any]:
+    return {"kind": "delivery", "recipient": "b@example.net", "status": status, "at": at,
+            "code": code, "text": text, "data": {"relay": "mx.example.net[192.0.2.9]:25"}}
+
+
+def test_sent_is_accepted_by_remote_not_inbox() -> None:
+    events = [*_msg()["events"], _delivery("sent", "t3", "2.0.0", "250 2.0.0 Ok")]
+    text = render([_msg(events=events)])
+    assert ("accepted by the remote server mx.example.net[192.0.2.9]:25 (not proof of inbox "
+            "placement) (2.0.0 250 2.0.0 Ok)") in text
+    assert "now: accepted by the remote server" in text
+
+
+def test_retry_does_not_undo_an_answer_and_later_bounce_wins() -> None:
+    events = [*_msg()["events"], _delivery("deferred", "t3", "4.4.1"),
+              _delivery("bounced", "t5", "5.1.1", "user unknown"), _delivery("deferred", "t4")]
+    assert "now: bounced: refused by mx.example.net[192.0.2.9]:25" in render([_msg(events=events)])
+    events.append(_delivery("sent", "t2"))
+    assert "now: bounced after the remote server had accepted it" in render(
+        [_msg(events=events)])
+
+
+def test_deferred_alone_is_not_final() -> None:
+    events = [*_msg()["events"], _delivery("deferred", "t3", "4.4.1", "Connection refused")]
+    text = render([_msg(events=events)])
+    assert "now: deferred: not accepted yet by mx.example.net[192.0.2.9]:25; the MTA will retry" \
+        in text

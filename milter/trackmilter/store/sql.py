@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Row, Table, exc, select, union
 
-from trackmilter.model import Event, MessageRecorded
+from trackmilter.model import DeliveryObserved, Event, MessageRecorded
 from trackmilter.store.base import EventRejected, StoreError
 from trackmilter.store.engine import (
     DEFAULT_BUSY_TIMEOUT,
@@ -26,6 +27,10 @@ from trackmilter.store.views import EventView, LinkView, MessageView, RecipientV
 MAX_INDEXED_CHARS = 512
 
 INLINE_KIND = "inline"
+DELIVERY_KIND = "delivery"
+# A log line may be stamped a little before the milter's clock says the message started
+# (two hosts, two clocks, or the log's one-second resolution).
+CLOCK_SLACK = timedelta(minutes=5)
 
 
 def normalize_address(address: str) -> str:
@@ -137,6 +142,8 @@ class _Batch:
         self.recipients: dict[tuple[str, str], dict[str, Any]] = {}
         self.links: dict[tuple[str, int], dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
+        # Delivery events still to be tied to a message: (queue id, mta, at, events key).
+        self.deliveries: list[tuple[str, str, datetime, str]] = []
 
     @classmethod
     def build(cls, items: Iterable[Event]) -> _Batch:
@@ -145,6 +152,8 @@ class _Batch:
             try:
                 if isinstance(event, MessageRecorded):
                     batch._add_message(event)
+                elif isinstance(event, DeliveryObserved):
+                    batch._add_delivery(event)
                 else:  # pragma: no cover - grows with model.Event
                     raise EventRejected(f"the SQL store cannot store {type(event).__name__}")
             except (AttributeError, TypeError, ValueError) as e:
@@ -199,6 +208,29 @@ class _Batch:
         for link in ev.links:
             self.links[(tid, int(link.index))] = {"idx": int(link.index), "url": link.url}
 
+    def _add_delivery(self, ev: DeliveryObserved) -> None:
+        address = normalize_address(ev.recipient)
+        queue_id = ev.queue_id[:MAX_INDEXED_CHARS]
+        # The same log line read twice (a restart before the follower saved its position)
+        # is the same event; a new attempt has a new time.
+        key = f"{DELIVERY_KIND}:{ev.mta}:{queue_id}:{address}:{ev.status}:{ev.at.isoformat()}"
+        data = {"queue_id": queue_id, "relay": ev.relay}
+        if ev.orig_to:
+            data["orig_to"] = ev.orig_to
+        self.events[key] = {
+            "recipient": address,
+            "kind": DELIVERY_KIND,
+            "at": ev.at,
+            "source": ev.mta or "maillog",
+            "status": str(ev.status),
+            "code": ev.dsn,
+            "text": ev.text,
+            "data": data,
+            "dedup_key": key,
+            "_tid": None,
+        }
+        self.deliveries.append((queue_id, ev.mta, ev.at, key))
+
     def write(self, conn: Connection) -> None:
         if self.messages:
             _upsert(conn, messages, list(self.messages.values()), ["tracking_id"])
@@ -209,12 +241,13 @@ class _Batch:
         if self.links:
             rows = [{"message": ids[tid], **row} for (tid, _), row in self.links.items()]
             _upsert(conn, links, rows, ["message", "idx"])
+        by_delivery = _messages_for_deliveries(conn, self.deliveries)
         if self.events:
             rows = []
-            for row in self.events.values():
+            for key, row in self.events.items():
                 row = dict(row)
                 tid = row.pop("_tid")
-                row["message"] = ids[tid] if tid is not None else None
+                row["message"] = ids[tid] if tid is not None else by_delivery.get(key)
                 rows.append(row)
             _upsert(conn, events, rows, ["dedup_key"])
 
@@ -299,6 +332,39 @@ def _message_ids(conn: Connection, tracking_ids: list[str]) -> dict[str, int]:
         for tid, mid in conn.exec_driver_sql(query, chunk):
             ids[tid] = mid
     return ids
+
+
+def _messages_for_deliveries(
+    conn: Connection, deliveries: list[tuple[str, str, datetime, str]]
+) -> dict[str, int]:
+    """events key -> message id, for delivery events whose message is known.
+
+    Postfix reuses short queue ids, and several MTAs may share a store: the message is the
+    latest one with that queue id (from that MTA, when both name one) that started before
+    the log line; failing that, the first that started within CLOCK_SLACK after it.
+    """
+    queue_ids = sorted({qid for qid, _, _, _ in deliveries if qid})
+    candidates: dict[str, list[tuple[datetime, str, int]]] = defaultdict(list)
+    for start in range(0, len(queue_ids), 500):
+        chunk = queue_ids[start : start + 500]
+        query = select(
+            messages.c.queue_id, messages.c.started_at, messages.c.mta, messages.c.id
+        ).where(messages.c.queue_id.in_(chunk))
+        for qid, started, mta, mid in conn.execute(query):
+            candidates[qid].append((started, mta, mid))
+    found: dict[str, int] = {}
+    for qid, mta, at, key in deliveries:
+        ours = [(started, mid) for started, m_mta, mid in candidates.get(qid, ())
+                if not (mta and m_mta and m_mta != mta)]
+        before = [c for c in ours if c[0] <= at]
+        if before:
+            found[key] = max(before)[1]
+            continue
+        # None started before the line: allow for clocks a little apart.
+        soon = [c for c in ours if c[0] <= at + CLOCK_SLACK]
+        if soon:
+            found[key] = min(soon)[1]
+    return found
 
 
 def _views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageView]:
