@@ -194,12 +194,62 @@ class DeliveryObserved:
         return cls(**data)
 
 
-Event = MessageRecorded | DeliveryObserved
+@dataclass(frozen=True)
+class ReportRecipient:
+    """One recipient of a report: a DSN's per-recipient fields, an MDN or ARF's subject."""
+
+    recipient: str
+    action: str = ""  # DSN Action; MDN disposition type; ARF feedback type
+    status: str = ""  # RFC 3463 enhanced status code
+    replycode: str = ""  # SMTP reply code, when the report gives one
+    reason: str = ""  # bounce reason (sisimai's vocabulary), "" when not a failure
+    hardbounce: bool = False
+    text: str = ""  # Diagnostic-Code or equivalent, verbatim
+    remote_mta: str = ""
+
+
+@dataclass(frozen=True)
+class ReportReceived:
+    """A bounce (DSN), read receipt (MDN) or complaint (ARF) that passed through the milter,
+    with what ties it to the original message, strongest first: our tracking id, the
+    original queue id (Postfix's own bounces), the original Message-ID."""
+
+    report: str  # "dsn" | "mdn" | "arf"
+    at: datetime
+    recipients: tuple[ReportRecipient, ...] = ()
+    tracking_id: str = ""
+    original_queue_id: str = ""
+    original_message_id: str = ""
+    envelope_id: str = ""
+    reporting_mta: str = ""
+    report_queue_id: str = ""  # the report's own queue id at our MTA
+    report_message_id: str = ""
+    mta: str = ""  # which MTA host's milter saw it
+
+    kind = "report"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = self.kind
+        result: dict[str, Any] = _jsonable(data)
+        return result
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReportReceived:
+        data = dict(data)
+        data.pop("kind", None)
+        data["at"] = datetime.fromisoformat(data["at"])
+        data["recipients"] = tuple(ReportRecipient(**r) for r in data.get("recipients", ()))
+        return cls(**data)
+
+
+Event = MessageRecorded | DeliveryObserved | ReportReceived
 """Union of everything the store accepts; grows as later layers add event kinds."""
 
-EVENT_KINDS: dict[str, type[MessageRecorded] | type[DeliveryObserved]] = {
+EVENT_KINDS: dict[str, type[MessageRecorded] | type[DeliveryObserved] | type[ReportReceived]] = {
     MessageRecorded.kind: MessageRecorded,
     DeliveryObserved.kind: DeliveryObserved,
+    ReportReceived.kind: ReportReceived,
 }
 
 

@@ -17,6 +17,14 @@ _DELIVERY = {
     "bounced": "bounced: refused by {relay}; not delivered",
     "expired": "expired: the MTA gave up retrying; not delivered",
 }
+# Reports that came back as mail (through the milter).
+_DSN = {
+    "failed": "bounce report (DSN) from {source}: not delivered",
+    "delayed": "delay report (DSN) from {source}: not delivered yet, still trying",
+    "delivered": "DSN from {source}: delivered to the recipient's mailbox server",
+    "relayed": "DSN from {source}: relayed onward to a system that sends no reports",
+    "expanded": "DSN from {source}: delivered and forwarded to further addresses",
+}
 # Which evidence settles a recipient's current state: a later retry never undoes an answer,
 # and a bounce after "sent" (a DSN that came back) still wins because it is later.
 _FINAL = {"sent", "bounced", "expired"}
@@ -35,6 +43,17 @@ def describe_event(ev: Mapping[str, Any]) -> str:
     elif kind == "delivery":
         relay = ((ev.get("data") or {}).get("relay") or "the next hop").strip()
         text = _DELIVERY.get(status, status).format(relay=relay)
+    elif kind == "dsn":
+        data = ev.get("data") or {}
+        text = _DSN.get(status, f"DSN from {{source}}: {status}").format(
+            source=ev.get("source") or "a remote server")
+        if status == "failed" and data.get("reason"):
+            text += f"; reason {data['reason']}, {'hard' if data.get('hardbounce') else 'soft'}"
+    elif kind == "mdn":
+        text = (f"the recipient's mail client sent a read receipt ({status or 'no disposition'});"
+                " not proof that anyone read it")
+    elif kind == "arf":
+        text = f"complaint: the recipient's provider reports it as {status or 'abuse'} (ARF)"
     else:
         text = f"{kind}: {status}"
     return f"{text} ({detail})" if detail else text
@@ -46,13 +65,22 @@ def current(events: Iterable[Mapping[str, Any]]) -> str:
     ordered = sorted(events, key=lambda ev: str(ev.get("at") or ""))
     if not ordered:
         return ""
-    settled = [ev for ev in ordered if ev.get("kind") == "delivery" and ev.get("status") in _FINAL]
+    settled = [ev for ev in ordered if _settles(ev)]
     latest = settled[-1] if settled else ordered[-1]
-    if latest.get("kind") == "delivery" and latest.get("status") == "bounced" and any(
-        ev.get("kind") == "delivery" and ev.get("status") == "sent" for ev in ordered
-    ):
-        return "bounced after the remote server had accepted it"
+    sent = [ev for ev in ordered if ev.get("kind") == "delivery" and ev.get("status") == "sent"]
+    if sent and _failed(latest) and str(latest.get("at") or "") >= str(sent[0].get("at") or ""):
+        return "bounced after the remote server had accepted it: " + describe_event(latest)
     return describe_event(latest)
+
+
+def _failed(ev: Mapping[str, Any]) -> bool:
+    kind, status = ev.get("kind"), ev.get("status")
+    return (kind == "delivery" and status in ("bounced", "expired")) or (
+        kind == "dsn" and status == "failed")
+
+
+def _settles(ev: Mapping[str, Any]) -> bool:
+    return (ev.get("kind") == "delivery" and ev.get("status") in _FINAL) or _failed(ev)
 
 
 def render(messages: Iterable[Mapping[str, Any]]) -> str:
@@ -86,8 +114,12 @@ def render(messages: Iterable[Mapping[str, Any]]) -> str:
                 out.append("    no evidence yet: unknown")
             elif len(events) > 1:
                 out.append(f"    now: {current(events)}")
+        known = {r["address"] for r in m.get("recipients", ())}
         for ev in timeline:
-            if not ev.get("recipient"):
-                out.append(f"  {ev.get('at', '')}  {describe_event(ev)}")
+            # Evidence about the message, or about an address it was not sent to in-line
+            # (a DSN naming a forwarded address): shown, never dropped.
+            if ev.get("recipient") not in known:
+                who = f"{ev['recipient']}: " if ev.get("recipient") else ""
+                out.append(f"  {ev.get('at', '')}  {who}{describe_event(ev)}")
         out.append("")
     return "\n".join(out)

@@ -64,7 +64,7 @@ def test_retry_does_not_undo_an_answer_and_later_bounce_wins() -> None:
               _delivery("bounced", "t5", "5.1.1", "user unknown"), _delivery("deferred", "t4")]
     assert "now: bounced: refused by mx.example.net[192.0.2.9]:25" in render([_msg(events=events)])
     events.append(_delivery("sent", "t2"))
-    assert "now: bounced after the remote server had accepted it" in render(
+    assert "now: bounced after the remote server had accepted it: bounced: refused by" in render(
         [_msg(events=events)])
 
 
@@ -73,3 +73,23 @@ def test_deferred_alone_is_not_final() -> None:
     text = render([_msg(events=events)])
     assert "now: deferred: not accepted yet by mx.example.net[192.0.2.9]:25; the MTA will retry" \
         in text
+
+
+def test_reports_say_what_they_prove() -> None:
+    dsn = {"kind": "dsn", "recipient": "b@example.net", "status": "failed", "at": "t6",
+           "code": "5.2.2", "text": "mailbox full", "source": "mx.example.net",
+           "data": {"reason": "mailboxfull", "hardbounce": False}}
+    mdn = {"kind": "mdn", "recipient": "b@example.net", "status": "displayed", "at": "t7"}
+    events = [*_msg()["events"], _delivery("sent", "t3", "2.0.0"), dsn, mdn]
+    text = render([_msg(events=events)])
+    assert ("bounce report (DSN) from mx.example.net: not delivered; reason mailboxfull, soft "
+            "(5.2.2 mailbox full)") in text
+    assert "sent a read receipt (displayed); not proof that anyone read it" in text
+    # The receipt is not settling evidence: the DSN after the 250 is where it stands.
+    assert "now: bounced after the remote server had accepted it: bounce report (DSN)" in text
+
+
+def test_evidence_for_an_unknown_address_is_shown() -> None:
+    arf = {"kind": "arf", "recipient": "forwarded@example.org", "status": "abuse", "at": "t9"}
+    text = render([_msg(events=[*_msg()["events"], arf])])
+    assert "forwarded@example.org: complaint: the recipient's provider reports it as abuse" in text

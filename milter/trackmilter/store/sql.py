@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -9,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Row, Table, exc, select, union
 
-from trackmilter.model import DeliveryObserved, Event, MessageRecorded
+from trackmilter.model import DeliveryObserved, Event, MessageRecorded, ReportReceived
 from trackmilter.store.base import EventRejected, StoreError
 from trackmilter.store.engine import (
     DEFAULT_BUSY_TIMEOUT,
@@ -43,6 +44,13 @@ def strip_brackets(value: str) -> str:
     if value.startswith("<") and value.endswith(">"):
         value = value[1:-1].strip()
     return value
+
+
+def _bounded_key(key: str) -> str:
+    """A dedup key short enough for a unique index, still distinct when it had to shrink."""
+    if len(key) <= MAX_INDEXED_CHARS:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def inline_dedup_key(tracking_id: str, address: str) -> str:
@@ -144,6 +152,8 @@ class _Batch:
         self.events: dict[str, dict[str, Any]] = {}
         # Delivery events still to be tied to a message: (queue id, mta, at, events key).
         self.deliveries: list[tuple[str, str, datetime, str]] = []
+        # Report events still to be tied: (report, events keys).
+        self.reports: list[tuple[ReportReceived, list[str]]] = []
 
     @classmethod
     def build(cls, items: Iterable[Event]) -> _Batch:
@@ -154,6 +164,8 @@ class _Batch:
                     batch._add_message(event)
                 elif isinstance(event, DeliveryObserved):
                     batch._add_delivery(event)
+                elif isinstance(event, ReportReceived):
+                    batch._add_report(event)
                 else:  # pragma: no cover - grows with model.Event
                     raise EventRejected(f"the SQL store cannot store {type(event).__name__}")
             except (AttributeError, TypeError, ValueError) as e:
@@ -213,7 +225,9 @@ class _Batch:
         queue_id = ev.queue_id[:MAX_INDEXED_CHARS]
         # The same log line read twice (a restart before the follower saved its position)
         # is the same event; a new attempt has a new time.
-        key = f"{DELIVERY_KIND}:{ev.mta}:{queue_id}:{address}:{ev.status}:{ev.at.isoformat()}"
+        key = _bounded_key(
+            f"{DELIVERY_KIND}:{ev.mta}:{queue_id}:{address}:{ev.status}:{ev.at.isoformat()}"
+        )
         data = {"queue_id": queue_id, "relay": ev.relay}
         if ev.orig_to:
             data["orig_to"] = ev.orig_to
@@ -231,6 +245,34 @@ class _Batch:
         }
         self.deliveries.append((queue_id, ev.mta, ev.at, key))
 
+    def _add_report(self, ev: ReportReceived) -> None:
+        # A report is identified by its own Message-ID (or queue id at our MTA): the same
+        # report seen twice (a resend, a spool replay) is stored once.
+        ident = strip_brackets(ev.report_message_id) or f"{ev.mta}:{ev.report_queue_id}"
+        keys = []
+        for n, r in enumerate(ev.recipients or (None,)):
+            address = normalize_address(r.recipient) if r is not None else ""
+            key = _bounded_key(f"{ev.report}:{ident}:{address or n}")
+            data: dict[str, Any] = {"reporting_mta": ev.reporting_mta,
+                                    "report_queue_id": ev.report_queue_id}
+            if r is not None:
+                data.update(reason=r.reason, hardbounce=r.hardbounce, replycode=r.replycode,
+                            remote_mta=r.remote_mta)
+            self.events[key] = {
+                "recipient": address or None,
+                "kind": ev.report,
+                "at": ev.at,
+                "source": ev.reporting_mta or ev.mta or "report",
+                "status": r.action if r is not None else "",
+                "code": r.status if r is not None else "",
+                "text": r.text if r is not None else "",
+                "data": data,
+                "dedup_key": key,
+                "_tid": None,
+            }
+            keys.append(key)
+        self.reports.append((ev, keys))
+
     def write(self, conn: Connection) -> None:
         if self.messages:
             _upsert(conn, messages, list(self.messages.values()), ["tracking_id"])
@@ -242,6 +284,7 @@ class _Batch:
             rows = [{"message": ids[tid], **row} for (tid, _), row in self.links.items()]
             _upsert(conn, links, rows, ["message", "idx"])
         by_delivery = _messages_for_deliveries(conn, self.deliveries)
+        by_delivery.update(_messages_for_reports(conn, self.reports))
         if self.events:
             rows = []
             for key, row in self.events.items():
@@ -364,6 +407,37 @@ def _messages_for_deliveries(
         soon = [c for c in ours if c[0] <= at + CLOCK_SLACK]
         if soon:
             found[key] = min(soon)[1]
+    return found
+
+
+def _messages_for_reports(
+    conn: Connection, reports: list[tuple[ReportReceived, list[str]]]
+) -> dict[str, int]:
+    """events key -> message id for reports, by the strongest tie each one carries."""
+    found: dict[str, int] = {}
+    for ev, keys in reports:
+        mid = None
+        if ev.tracking_id:
+            mid = conn.execute(
+                select(messages.c.id).where(messages.c.tracking_id == ev.tracking_id.lower())
+            ).scalar()
+        if mid is None and ev.original_queue_id:
+            query = select(messages.c.id).where(
+                messages.c.queue_id == ev.original_queue_id, messages.c.started_at <= ev.at
+            )
+            if ev.mta:
+                query = query.where(messages.c.mta == ev.mta)
+            mid = conn.execute(query.order_by(messages.c.started_at.desc()).limit(1)).scalar()
+        if mid is None and ev.original_message_id:
+            wanted = strip_brackets(ev.original_message_id)[:MAX_INDEXED_CHARS]
+            mid = conn.execute(
+                select(messages.c.id)
+                .where(messages.c.message_id == wanted)
+                .order_by(messages.c.started_at.desc())
+                .limit(1)
+            ).scalar()
+        if mid is not None:
+            found.update(dict.fromkeys(keys, int(mid)))
     return found
 
 

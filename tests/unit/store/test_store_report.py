@@ -1,0 +1,80 @@
+"""Reports seen by the milter: tied to the original message by the strongest tie they carry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from tests.unit.store.store_helpers import T0, make_message
+
+from trackmilter.model import ReportReceived, ReportRecipient, event_from_dict
+from trackmilter.store import SQLStore, upgrade
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[SQLStore]:
+    upgrade(db_url)
+    s = SQLStore(db_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+FAILED = ReportRecipient("Bob@Example.com", "failed", "5.1.1", "550", "userunknown", True,
+                         "smtp; 550 5.1.1 <bob@example.com>: User unknown", "mx.example.com")
+
+
+def report(**kw: object) -> ReportReceived:
+    base: dict[str, object] = {"report": "dsn", "at": T0 + timedelta(hours=1),
+                               "recipients": (FAILED,), "report_message_id": "<r1@mx.example>",
+                               "reporting_mta": "mx.example.com", "mta": "mx1"}
+    base.update(kw)
+    return ReportReceived(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip_through_dict() -> None:
+    ev = report(tracking_id="t000000000000001")
+    assert event_from_dict(ev.to_dict()) == ev
+
+
+@pytest.mark.parametrize(
+    "tie",
+    [
+        pytest.param({"tracking_id": "T000000000000002"}, id="tracking-id"),
+        pytest.param({"original_queue_id": "Q00000002"}, id="queue-id"),
+        pytest.param({"original_message_id": "<m2@example.org>"}, id="message-id"),
+    ],
+)
+def test_tied_by_each_kind_of_evidence(store: SQLStore, tie: dict[str, str]) -> None:
+    store.write([make_message(1), make_message(2)])
+    store.write([report(**tie)])
+    [m] = store.lookup("t000000000000002")
+    [dsn] = [e for e in m.events if e.kind == "dsn"]
+    assert (dsn.recipient, dsn.status, dsn.code) == ("bob@example.com", "failed", "5.1.1")
+    assert dsn.data is not None and dsn.data["reason"] == "userunknown"
+    assert dsn.data["hardbounce"] is True and dsn.source == "mx.example.com"
+    [other] = store.lookup("t000000000000001")
+    assert not [e for e in other.events if e.kind == "dsn"]
+
+
+def test_same_report_twice_is_stored_once(store: SQLStore) -> None:
+    store.write([make_message(2)])
+    store.write([report(tracking_id="t000000000000002")])
+    store.write([report(tracking_id="t000000000000002")])
+    [m] = store.lookup("t000000000000002")
+    assert len([e for e in m.events if e.kind == "dsn"]) == 1
+
+
+def test_mdn_and_arf_without_recipient_details(store: SQLStore) -> None:
+    store.write([make_message(2)])
+    store.write([
+        report(report="mdn", report_message_id="<mdn@x>", tracking_id="t000000000000002",
+               recipients=(ReportRecipient("bob@example.com", "displayed"),)),
+        report(report="arf", report_message_id="<arf@x>", tracking_id="t000000000000002",
+               recipients=(ReportRecipient("bob@example.com", "abuse"),)),
+    ])
+    [m] = store.lookup("t000000000000002")
+    assert sorted((e.kind, e.status) for e in m.events if e.kind in ("mdn", "arf")) == [
+        ("arf", "abuse"), ("mdn", "displayed")]
