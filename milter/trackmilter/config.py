@@ -31,6 +31,8 @@ class MilterSettings:
     )
     sender_domains: tuple[str, ...] = ()
     max_message_size: int = 10 * 1024 * 1024
+    # Bounces, read receipts and complaints larger than this are recorded but not decoded.
+    report_max_size: int = 1024 * 1024
     optout_header: str = "X-Trackmilter-Opt-Out"
     timeout: int = 600
     mta_name: str = field(default_factory=_socket.getfqdn)
@@ -212,6 +214,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "outgoing_networks": _networks,
             "sender_domains": _domains,
             "max_message_size": _int,
+            "report_max_size": _int,
             "optout_header": _header_name,
             "timeout": _int,
             "mta_name": _str,

@@ -71,6 +71,21 @@ class Metrics:
             registry=r,
         )
 
+        # reports (DSN, MDN, ARF) seen by the milter
+        self.reports = Counter(
+            "trackmilter_reports_total",
+            "Reports (dsn, mdn, arf) decoded from mail passing through the milter",
+            ["kind"],
+            registry=r,
+        )
+        self.reports_skipped = Counter(
+            "trackmilter_reports_skipped_total",
+            "Possible reports not decoded, by reason (not_a_report, too_large, queue_full, "
+            "error)",
+            ["reason"],
+            registry=r,
+        )
+
         # store
         self.store_queue = Gauge(
             "trackmilter_store_queue_events",

@@ -43,6 +43,7 @@ class Transaction:
     opted_out: bool = False
     already_tracked: bool = False
     body: list[bytes] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)  # as received, for reports
     size: int = 0
     failed: bool = False  # an internal error happened: pass the message through untouched
 
@@ -107,6 +108,24 @@ def skip_reason(tx: Transaction, cfg: MilterSettings) -> SkipReason | None:
     if tx.opted_out:
         return SkipReason.OPT_OUT
     return None
+
+
+def may_be_report(tx: Transaction) -> bool:
+    """Bounces and read receipts come from the null sender (RFC 3464 §2, RFC 8098 §2.1);
+    complaints (RFC 5965) and some DSNs do not, but are all multipart/report."""
+    return tx.sender == "" or (tx.content_type or "").lstrip().lower().startswith(
+        "multipart/report"
+    )
+
+
+def raw_message(tx: Transaction) -> bytes:
+    """The message as the milter saw it: header fields as received, then the body."""
+    head = b"".join(
+        f"{name}: {value}".replace("\r\n", "\n").replace("\n", "\r\n")
+        .encode("utf-8", "surrogateescape") + b"\r\n"
+        for name, value in tx.headers
+    )
+    return head + b"\r\n" + b"".join(tx.body)
 
 
 def too_large(tx: Transaction, cfg: MilterSettings) -> bool:

@@ -26,6 +26,7 @@ from trackmilter.model import (
     utcnow,
 )
 from trackmilter.mta import policy
+from trackmilter.mta.reports import ReportQueue
 from trackmilter.rewrite import RewriteOptions, RewriteResult, rewrite_message
 from trackmilter.tokens import Signer, UnsignableURL
 
@@ -59,6 +60,7 @@ class Deps:
     metrics: Metrics
     log: Any
     clock: Callable[[], datetime] = utcnow
+    reports: ReportQueue | None = None  # None: reports passing through are not decoded
 
     @functools.cached_property
     def rewrite_options(self) -> RewriteOptions:
@@ -181,6 +183,7 @@ class Session(Milter.Base):  # type: ignore[misc]
             tx.opted_out = True
         elif key == self.deps.settings.tracking.header.lower():
             tx.already_tracked = True
+        tx.headers.append((name, value))
         tx.size += len(name) + len(value) + 4
         return CONTINUE
 
@@ -191,7 +194,11 @@ class Session(Milter.Base):  # type: ignore[misc]
         if tx is None:
             return CONTINUE
         tx.size += len(chunk)
-        if self._may_modify(tx) and not policy.too_large(tx, self.deps.settings.milter):
+        cfg = self.deps.settings.milter
+        if (self._may_modify(tx) and not policy.too_large(tx, cfg)) or (
+            self.deps.reports is not None and policy.may_be_report(tx)
+            and tx.size <= cfg.report_max_size
+        ):
             tx.body.append(chunk)
         else:
             tx.body.clear()
@@ -206,6 +213,7 @@ class Session(Milter.Base):  # type: ignore[misc]
         tx.queue_id = self.getsymval("i") or ""
         try:
             self._finish_message(tx)
+            self._queue_report(tx)
         finally:
             tx.body.clear()
         return CONTINUE
@@ -229,6 +237,18 @@ class Session(Milter.Base):  # type: ignore[misc]
         return CONTINUE
 
     # --- internals ---
+
+    def _queue_report(self, tx: policy.Transaction) -> None:
+        """Hand a possible report to the decoder thread: decoding never delays the MTA."""
+        reports, cfg = self.deps.reports, self.deps.settings.milter
+        if reports is None or not policy.may_be_report(tx):
+            return
+        if tx.size > cfg.report_max_size:
+            m = self.deps.metrics
+            m.child(m.reports_skipped, "too_large").inc()
+            return
+        reports.submit(policy.raw_message(tx), queue_id=tx.queue_id, at=self.deps.clock(),
+                       mta=cfg.mta_name)
 
     def _may_modify(self, tx: policy.Transaction) -> bool:
         return not tx.failed and policy.skip_reason(tx, self.deps.settings.milter) is None

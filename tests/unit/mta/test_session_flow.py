@@ -253,3 +253,61 @@ def test_unsignable_link_left_exactly_as_written(sink: ListSink) -> None:
     # declined link: byte-identical (entity kept, not double-escaped), not recorded as a link
     assert b'<a href="http:///no-host?a=1&amp;b=2">' in out.body
     assert [link.url for link in sink.events[0].links] == ["https://example.com/a?x=1&y=2"]
+
+
+BOUNCE = (
+    b"From: MAILER-DAEMON@mx.example.com (Mail Delivery System)\r\n"
+    b"To: alice@example.com\r\n"
+    b"Subject: Undelivered Mail Returned to Sender\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/report; report-type=delivery-status;\r\n"
+    b'\tboundary="B"\r\n'
+    b"\r\n"
+    b"--B\r\nContent-Type: text/plain\r\n\r\nsorry\r\n"
+    b"--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+    b"Reporting-MTA: dns; mx.example.com\r\n\r\n"
+    b"Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+    b"--B--\r\n"
+)
+
+
+def _queue(sink: ListSink, seen: list[bytes], deps: Deps) -> Deps:
+    from dataclasses import replace
+
+    from trackmilter.model import ReportReceived, ReportRecipient
+    from trackmilter.mta.reports import ReportQueue
+
+    def decode(raw: bytes) -> ReportReceived | None:
+        seen.append(raw)
+        if b"delivery-status" not in raw:
+            return None
+        return ReportReceived("dsn", deps.clock(), (ReportRecipient("bob@example.net", "failed",
+                                                                     "5.1.1"),))
+
+    return replace(deps, reports=ReportQueue(decode, sink, deps.metrics, deps.log))
+
+
+def test_bounce_is_decoded_off_the_callback_and_passes_unchanged(sink: ListSink) -> None:
+    seen: list[bytes] = []
+    deps = _queue(sink, seen, make_deps(sink))
+    out = run(deps, BOUNCE, sender="<>", ip="192.0.2.7", queue_id="4BOUNCE")
+    assert deps.reports is not None
+    deps.reports.close()
+    assert not out.replaced and "X-Trackmilter-ID" not in out.headers
+    # The decoder got the message as received: headers (folding kept) and the body.
+    [raw] = seen
+    assert b"Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary" in raw
+    assert raw.endswith(BOUNCE.partition(b"\r\n\r\n")[2])
+    message, report = sink.events
+    assert message.kind == "message"
+    assert report.kind == "report" and report.report_queue_id == "4BOUNCE"
+    assert report.mta == deps.settings.milter.mta_name
+
+
+def test_ordinary_inbound_mail_is_not_offered_to_the_decoder(sink: ListSink) -> None:
+    seen: list[bytes] = []
+    deps = _queue(sink, seen, make_deps(sink))
+    run(deps, HTML_MSG, ip="192.0.2.7")
+    assert deps.reports is not None
+    deps.reports.close()
+    assert seen == [] and [e.kind for e in sink.events] == ["message"]

@@ -1,0 +1,84 @@
+"""Decode reports (DSN, MDN, ARF) seen by the milter on a worker thread, off the callback path."""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from trackmilter.metrics import Metrics
+from trackmilter.model import Event, ReportReceived
+
+# raw message -> the report it holds (without the milter's own fields), or None.
+Decoder = Callable[[bytes], ReportReceived | None]
+
+
+class Sink(Protocol):
+    def submit(self, event: Event) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    raw: bytes
+    queue_id: str
+    at: datetime
+    mta: str
+
+
+class ReportQueue:
+    """A bounded queue and one worker: a callback only enqueues; when the worker falls
+    behind, reports are counted and dropped rather than delaying mail."""
+
+    def __init__(self, decode: Decoder, sink: Sink, metrics: Metrics, log: Any,
+                 maxsize: int = 1000) -> None:
+        self._decode, self._sink, self._metrics, self._log = decode, sink, metrics, log
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize)
+        self._thread = threading.Thread(target=self._run, name="trackmilter-reports",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, raw: bytes, *, queue_id: str, at: datetime, mta: str) -> None:
+        try:
+            self._jobs.put_nowait(_Job(raw, queue_id, at, mta))
+        except queue.Full:
+            self._metrics.child(self._metrics.reports_skipped, "queue_full").inc()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Decode what is queued (up to ``timeout``), then stop the worker."""
+        try:
+            self._jobs.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._handle(job)
+
+    def _handle(self, job: _Job) -> None:
+        m = self._metrics
+        try:
+            report = self._decode(job.raw)
+        except Exception:  # noqa: BLE001 - a decoder bug must not stop the worker
+            m.child(m.errors, "report").inc()
+            m.child(m.reports_skipped, "error").inc()
+            self._log.exception("report_decode_failed", queue_id=job.queue_id)
+            return
+        if report is None:
+            m.child(m.reports_skipped, "not_a_report").inc()
+            return
+        event = dataclasses.replace(report, report_queue_id=job.queue_id, at=job.at,
+                                    mta=job.mta)
+        self._sink.submit(event)
+        m.child(m.reports, event.report).inc()
+        self._log.info(
+            "report", kind=event.report, queue_id=job.queue_id,
+            tracking_id=event.tracking_id or None,
+            original_queue_id=event.original_queue_id or None,
+            original_message_id=event.original_message_id or None,
+            recipients=[{"address": r.recipient, "action": r.action, "status": r.status,
+                         "reason": r.reason} for r in event.recipients],
+        )
