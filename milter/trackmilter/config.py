@@ -70,6 +70,21 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class MaillogSettings:
+    # "-" reads standard input (journalctl -f -o cat -u postfix | trackmilter maillog -).
+    path: str = "/var/log/mail.log"
+    format: str = "postfix"  # which MTA writes it: postfix | sendmail
+    # Where the follower remembers how far it read (file identity and offset).
+    state_file: Path = Path("/var/lib/trackmilter/maillog.state")
+    poll_interval: float = 0.5
+    # Its own Prometheus endpoint: it usually runs beside the milter on the same host.
+    metrics_listen: str = "127.0.0.1:9495"
+    # Which MTA host writes this log, to tie lines to messages when several share a store;
+    # the same value as the milter's [milter] mta_name.
+    mta_name: str = field(default_factory=_socket.getfqdn)
+
+
+@dataclass(frozen=True)
 class LogSettings:
     format: str = "auto"
     level: str = "info"
@@ -83,6 +98,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    maillog: MaillogSettings = field(default_factory=MaillogSettings)
     source: str = "<defaults>"
 
 
@@ -245,6 +261,17 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
         },
     ),
     "metrics": (MetricsSettings, {"listen": _listen}),
+    "maillog": (
+        MaillogSettings,
+        {
+            "path": _str,
+            "format": _choice("postfix", "sendmail"),
+            "state_file": lambda v: Path(_str(v)),
+            "poll_interval": _float,
+            "metrics_listen": _listen,
+            "mta_name": _str,
+        },
+    ),
     "log": (
         LogSettings,
         {
