@@ -111,6 +111,50 @@ def status(ctx: click.Context, as_json: bool, ident: str) -> None:
         ctx.exit(3)
 
 
+DECODE_FIELDS = ("file", "kind", "recipient", "action", "status", "replycode", "reason",
+                 "hardbounce", "feedback_type")
+
+
+def _decode_cell(row: dict[str, Any], key: str) -> str:
+    if key == "hardbounce":  # hard or soft only means something for a failure
+        return ("hard" if row[key] else "soft") if row["kind"] == "dsn" else "-"
+    return str(row[key] or "-")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON array instead of lines.")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def decode(as_json: bool, files: tuple[Path, ...]) -> None:
+    """Decode bounces (DSN and common non-standard formats), read receipts (MDN) and
+    complaints (ARF): one entry per recipient found. Needs no configuration."""
+    from trackmilter.reports import decode as decode_report
+
+    rows: list[dict[str, Any]] = []
+    failed = False
+    for path in files:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            click.echo(f"trackmilter decode: {path}: {exc.strerror}", err=True)
+            failed = True
+            continue
+        report = decode_report(raw)
+        for r in report.recipients if report is not None else ():
+            rows.append({
+                "file": str(path), "kind": report.kind if report else "",
+                "recipient": r.recipient or r.original_recipient, "action": r.action,
+                "status": r.status, "replycode": r.replycode, "reason": r.reason,
+                "hardbounce": r.hardbounce, "feedback_type": r.feedback_type,
+            })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            click.echo("\t".join(_decode_cell(row, k) for k in DECODE_FIELDS))
+    if failed:
+        sys.exit(1)
+
+
 @main.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("/var/tmp/trackmilter-demo"),
               show_default=True, help="Where the private Postfix instance and database live.")

@@ -186,6 +186,14 @@ def test_bounce_passes_through_unmodified_and_is_recorded(rig: Rig) -> None:
     msgs = rig.status("alice@example.com", lambda v: any(m["sender"] == "" for m in v))
     b = next(m for m in msgs if m["sender"] == "")
     assert b["skip_reason"] == "null_sender" and b["rewritten"] is False
+    # The milter decoded Postfix's bounce and tied it to the original message.
+    [orig] = rig.status("reject-x@example.net", lambda v: any(
+        e["kind"] == "dsn" for m in v for e in m["events"]))
+    [dsn] = [e for e in orig["events"] if e["kind"] == "dsn"]
+    assert dsn["recipient"] == "reject-x@example.net" and dsn["status"] == "failed"
+    assert dsn["code"].startswith("5.") and dsn["data"]["hardbounce"] is True
+    assert dsn["data"]["report_queue_id"] == b["queue_id"]
+    assert "550" in dsn["text"]
 
 
 def test_dkim_signed_and_opted_out_pass_byte_identical(rig: Rig) -> None:

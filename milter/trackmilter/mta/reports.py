@@ -10,10 +10,43 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from trackmilter.metrics import Metrics
-from trackmilter.model import Event, ReportReceived
+from trackmilter.model import Event, ReportReceived, ReportRecipient, utcnow
 
 # raw message -> the report it holds (without the milter's own fields), or None.
 Decoder = Callable[[bytes], ReportReceived | None]
+
+
+def decode_report(raw: bytes) -> ReportReceived | None:
+    """The project's decoder (trackmilter.reports), in the store's vocabulary."""
+    from trackmilter.reports import decode
+
+    report = decode(raw)
+    if report is None or not report.recipients:
+        return None
+    return ReportReceived(
+        report=report.kind,
+        at=utcnow(),  # replaced by the time the milter saw it
+        recipients=tuple(
+            ReportRecipient(
+                recipient=r.recipient or r.original_recipient,
+                # What the report says happened: DSN Action, MDN disposition, ARF type.
+                action=r.action if report.kind == "dsn" else (
+                    r.disposition if report.kind == "mdn" else r.feedback_type),
+                status=r.status,
+                replycode=r.replycode,
+                reason=r.reason if report.kind == "dsn" else "",
+                hardbounce=r.hardbounce if report.kind == "dsn" else False,
+                text=r.diagnostic,
+                remote_mta=r.remote_mta,
+            )
+            for r in report.recipients
+        ),
+        tracking_id=report.tracking_id,
+        original_queue_id=report.postfix_queue_id,
+        original_message_id=report.original_message_id,
+        envelope_id=report.original_envelope_id,
+        reporting_mta=report.reporting_mta,
+    )
 
 
 class Sink(Protocol):
@@ -24,6 +57,7 @@ class Sink(Protocol):
 class _Job:
     raw: bytes
     queue_id: str
+    message_id: str
     at: datetime
     mta: str
 
@@ -40,9 +74,10 @@ class ReportQueue:
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, raw: bytes, *, queue_id: str, at: datetime, mta: str) -> None:
+    def submit(self, raw: bytes, *, queue_id: str, message_id: str, at: datetime,
+               mta: str) -> None:
         try:
-            self._jobs.put_nowait(_Job(raw, queue_id, at, mta))
+            self._jobs.put_nowait(_Job(raw, queue_id, message_id, at, mta))
         except queue.Full:
             self._metrics.child(self._metrics.reports_skipped, "queue_full").inc()
 
@@ -70,8 +105,8 @@ class ReportQueue:
         if report is None:
             m.child(m.reports_skipped, "not_a_report").inc()
             return
-        event = dataclasses.replace(report, report_queue_id=job.queue_id, at=job.at,
-                                    mta=job.mta)
+        event = dataclasses.replace(report, report_queue_id=job.queue_id,
+                                    report_message_id=job.message_id, at=job.at, mta=job.mta)
         self._sink.submit(event)
         m.child(m.reports, event.report).inc()
         self._log.info(

@@ -53,6 +53,7 @@ def prepare_socket(spec: str) -> None:
 
 def run(settings: Settings) -> int:
     """Run until libmilter returns (SIGTERM/SIGINT); flush the writer before exiting."""
+    from trackmilter.mta.reports import ReportQueue, decode_report
     from trackmilter.store import SQLStore
     from trackmilter.store.writer import BatchWriter
 
@@ -69,7 +70,9 @@ def run(settings: Settings) -> int:
                          flush_interval=s.flush_interval, retry_interval=s.retry_interval,
                          logger=log)
     start_metrics(settings.metrics.listen, metrics)
-    deps = Deps(settings=settings, signer=signer, sink=writer, metrics=metrics, log=log)
+    reports = ReportQueue(decode_report, writer, metrics, log)
+    deps = Deps(settings=settings, signer=signer, sink=writer, metrics=metrics, log=log,
+                reports=reports)
     Milter.factory = functools.partial(Session, deps)
     log.info("milter_starting", socket=settings.milter.socket, database=_redact(
         settings.database.url), metrics=settings.metrics.listen or None,
@@ -77,6 +80,7 @@ def run(settings: Settings) -> int:
     try:
         Milter.runmilter("trackmilter", settings.milter.socket, settings.milter.timeout)
     finally:
+        reports.close(timeout=10.0)  # its events go to the writer: close it first
         writer.close(timeout=10.0)
         store.close()
         log.info("milter_stopped")

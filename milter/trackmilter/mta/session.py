@@ -247,8 +247,8 @@ class Session(Milter.Base):  # type: ignore[misc]
             m = self.deps.metrics
             m.child(m.reports_skipped, "too_large").inc()
             return
-        reports.submit(policy.raw_message(tx), queue_id=tx.queue_id, at=self.deps.clock(),
-                       mta=cfg.mta_name)
+        reports.submit(policy.raw_message(tx), queue_id=tx.queue_id, message_id=tx.message_id,
+                       at=self.deps.clock(), mta=cfg.mta_name)
 
     def _may_modify(self, tx: policy.Transaction) -> bool:
         return not tx.failed and policy.skip_reason(tx, self.deps.settings.milter) is None

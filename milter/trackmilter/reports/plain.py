@@ -1,0 +1,183 @@
+"""Bounces that are not RFC 3464: qmail, Exim, Gmail and friends write prose.
+
+The shape is shared even when the words differ: a preamble, one block per failed address
+(the address on a line of its own or followed by a colon, then the remote server's reply),
+then a copy of the original message after a separator line.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import Message
+
+from trackmilter.reports.mime import Parts, address_of, header, part_text
+from trackmilter.reports.model import RecipientReport
+from trackmilter.reports.reason import (
+    best_replycode,
+    best_status,
+    classify,
+    find_replycode,
+    find_status,
+    is_hard,
+)
+from trackmilter.reports.rules import fold
+
+ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+_DAEMON = re.compile(
+    r"mailer[-_ ]?daemon|post[-_ ]?master|mail ?delivery|delivery ?subsystem|mdaemon|bounce|daemon",
+)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (?:status|failure|failed|notification|problem|report)|"
+    r"returned mail|failure notice|mail delivery|could not be delivered|non-?delivery|"
+    r"nondeliverable|delayed mail|delivery delay|bounce|rejected|failed|permanent error|"
+    r"mail system error|returned to sender|not delivered|unzustellbar|warning",
+)
+_FAILURE_WORDS = re.compile(
+    r"could not be delivered|couldn't be delivered|wasn't able to deliver|was not delivered|"
+    r"delivery (?:to the following|has failed|failed|problem)|permanent(?:ly)? (?:error|fail)|"
+    r"undeliverable|following (?:address|recipient)|failed (?:recipient|address)|"
+    r"(?:not|unable to) (?:be )?deliver|rejected|returned|error|fail|unknown user|no such|"
+    r"deferred|timed out|not found|invalid|transcript of session|unable to",
+)
+# The line after which the returned original starts (qmail, Exim, Gmail, Sendmail, ...).
+_ORIGINAL_MARKER = re.compile(
+    r"^[ \t]*(?:[-=_*#]{2,}[^\n]*?)?(?:below this line is a copy|this is a copy of|"
+    r"copy of (?:the|your) (?:original )?message|original message|returned message|"
+    r"original (?:message )?headers?|message headers? follow|headers of the original|"
+    r"undelivered message (?:headers|follows)|your message (?:follows|reads)|"
+    r"unsent message follows|message (?:text|content) follows)",
+    re.M,
+)
+_TEMPORARY = re.compile(
+    r"temporar|transient|delayed|deferred|will (?:be )?retr|still trying|continue trying|"
+    r"not yet been delivered|try again later",
+)
+_LEADING_REPLY = re.compile(r"^[245]\d\d[ -]")
+_TAG = re.compile(r"<[^>]+>")
+_LABEL_WORDS = re.compile(
+    r"\b(?:to|for|the|following|failed|recipients?|addresses|address(?:es)?|rcpt|user|"
+    r"mailbox|original|final|rfc822|unknown|delivery|failed permanently)\b|[<>\"'():;,\[\]]",
+    re.I,
+)
+
+
+def report_text(parts: Parts) -> str:
+    """The human-readable text of the report, not of the attached original."""
+    texts = [part_text(p) for ctype, p in parts if ctype == "text/plain"]
+    if not texts:
+        texts = [_TAG.sub(" ", part_text(p)) for ctype, p in parts if ctype == "text/html"]
+    return "\n".join(texts)
+
+
+def split_original(text: str) -> tuple[str, str]:
+    """The report prose and the returned original (after the separator), if any."""
+    m = _ORIGINAL_MARKER.search(fold(text))
+    if not m:
+        return text, ""
+    return text[: m.start()], text[m.end() :]
+
+
+def looks_like_bounce(msg: Message, text: str) -> bool:
+    """A prose bounce comes from a daemon, says so in its subject, or names failed rcpts."""
+    if msg.get("x-failed-recipients"):
+        return True
+    sender = fold(" ".join(header(msg, h) for h in ("from", "return-path", "sender")))
+    daemon = bool(_DAEMON.search(sender)) or header(msg, "return-path").strip() == "<>"
+    subject = bool(_BOUNCE_SUBJECT.search(fold(header(msg, "subject"))))
+    failure = bool(_FAILURE_WORDS.search(fold(text)))
+    # RFC 3834 auto-responders (vacation notices, "we got your mail") say auto-replied
+    # and carry no SMTP code; a prose bounce from an MTA quotes one.
+    responder = "auto-replied" in header(msg, "auto-submitted").lower()
+    if responder and not (find_replycode(text) or find_status(text)):
+        return False
+    return failure and (daemon or subject)
+
+
+def _is_address_line(line: str, address: str) -> bool:
+    """Is the address the point of this line (a list entry) rather than part of a sentence?
+
+    List entries are an address alone or with a label ("Recipient address: a@b"), or an
+    address that starts the line, after an optional reply code, followed by ":" or by
+    Sendmail's "..." ("554 <a@b>... Host unknown").
+    """
+    head = _LEADING_REPLY.sub("", line.strip())
+    if head.lstrip("<").startswith(address):
+        after = head.lstrip("<")[len(address) :].lstrip(">").lstrip()
+        if after.startswith((":", "...")):
+            return True
+    rest = _LABEL_WORDS.sub(" ", head.replace(address, " "))
+    return len(rest.split()) <= 1
+
+
+def recipient_blocks(text: str, exclude: set[str]) -> list[tuple[str, str]]:
+    """(address, the text that follows it) for every failed address listed in the prose."""
+    lines = text.splitlines()
+    starts: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        for address in ADDRESS.findall(line):
+            low = address.lower()
+            if low in exclude or _DAEMON.match(low) or any(low == a for _, a in starts):
+                continue
+            if _is_address_line(line, address):
+                starts.append((i, low))
+                break
+    blocks = []
+    for n, (i, address) in enumerate(starts):
+        end = starts[n + 1][0] if n + 1 < len(starts) else len(lines)
+        body = "\n".join(lines[i:end])
+        blocks.append((address, body))
+    return blocks
+
+
+def sentence_recipient(text: str, exclude: set[str]) -> str:
+    """The first non-excluded address the prose names, when no line lists one."""
+    for address in ADDRESS.findall(text):
+        low = address.lower()
+        if low not in exclude and not _DAEMON.match(low):
+            return str(low)
+    return ""
+
+
+def entry(address: str, block: str, prose: str) -> RecipientReport:
+    """One failed recipient from its block; the whole prose fills in what the block lacks."""
+    diagnostic = " ".join(block.replace(address, " ", 1).split()).strip(" :<>")
+    status = best_status("", diagnostic) or find_status(prose)
+    replycode = best_replycode(diagnostic) or find_replycode(prose)
+    if not status:
+        temporary = replycode.startswith("4") or (
+            not replycode and bool(_TEMPORARY.search(fold(prose)))
+        )
+        status = "4.0.0" if temporary else "5.0.0"
+    action = "delayed" if status.startswith("4") else "failed"
+    reason = classify(status, replycode, diagnostic, action, prose)
+    return RecipientReport(
+        recipient=address,
+        action=action,
+        status=status,
+        replycode=replycode,
+        diagnostic=diagnostic or " ".join(prose.split()),
+        reason=reason,
+        hardbounce=is_hard(reason, status, replycode),
+    )
+
+
+def decode_plain(msg: Message, prose: str, original: Message | None) -> list[RecipientReport]:
+    """Failed recipients of a prose bounce; [] when the message is not one."""
+    if not looks_like_bounce(msg, prose):
+        return []
+    exclude = {address_of(msg, h) for h in ("from", "to", "return-path", "reply-to")}
+    if original is not None:
+        exclude |= {address_of(original, h) for h in ("from", "return-path", "sender")}
+    exclude.discard("")
+    failed = [a.lower() for a in ADDRESS.findall(header(msg, "x-failed-recipients"))]
+    blocks = recipient_blocks(prose, exclude)
+    if failed:
+        found = dict(blocks)
+        blocks = [(a, found.get(a, prose)) for a in failed]
+    if not blocks:
+        address = sentence_recipient(prose, exclude)
+        if not address and original is not None:
+            address = address_of(original, "to")
+        blocks = [(address, prose)]
+    return [entry(a, b, prose) for a, b in blocks]

@@ -1,0 +1,277 @@
+"""Why a delivery failed: codes and wording → sisimai's reason vocabulary, hard or soft.
+
+A 5.x.x status only says "permanent"; it does not say "the address is invalid". The reason
+comes first from the diagnostic wording (the remote server's own words are the most
+specific evidence), then from the status code's subject/detail, and only then from the
+class. The rules are general phrases that many MTAs share, never one server's sentence.
+"""
+
+from __future__ import annotations
+
+import re
+
+from trackmilter.reports.rules import BARE_REJECTION, fold, reason_from_text
+
+# RFC 3463 subject.detail → reason, for codes that name a cause (X.7.1 and X.0.0 do not).
+_CODE_REASONS: dict[str, str] = {
+    "1.0": "userunknown",
+    "1.1": "userunknown",
+    "1.2": "hostunknown",
+    "1.3": "userunknown",
+    "1.4": "filtered",
+    "1.6": "hasmoved",
+    "1.7": "rejected",
+    "1.8": "rejected",
+    "1.9": "systemerror",
+    "1.10": "notaccept",
+    "2.0": "filtered",
+    "2.1": "suspend",
+    "2.2": "mailboxfull",
+    "2.3": "exceedlimit",
+    "2.4": "filtered",
+    "3.0": "systemerror",
+    "3.1": "systemfull",
+    "3.2": "notaccept",
+    "3.3": "systemerror",
+    "3.4": "mesgtoobig",
+    "3.5": "systemerror",
+    "4.0": "networkerror",
+    "4.1": "expired",
+    "4.2": "networkerror",
+    "4.3": "systemerror",
+    "4.4": "hostunknown",
+    "4.5": "systemfull",
+    "4.6": "networkerror",
+    "4.7": "expired",
+    "5.3": "toomanyconn",
+    "5.4": "systemerror",
+    "5.5": "systemerror",
+    "5.6": "securityerror",
+    "6.0": "contenterror",
+    "6.1": "contenterror",
+    "6.2": "contenterror",
+    "6.3": "contenterror",
+    "6.5": "contenterror",
+    "6.6": "contenterror",
+    "6.7": "contenterror",
+    "6.8": "contenterror",
+    "6.9": "contenterror",
+    "7.13": "suspend",
+    "7.16": "mesgtoobig",
+    "7.17": "hasmoved",
+    "7.18": "hasmoved",
+    "7.20": "authfailure",
+    "7.21": "authfailure",
+    "7.22": "authfailure",
+    "7.23": "authfailure",
+    "7.24": "authfailure",
+    "7.25": "requireptr",
+    "7.26": "authfailure",
+    "7.27": "notaccept",
+    "7.7": "securityerror",
+    "7.8": "securityerror",
+    "7.9": "securityerror",
+    "7.10": "securityerror",
+    "7.11": "securityerror",
+    "7.14": "securityerror",
+    "7.15": "securityerror",
+    "7.2": "securityerror",
+    "7.3": "securityerror",
+    "7.5": "securityerror",
+    "7.6": "securityerror",
+}
+
+# Codes whose subject/detail names the cause more precisely than any wording could; the
+# generic ones (X.0.0, X.7.1, X.5.0, ...) leave the reason to the text.
+_DECISIVE_CODES = frozenset(
+    {
+        "1.0",
+        "1.1",
+        "1.2",
+        "1.3",
+        "1.6",
+        "1.7",
+        "1.8",
+        "1.10",
+        "2.2",
+        "2.3",
+        "3.2",
+        "3.4",
+        "4.7",
+        "5.3",
+    }
+    | {
+        "7.13",
+        "7.16",
+        "7.17",
+        "7.18",
+        "7.20",
+        "7.21",
+        "7.22",
+        "7.23",
+        "7.24",
+        "7.25",
+        "7.26",
+        "7.27",
+    }
+    | {f"6.{n}" for n in range(10)}
+)
+
+
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+# A reply code stands at the start of a reply or after a colon/space; never part of an IP
+# address, a date or a longer number.
+_REPLY = re.compile(r"(?:^|[\s:(\[<\"'])([245][0-9][0-9])(?=[\s\-:,;.\])]|$)(?![.\d]\d)")
+
+_QUOTED_STATUS = re.compile(
+    r"(?<![\d.])([245]\d\d)[ -]+['\"<(#]?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])"
+)
+
+
+# The SMTP command a reply answered, as MTAs quote it ("after RCPT TO", "in reply to end
+# of DATA command", "did not like our MAIL FROM").
+_COMMANDS = (
+    ("RCPT", re.compile(r"\brcpt(?: to)?\b", re.I)),
+    (
+        "DATA",
+        re.compile(
+            r"\b(?:end of data|data command|after data|message body|end of message)\b", re.I
+        ),
+    ),
+    ("MAIL", re.compile(r"\bmail from\b", re.I)),
+    (
+        "HELO",
+        re.compile(
+            r"\b(?:e?helo|initial connection|connect(?:ion)? (?:attempt|greeting)|greeting)\b", re.I
+        ),
+    ),
+)
+
+_HARD = frozenset({"hasmoved", "hostunknown", "userunknown"})
+_NOT_FAILURES = frozenset({"delivered", "feedback", "vacation"})
+
+
+def find_status(text: str) -> str:
+    """The first RFC 3463 enhanced status code in a text, or ""."""
+    m = _STATUS.search(text)
+    return ".".join(m.groups()) if m else ""
+
+
+def best_status(field: str, diagnostic: str) -> str:
+    """The code of the last reply quoted in the diagnostic, else a specific Status field.
+
+    A reply quoted by the remote server is more precise than the reporting MTA's summary
+    in Status, and when relays wrap replies in replies the last one is the original's.
+    """
+    quoted = _QUOTED_STATUS.findall(diagnostic)
+    if quoted:
+        return ".".join(quoted[-1][1:])
+    status = find_status(field)
+    if status and not status.endswith(".0.0"):
+        return status
+    return find_status(diagnostic) or status
+
+
+def best_replycode(diagnostic: str) -> str:
+    """The reply code that goes with `best_status`: the last quoted reply, else the first."""
+    quoted = _QUOTED_STATUS.findall(diagnostic)
+    return str(quoted[-1][0]) if quoted else find_replycode(diagnostic)
+
+
+def find_replycode(text: str) -> str:
+    """The first SMTP reply code (2xx/4xx/5xx) in a text, or ""."""
+    m = _REPLY.search(text)
+    return m.group(1) if m else ""
+
+
+def reason_from_status(status: str) -> str:
+    """The reason an RFC 3463 code names by its subject and detail, or ""."""
+    if status.startswith("2."):
+        return "delivered"
+    return _CODE_REASONS.get(status.partition(".")[2], "")
+
+
+def smtp_command(text: str) -> str:
+    """The SMTP command the quoted reply answered (RCPT, DATA, MAIL, HELO), or ""."""
+    low = fold(text)
+    for command, pattern in _COMMANDS:
+        if pattern.search(low):
+            return command
+    return ""
+
+
+def classify(
+    status: str, replycode: str, diagnostic: str, action: str = "", context: str = ""
+) -> str:
+    """Combine wording, status, command and action into one reason.
+
+    Evidence is taken from the most specific source first: the server's own reply, then
+    a status code that names a cause, then the report's prose (`context`), then what the
+    failed SMTP command implies. An unknown-user reply only proves a wrong address when
+    it answered RCPT TO (or the reporting MTA says so itself, quoting no remote reply);
+    the same words after DATA come from a per-recipient filter, and after MAIL FROM they
+    are about the sender.
+    Without any cause: "expired" for a delay, "onhold" when codes exist, else "undefined".
+    """
+    action = action.lower()
+    if action in ("delivered", "relayed", "expanded") or status.startswith("2."):
+        return "delivered"
+    detail = status.partition(".")[2]
+    command = smtp_command(diagnostic) or smtp_command(context)
+    reason = _address_reason(reason_from_text(diagnostic), command, detail, replycode, diagnostic)
+    if reason:
+        return _temporary(reason, status)
+    if detail in _DECISIVE_CODES:
+        return _CODE_REASONS[detail]
+    # X.7.Y (security or policy) says more than a bare "rejected".
+    if BARE_REJECTION.search(fold(diagnostic)) and not detail.startswith("7."):
+        return "rejected"
+    reason = reason_from_text(context) if context else ""
+    reason = _address_reason(reason, command, detail, replycode, context)
+    if reason:
+        return _temporary(reason, status)
+    if BARE_REJECTION.search(fold(context)):
+        return "rejected"
+    reason = reason_from_status(status)
+    if reason and reason not in ("securityerror", "systemerror"):
+        return reason
+    if command == "MAIL":
+        return "rejected"
+    if command == "HELO":
+        return "blocked"
+    if action == "delayed" or (status or replycode).startswith("4"):
+        return "expired"
+    return reason or ("onhold" if status or replycode else "undefined")
+
+
+def _address_reason(reason: str, command: str, detail: str, replycode: str, text: str) -> str:
+    """Address problems read in the light of the SMTP command they answered.
+
+    After MAIL FROM they concern the sender. An unknown user quoted from a remote reply
+    to anything but RCPT TO (and without a 5.1.x code) is a per-recipient filter.
+    """
+    if reason not in ("userunknown", "hostunknown"):
+        return reason
+    if command == "MAIL":
+        return "rejected"
+    quoted = bool(replycode) and replycode in text
+    if reason == "userunknown" and command != "RCPT" and not detail.startswith("1.") and quoted:
+        return "filtered"
+    return reason
+
+
+def _temporary(reason: str, status: str) -> str:
+    """Temporary failures change meaning: a system error reported by mail means the retries
+    are running out, and a host "not found" only for now is a DNS failure, not a bad domain."""
+    if status.startswith("4"):
+        return {"systemerror": "expired", "hostunknown": "networkerror"}.get(reason, reason)
+    return reason
+
+
+def is_hard(reason: str, status: str, replycode: str) -> bool:
+    """Sisimai's rule: only a wrong address is a hard bounce; everything else may pass later."""
+    if reason in _NOT_FAILURES:
+        return False
+    if reason == "notaccept":
+        return not (status or replycode).startswith("4")
+    return reason in _HARD
