@@ -59,6 +59,32 @@ def milter(ctx: click.Context) -> None:
         ctx.exit(EX_CONFIG if not isinstance(exc, StoreError) else 1)
 
 
+@main.command()
+@click.argument("path", required=False)
+@click.pass_context
+def maillog(ctx: click.Context, path: str | None) -> None:
+    """Follow the MTA's delivery log and record, per recipient, what the next server said.
+
+    PATH overrides [maillog] path; "-" reads standard input, e.g.
+    `journalctl -f -o cat -u postfix | trackmilter maillog -`.
+    """
+    import dataclasses
+
+    from trackmilter.maillog.daemon import run
+    from trackmilter.mta.runner import StartupError
+    from trackmilter.store import StoreError
+
+    settings = _settings(ctx)
+    if path is not None:
+        settings = dataclasses.replace(
+            settings, maillog=dataclasses.replace(settings.maillog, path=path))
+    try:
+        ctx.exit(run(settings))
+    except (StartupError, StoreError, OSError) as exc:
+        click.echo(f"trackmilter maillog: {exc}", err=True)
+        ctx.exit(EX_CONFIG if isinstance(exc, StartupError) else 1)
+
+
 @main.group()
 def db() -> None:
     """Database schema management."""

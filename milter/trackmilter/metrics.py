@@ -86,6 +86,19 @@ class Metrics:
             registry=r,
         )
 
+        # maillog follower
+        self.maillog_lines = Counter(
+            "trackmilter_maillog_lines_total", "Log lines read by the maillog follower",
+            registry=r,
+        )
+        self.maillog_deliveries = Counter(
+            "trackmilter_maillog_deliveries_total",
+            "Per-recipient delivery outcomes read from the MTA log (also for mail the milter "
+            "never saw)",
+            ["status"],
+            registry=r,
+        )
+
         # store
         self.store_queue = Gauge(
             "trackmilter_store_queue_events",

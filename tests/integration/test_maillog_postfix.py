@@ -1,0 +1,86 @@
+"""Integration: real Postfix, the fake MX, the milter and `trackmilter maillog` following
+Postfix's own log: every outcome reaches `trackmilter status --json`, rotation loses nothing."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, send
+from trackmilter.lab.daemon import command, milter_process, wait_status, write_config
+
+MTA = "lab.example"  # the milter's [milter] mta_name in the lab config
+
+
+@dataclass
+class Rig:
+    postfix: PostfixInstance
+    config: Path
+
+    def send(self, rcpts: list[str], subject: str) -> None:
+        msg = (f"From: alice@example.com\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n"
+               f"Message-ID: <{subject}@example.com>\r\n\r\nhello\r\n").encode()
+        send("127.0.0.1", self.postfix.smtp_port, "alice@example.com", rcpts, msg)
+
+    def status(self, ident: str, pred: Callable[[list[dict[str, Any]]], bool]
+               ) -> list[dict[str, Any]]:
+        return wait_status(self.config, ident, pred, timeout=60)
+
+
+@pytest.fixture
+def rig(fake_mx: FakeMX, postfix_lab: Any, socket_dir: Path, tmp_path: Path) -> Iterator[Rig]:
+    sock = socket_dir / "trackmilter.sock"
+    cfg = write_config(tmp_path / "tm", sock, extra={"maillog": {
+        "state_file": str(tmp_path / "tm" / "maillog.state"), "metrics_listen": "",
+        "mta_name": MTA, "poll_interval": 0.1}})
+    milter: MilterProcess = milter_process(cfg, sock).start()
+    follower: subprocess.Popen[bytes] | None = None
+    try:
+        postfix = postfix_lab(milter=milter.spec)
+        with open(tmp_path / "maillog-follower.log", "wb") as out:
+            follower = subprocess.Popen(command(cfg, "maillog", str(postfix.log_path)),
+                                        stdout=out, stderr=subprocess.STDOUT)
+        yield Rig(postfix, cfg)
+    finally:
+        if follower is not None:
+            follower.send_signal(signal.SIGTERM)
+            follower.wait(30)
+        milter.stop()
+
+
+def outcomes(view: list[dict[str, Any]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for m in view:
+        for e in m["events"]:
+            if e["kind"] == "delivery":
+                out.setdefault(e["recipient"], []).append(e["status"])
+    return out
+
+
+def test_sent_bounced_deferred_reach_status_and_rotation_loses_nothing(rig: Rig) -> None:
+    rig.send(["ok@example.net", "reject-1@example.net", "defer-1@example.net"], "first")
+    view = rig.status("first@example.com", lambda v: len(outcomes(v)) == 3)
+    got = outcomes(view)
+    assert got["ok@example.net"] == ["sent"] and got["reject-1@example.net"] == ["bounced"]
+    assert set(got["defer-1@example.net"]) == {"deferred"}  # the lab retries every second
+    events = {e["recipient"]: e for e in view[0]["events"] if e["kind"] == "delivery"}
+    assert events["reject-1@example.net"]["code"] == "5.1.1"
+    assert "550 5.1.1 <reject-1@example.net>: Recipient address rejected: User unknown" in (
+        events["reject-1@example.net"]["text"])
+    assert events["defer-1@example.net"]["code"] == "4.2.0"
+    assert events["ok@example.net"]["data"]["relay"].startswith("127.0.0.1[127.0.0.1]:")
+
+    # Rotate as Postfix does for maillog_file (rename, reload, compress the old file), then
+    # mail again: the follower drains the old file and picks up the new one.
+    log_dir = rig.postfix.log_path.parent
+    rig.postfix.postfix("logrotate")
+    assert [p.name for p in log_dir.iterdir() if p.name != "maillog"], "nothing rotated"
+    rig.send(["ok2@example.net"], "second")
+    view = rig.status("second@example.com", lambda v: bool(outcomes(v)))
+    assert outcomes(view) == {"ok2@example.net": ["sent"]}
