@@ -59,10 +59,42 @@ def describe_event(ev: Mapping[str, Any]) -> str:
     return f"{text} ({detail})" if detail else text
 
 
+# Log stamps have whole seconds, the milter's microseconds: within one second, in-line
+# evidence comes first, then the log, then reports that came back as mail.
+_RANK = {"inline": 0, "delivery": 1}
+
+
+def _order(ev: Mapping[str, Any]) -> tuple[str, int, str]:
+    at = str(ev.get("at") or "")
+    return at[:19], _RANK.get(str(ev.get("kind")), 2), at
+
+
+def _lines(events: list[Mapping[str, Any]]) -> list[str]:
+    """One line per piece of evidence; a run of identical ones (retries that all got the
+    same answer) is one line with how many and until when."""
+    lines: list[str] = []
+    run: list[Mapping[str, Any]] = []
+
+    def same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+        return all(a.get(k) == b.get(k) for k in ("kind", "status", "code", "text"))
+
+    for ev in [*events, None]:
+        if ev is not None and run and same(run[0], ev):
+            run.append(ev)
+            continue
+        if run:
+            text = f"{run[0].get('at', '')}  {describe_event(run[0])}"
+            if len(run) > 1:
+                text += f" [{len(run)} times, the last at {run[-1].get('at', '')}]"
+            lines.append(text)
+        run = [ev] if ev is not None else []
+    return lines
+
+
 def current(events: Iterable[Mapping[str, Any]]) -> str:
     """One line for where a recipient stands now: the latest settling evidence, else the
     latest evidence of any kind; "" when there is none."""
-    ordered = sorted(events, key=lambda ev: str(ev.get("at") or ""))
+    ordered = sorted(events, key=_order)
     if not ordered:
         return ""
     settled = [ev for ev in ordered if _settles(ev)]
@@ -104,12 +136,11 @@ def render(messages: Iterable[Mapping[str, Any]]) -> str:
             out.append(f"  tracking: message not modified ({m['skip_reason']})")
         if _END.get(m.get("end_reason", ""), ""):
             out.append(f"  {_END[m['end_reason']]}")
-        timeline = list(m.get("events", ()))
+        timeline = sorted(m.get("events", ()), key=_order)
         for r in m.get("recipients", ()):
             out.append(f"  {r['address']}")
             events = [ev for ev in timeline if ev.get("recipient") == r["address"]]
-            for ev in events:
-                out.append(f"    {ev.get('at', '')}  {describe_event(ev)}")
+            out.extend(f"    {line}" for line in _lines(events))
             if not events:
                 out.append("    no evidence yet: unknown")
             elif len(events) > 1:

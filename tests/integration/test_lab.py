@@ -13,10 +13,10 @@ from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
-from tests.support import HTML_CORPUS, MIME_CORPUS, NULLMILTER, poll
+from tests.support import HTML_CORPUS, MIME_CORPUS, poll
 from tests.support.lab import NullMilter, PostfixFactory
 
-from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, Reply, daemon, demo
+from trackmilter.lab import FakeMX, PostfixInstance, Reply, demo
 from trackmilter.lab.postfix import postfix_available, process_gone
 
 pytestmark = pytest.mark.integration
@@ -309,28 +309,26 @@ def test_stop_leaves_no_postfix_process_behind(postfix_lab: PostfixFactory) -> N
     assert pf.instance_pids() == []
 
 
-def test_demo_runs_the_scenario_and_leaves_nothing_running(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The demo's own mechanics, with the null milter standing in for trackmilter (the
-    # `status` calls then find no schema, so only the narrative is checked here).
+def test_demo_runs_the_scenario_and_leaves_nothing_running() -> None:
+    # The whole quick start: real trackmilter, private Postfix, fake MX, maillog follower.
     if not postfix_available():
         pytest.skip("Postfix is not installed")
-
-    def null_process(config: Path, sock: Path, python: str = sys.executable) -> MilterProcess:
-        return MilterProcess([python, str(NULLMILTER), f"unix:{sock}"], sock)
-
-    monkeypatch.setattr(daemon, "milter_process", null_process)
     workdir = Path(tempfile.mkdtemp(prefix="tm-demo-", dir="/tmp"))
     try:
         out = io.StringIO()
-        demo.run_demo(workdir, sys.executable, out)
+        assert demo.run_demo(workdir, sys.executable, out) == 0, out.getvalue()
         text = out.getvalue()
         assert "sent to refused@example.net: refused in-line: 554 5.7.1" in text
         assert re.search(r"to=<alice@example\.net>, .*status=sent", text)
         assert re.search(r"to=<reject-carol@example\.net>, .*dsn=5\.1\.1, status=bounced", text)
         assert re.search(r"to=<defer-dave@example\.net>, .*status=deferred", text)
         assert "$ trackmilter status bob@example.net" in text
+        # Each status shows the evidence the follower and the milter recorded.
+        assert "accepted by the remote server 127.0.0.1[127.0.0.1]" in text
+        assert "bounced: refused by 127.0.0.1[127.0.0.1]" in text
+        assert "bounce report (DSN) from lab.example.test: not delivered; reason userunknown" in text
+        assert "deferred: not accepted yet by 127.0.0.1[127.0.0.1]" in text
+        assert "refused by our MTA: never sent (5.7.1" in text
         assert "Everything stopped" in text
         pf = PostfixInstance(workdir / "postfix")
         assert pf.master_pid is None

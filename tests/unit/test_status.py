@@ -93,3 +93,16 @@ def test_evidence_for_an_unknown_address_is_shown() -> None:
     arf = {"kind": "arf", "recipient": "forwarded@example.org", "status": "abuse", "at": "t9"}
     text = render([_msg(events=[*_msg()["events"], arf])])
     assert "forwarded@example.org: complaint: the recipient's provider reports it as abuse" in text
+
+
+def test_inline_before_log_within_one_second_and_retries_folded() -> None:
+    inline = {"kind": "inline", "recipient": "b@example.net", "status": "accepted",
+              "at": "2026-01-01T00:00:05.500000+00:00", "code": "", "text": ""}
+    events = [_delivery("deferred", f"2026-01-01T00:00:0{n}+00:00", "4.2.0", "try later")
+              for n in (5, 6, 7)] + [inline]
+    text = render([_msg(recipients=[{"address": "b@example.net"}], events=events)])
+    lines = [ln.strip() for ln in text.splitlines()]
+    i = lines.index("b@example.net")
+    assert lines[i + 1].startswith("2026-01-01T00:00:05.500000+00:00  accepted by our MTA")
+    assert lines[i + 2].endswith("[3 times, the last at 2026-01-01T00:00:07+00:00]")
+    assert lines[i + 3].startswith("now: deferred")

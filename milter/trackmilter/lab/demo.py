@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from trackmilter.lab import daemon
 from trackmilter.lab.fakemx import FakeMX
@@ -95,6 +95,25 @@ def _status(config: Path, python: str, ident: str, out: TextIO) -> bool:
     return proc.returncode in (0, 3)
 
 
+def _start_follower(config: Path, log: Path, python: str, output: Path) -> subprocess.Popen[bytes]:
+    with open(output, "wb") as fh:
+        return subprocess.Popen(daemon.command(config, "maillog", str(log), python=python),
+                                stdout=fh, stderr=subprocess.STDOUT)
+
+
+def _stop_follower(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _has_delivery(view: list[dict[str, Any]]) -> bool:
+    return any(e["kind"] == "delivery" for m in view for e in m["events"])
+
+
 def run_demo(workdir: Path, python: str, out: TextIO) -> int:
     """Run the whole demo, print what happens, stop everything; 0 when it all worked."""
     if not postfix_available():
@@ -110,7 +129,9 @@ def run_demo(workdir: Path, python: str, out: TextIO) -> int:
             out.write(f"- fake remote MX on 127.0.0.1:{mx.port} (reject*@ 550, defer*@ 450)\n")
 
             sock = make_socket_dir(workdir / "sock") / "milter.sock"
-            config = daemon.write_config(workdir, sock, log_level="warning")
+            config = daemon.write_config(workdir, sock, log_level="warning", extra={"maillog": {
+                "state_file": str(workdir / "maillog.state"), "metrics_listen": "",
+                "mta_name": "lab.example", "poll_interval": 0.2}})
             milter = daemon.milter_process(config, sock, python=python)
             stack.callback(milter.stop)
             milter.start()
@@ -124,7 +145,10 @@ def run_demo(workdir: Path, python: str, out: TextIO) -> int:
             )
             stack.callback(pf.stop)
             pf.start()
-            out.write(f"- private Postfix on 127.0.0.1:{pf.smtp_port} (log: {pf.log_path})\n\n")
+            out.write(f"- private Postfix on 127.0.0.1:{pf.smtp_port} (log: {pf.log_path})\n")
+            follower = _start_follower(config, pf.log_path, python, workdir / "maillog.log")
+            stack.callback(_stop_follower, follower)
+            out.write(f"- trackmilter maillog following {pf.log_path}\n\n")
 
             sends = [
                 (list(READERS), _message(", ".join(READERS), "Spring news", NEWSLETTER_HTML)),
@@ -158,6 +182,9 @@ def run_demo(workdir: Path, python: str, out: TextIO) -> int:
                 f"({len(body)} bytes, {links} tracked links).\n"
             )
 
+            for rcpt in [*READERS, REJECTED, DEFERRED]:
+                # The follower and the writer are asynchronous: wait for the log's evidence.
+                daemon.wait_status(config, rcpt, _has_delivery, timeout=30, python=python)
             for rcpt in [*READERS, REJECTED, DEFERRED, REFUSED]:
                 ok = _status(config, python, rcpt, out) and ok
     except (PostfixError, TimeoutError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
