@@ -22,6 +22,7 @@ MTA = "lab.example"  # the milter's [milter] mta_name in the lab config
 class Rig:
     postfix: PostfixInstance
     config: Path
+    mx: FakeMX
 
     def send(self, rcpts: list[str], subject: str) -> None:
         msg = (f"From: alice@example.com\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n"
@@ -48,7 +49,7 @@ def rig(fake_mx: FakeMX, postfix_lab: Any, socket_dir: Path, tmp_path: Path) -> 
         with open(tmp_path / "maillog-follower.log", "wb") as out:
             follower = subprocess.Popen(command(cfg, "maillog", str(postfix.log_path)),
                                         stdout=out, stderr=subprocess.STDOUT)
-        yield Rig(postfix, cfg)
+        yield Rig(postfix, cfg, fake_mx)
     finally:
         if follower is not None:
             follower.send_signal(signal.SIGTERM)
@@ -91,3 +92,43 @@ def test_four_outcomes_reach_status_and_rotation_loses_nothing(rig: Rig) -> None
     rig.send(["ok2@example.net"], "second")
     view = rig.status("second@example.com", lambda v: bool(outcomes(v)))
     assert outcomes(view) == {"ok2@example.net": ["sent"]}
+
+
+def remote_dsn(original: bytes, rcpt: str) -> bytes:
+    """A bounce as a remote server sends one after it said 250: RFC 3464, original headers."""
+    headers = original.partition(b"\r\n\r\n")[0]
+    return (
+        b"From: MAILER-DAEMON@mx.example.net\r\nTo: alice@example.com\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\n"
+        b"Message-ID: <dsn-1@mx.example.net>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="R"\r\n\r\n'
+        b"--R\r\nContent-Type: text/plain\r\n\r\nThe mailbox is full.\r\n"
+        b"--R\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.net\r\n\r\n"
+        + f"Final-Recipient: rfc822; {rcpt}\r\n".encode()
+        + b"Action: failed\r\nStatus: 5.2.2\r\n"
+        b"Diagnostic-Code: smtp; 552 5.2.2 Mailbox full\r\n\r\n"
+        b"--R\r\nContent-Type: text/rfc822-headers\r\n\r\n" + headers + b"\r\n"
+        b"--R--\r\n"
+    )
+
+
+def test_dsn_after_250_makes_the_recipient_bounced(rig: Rig) -> None:
+    rig.send(["late@example.net"], "late")
+    rig.status("late@example.com", lambda v: outcomes(v).get("late@example.net") == ["sent"])
+    [delivered] = rig.mx.wait_for(
+        lambda ms: [m for m in ms if "late@example.net" in m.recipients], 30)
+    assert b"X-Trackmilter-ID:" in delivered.data
+    # The remote server bounces it later: its DSN comes back in over SMTP.
+    send("127.0.0.1", rig.postfix.smtp_port, "", ["alice@example.com"],
+         remote_dsn(delivered.data.replace(b"\n", b"\r\n").replace(b"\r\r", b"\r"),
+                    "late@example.net"))
+    [view] = rig.status("late@example.com", lambda v: any(
+        e["kind"] == "dsn" for m in v for e in m["events"]))
+    [dsn] = [e for e in view["events"] if e["kind"] == "dsn"]
+    assert (dsn["recipient"], dsn["status"], dsn["code"]) == ("late@example.net", "failed",
+                                                              "5.2.2")
+    assert dsn["data"]["reason"] == "mailboxfull" and dsn["source"] == "mx.example.net"
+    text = subprocess.run(command(rig.config, "status", "late@example.com"), check=True,
+                          capture_output=True, text=True).stdout
+    assert "now: bounced after the remote server had accepted it: bounce report (DSN)" in text
