@@ -9,8 +9,10 @@ then times, on the same file and in alternating rounds:
 
 - pflogsumm (Debian package `pflogsumm`) producing its report;
 - `LineParser(kinds=OUTCOMES).scan` reading the file and tallying each recipient's
-  latest outcome (what `trackmilter maillog` needs), plus, for information, the same
-  with every record kind and with `parse` called per line.
+  latest outcome (the comparison with pflogsumm, which also only tallies), plus, for
+  information: the daemon's whole per-block path up to the store's writer (chains,
+  expiry, one DeliveryObserved event per recipient), every record kind, and `parse`
+  called per line.
 
 Prints lines/s side by side and the ratio (best round of each), and checks that our
 outcome counts equal pflogsumm's grand totals (every recipient in the synthetic log is
@@ -35,7 +37,11 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from prometheus_client import CollectorRegistry
+
 from trackmilter.maillog import OUTCOMES, Delivery, LineParser, Rejection
+from trackmilter.maillog.daemon import KINDS, Tracker, consume
+from trackmilter.metrics import Metrics
 
 T = TypeVar("T")
 TARGET_RATIO = 5.0
@@ -136,6 +142,24 @@ def outcomes_scan(path: Path) -> Counter[str]:
     return Counter(latest.values())
 
 
+class _CountingSink:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def submit(self, event: object) -> None:
+        self.n += 1
+
+
+def daemon_events(path: Path) -> Counter[str]:
+    """What `trackmilter maillog` does per block, up to handing events to the store's
+    writer: parse, follow chains and expiry, build one DeliveryObserved per recipient."""
+    sink = _CountingSink()
+    metrics = Metrics(CollectorRegistry())
+    consume(path.read_text(), LineParser(reference=REFERENCE, kinds=KINDS), Tracker("bench"),
+            sink, metrics)
+    return Counter({"events": sink.n})
+
+
 def all_kinds_scan(path: Path) -> Counter[str]:
     parser = LineParser(reference=REFERENCE)
     return Counter(type(r).__name__ for r in parser.scan(path.read_text()))
@@ -178,10 +202,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-maillog-") as tmp:
         path = Path(tmp) / "maillog"
         path.write_text(synthesise(args.lines))
-        ours: dict[str, list[float]] = {"outcomes": [], "all kinds": [], "parse per line": []}
+        ours: dict[str, list[float]] = {
+            "outcomes": [], "daemon events": [], "all kinds": [], "parse per line": []}
         theirs: list[float] = []
         variants = {
             "outcomes": outcomes_scan,
+            "daemon events": daemon_events,
             "all kinds": all_kinds_scan,
             "parse per line": per_line_parse,
         }
