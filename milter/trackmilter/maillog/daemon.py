@@ -27,6 +27,10 @@ KINDS = frozenset({Delivery, MessageExpired, MessageRemoved})
 V = TypeVar("V")
 
 
+class _Stopped(Exception):
+    """SIGTERM/SIGINT while blocked reading standard input."""
+
+
 class Sink(Protocol):
     def submit(self, event: Event) -> None: ...
 
@@ -146,9 +150,13 @@ def run(settings: Settings) -> int:
                          logger=log)
     start_metrics(m.metrics_listen, metrics)
     stop = [False]
+    reading_stdin = m.path == "-"
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         stop[0] = True
+        if reading_stdin:
+            # A read from a pipe is resumed after a signal (PEP 475): interrupt it.
+            raise _Stopped
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -162,6 +170,8 @@ def run(settings: Settings) -> int:
             # The follower saves its position when asked for the next block: what this
             # block said must be in the database or the spool first.
             writer.flush(timeout=30.0)
+    except _Stopped:
+        pass
     finally:
         writer.close(timeout=10.0)
         store.close()
