@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from trackmilter.reports.codes import code_name
 from trackmilter.reports.fields import Fields, bare_address, parse_blocks, typed_value
 from trackmilter.reports.model import RecipientReport
 from trackmilter.reports.reason import (
@@ -13,6 +16,7 @@ from trackmilter.reports.reason import (
     is_hard,
 )
 
+_ADDRESS_REPLY = re.compile(r"\s*<?([^\s<>@]+@[^\s<>:]+)>?:\s+(.+)")
 _RECIPIENT_FIELDS = ("final-recipient", "original-recipient", "x-actual-recipient")
 
 
@@ -42,10 +46,26 @@ def recipient_entry(fields: Fields, context: str) -> RecipientReport:
     final = bare_address(fields.get("final-recipient") or fields.get("x-actual-recipient", ""))
     original = bare_address(fields.get("original-recipient", ""))
     diagnostic = typed_value(fields.get("diagnostic-code", ""))
+    if not diagnostic and "(" in fields.get("status", ""):
+        # "Status: 4.0.0 (example.net: host name lookup failure)": RFC 3464 allows a
+        # comment, and some MTAs put the cause there instead of in Diagnostic-Code.
+        diagnostic = fields["status"].partition("(")[2].rstrip().rstrip(")")
+    wording = diagnostic
+    if not diagnostic:
+        replies = prose_replies(context)
+        diagnostic = replies.get((final or original).lower(), "")
+        # With one recipient the whole text is about it and may say more than the reply.
+        wording = diagnostic if len(replies) > 1 else ""
     action = fields.get("action", "").strip().lower()
     status = best_status(fields.get("status", ""), diagnostic)
     replycode = best_replycode(diagnostic)
-    reason = classify(status, replycode, diagnostic, action, context)
+    unix = fields.get("diagnostic-code", "").lstrip().lower().startswith("x-unix")
+    if unix and not any(c.isalpha() for c in diagnostic):
+        # A local delivery program failed and left only its exit code: sisimai names the
+        # code's reason if it has one, else calls it a mailer error.
+        reason = code_name(status) or "mailererror"
+    else:
+        reason = classify(status, replycode, wording, action, context)
     if not status:
         status = find_status(context) or _class_only(replycode, action)
     return RecipientReport(
@@ -59,6 +79,22 @@ def recipient_entry(fields: Fields, context: str) -> RecipientReport:
         reason=reason,
         hardbounce=is_hard(reason, status, replycode),
     )
+
+
+def prose_replies(context: str) -> dict[str, str]:
+    """Replies the text part quotes per address on its own line ("a@b: 550 5.1.1 ...").
+
+    Some MTAs (OpenSMTPD) leave Diagnostic-Code out and give the remote's words only
+    in the text part, one line per recipient.
+    """
+    found: dict[str, str] = {}
+    if "@" not in context:
+        return found
+    for line in context.splitlines():
+        m = _ADDRESS_REPLY.match(line)
+        if m and (find_replycode(m.group(2)) or find_status(m.group(2))):
+            found.setdefault(m.group(1).lower(), m.group(2).strip())
+    return found
 
 
 def _class_only(replycode: str, action: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from email.message import Message
 
+from trackmilter.reports.conventions import groups_reason
 from trackmilter.reports.mime import Parts, address_of, header, part_text
 from trackmilter.reports.model import RecipientReport
 from trackmilter.reports.reason import (
@@ -55,6 +56,12 @@ _TEMPORARY = re.compile(
 )
 _LEADING_REPLY = re.compile(r"^[245]\d\d[ -]")
 _TAG = re.compile(r"<[^>]+>")
+# A header of the returned original quoted in the prose names addresses but lists none.
+_HEADER_LINE = re.compile(
+    r"(?:message-id|in-reply-to|references|from|to|cc|sender|reply-to|return-path) ?:", re.I
+)
+# "a@b Invalid Address, ERROR_CODE :550": an address that starts a line carrying a code.
+_CODE_IN_LINE = re.compile(r"(?<![\d.])(?:[45]\d\d|[45]\.\d{1,3}\.\d{1,3})(?![\d.])")
 _LABEL_WORDS = re.compile(
     r"\b(?:to|for|the|following|failed|recipients?|addresses|address(?:es)?|rcpt|user|"
     r"mailbox|original|final|rfc822|unknown|delivery|failed permanently)\b|[<>\"'():;,\[\]]",
@@ -102,9 +109,11 @@ def _is_address_line(line: str, address: str) -> bool:
     Sendmail's "..." ("554 <a@b>... Host unknown").
     """
     head = _LEADING_REPLY.sub("", line.strip())
+    if _HEADER_LINE.match(head):
+        return False
     if head.lstrip("<").startswith(address):
         after = head.lstrip("<")[len(address) :].lstrip(">").lstrip()
-        if after.startswith((":", "...")):
+        if after.startswith((":", "...")) or _CODE_IN_LINE.search(after):
             return True
     rest = _LABEL_WORDS.sub(" ", head.replace(address, " "))
     return len(rest.split()) <= 1
@@ -114,19 +123,26 @@ def recipient_blocks(text: str, exclude: set[str]) -> list[tuple[str, str]]:
     """(address, the text that follows it) for every failed address listed in the prose."""
     lines = text.splitlines()
     starts: list[tuple[int, str]] = []
+    # A listed address ends the block before it even when it is a repeat (bounces often
+    # list the failures twice, in two languages): the repeat starts no new block. The
+    # block's own address repeated in its reply does not end it.
+    bounds: list[int] = []
     for i, line in enumerate(lines):
         for address in ADDRESS.findall(line):
             low = address.lower()
-            if low in exclude or _DAEMON.match(low) or any(low == a for _, a in starts):
+            if low in exclude or _DAEMON.match(low) or not _is_address_line(line, address):
                 continue
-            if _is_address_line(line, address):
+            if all(low != a for _, a in starts):
                 starts.append((i, low))
-                break
+                bounds.append(i)
+            elif low != starts[-1][1]:
+                bounds.append(i)
+            break
+    bounds.append(len(lines))
     blocks = []
-    for n, (i, address) in enumerate(starts):
-        end = starts[n + 1][0] if n + 1 < len(starts) else len(lines)
-        body = "\n".join(lines[i:end])
-        blocks.append((address, body))
+    for i, address in starts:
+        end = next(b for b in bounds if b > i)
+        blocks.append((address, "\n".join(lines[i:end])))
     return blocks
 
 
@@ -150,7 +166,7 @@ def entry(address: str, block: str, prose: str) -> RecipientReport:
         )
         status = "4.0.0" if temporary else "5.0.0"
     action = "delayed" if status.startswith("4") else "failed"
-    reason = classify(status, replycode, diagnostic, action, prose)
+    reason = groups_reason(address, prose) or classify(status, replycode, diagnostic, action, prose)
     return RecipientReport(
         recipient=address,
         action=action,

@@ -9,7 +9,12 @@ class. The rules are general phrases that many MTAs share, never one server's se
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from typing import TypeVar
 
+from trackmilter.reports.codes import code_name
+from trackmilter.reports.conventions import gmail_state_reason, server_reason
+from trackmilter.reports.matching import anchors
 from trackmilter.reports.rules import BARE_REJECTION, fold, reason_from_text
 
 # RFC 3463 subject.detail → reason, for codes that name a cause (X.7.1 and X.0.0 do not).
@@ -123,6 +128,8 @@ _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 # address, a date or a longer number.
 _REPLY = re.compile(r"(?:^|[\s:(\[<\"'])([245][0-9][0-9])(?=[\s\-:,;.\])]|$)(?![.\d]\d)")
 
+_SUMMARIZED = re.compile(r"\s*[245]\.\d{1,3}\.\d{1,3} - [^'\n]{0,80}?([245]\d\d)[ -]'(.+)'")
+_SENDMAIL_INNER = re.compile(r"^[245]\d\d [^.]{0,80}?\.\.\. ([245]\d\d)(?= )")
 _QUOTED_STATUS = re.compile(
     r"(?<![\d.])([245]\d\d)[ -]+['\"<(#]?([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])"
 )
@@ -130,23 +137,33 @@ _QUOTED_STATUS = re.compile(
 
 # The SMTP command a reply answered, as MTAs quote it ("after RCPT TO", "in reply to end
 # of DATA command", "did not like our MAIL FROM").
-_COMMANDS = (
-    ("RCPT", re.compile(r"\brcpt(?: to)?\b", re.I)),
-    (
-        "DATA",
-        re.compile(
-            r"\b(?:end of data|data command|after data|message body|end of message)\b", re.I
+_COMMANDS = tuple(
+    (command, pattern, anchors(pattern.pattern))
+    for command, pattern in (
+        # Sendmail's session transcript names the command it sent: ">>> DATA", "<<< 550".
+        ("DATA", re.compile(r">>> data\b")),
+        ("RCPT", re.compile(r"\brcpt\b|like recipient\b")),
+        (
+            "DATA",
+            re.compile(r"(?:end of data|data command|after data|message body|end of message)\b"),
         ),
-    ),
-    ("MAIL", re.compile(r"\bmail from\b", re.I)),
-    (
-        "HELO",
-        re.compile(
-            r"\b(?:e?helo|initial connection|connect(?:ion)? (?:attempt|greeting)|greeting)\b", re.I
+        ("MAIL", re.compile(r"mail from\b")),
+        (
+            "HELO",
+            re.compile(
+                r"(?:ehlo|helo|initial connection|connection attempt|connect greeting"
+                r"|connection greeting|greeting)\b"
+            ),
         ),
-    ),
+    )
 )
 
+# A code that narrows the wording's cause: "too large" with X.2.3 is the recipient's own
+# size limit, "unknown" with X.1.2 is about the domain (sisimai's Reason/MesgTooBig.pm
+# and UserUnknown.pm defer to those codes the same way).
+_REFINED = {("mesgtoobig", "2.3"): "exceedlimit", ("userunknown", "1.2"): "hostunknown"}
+
+_T = TypeVar("_T", str, tuple[str, ...])
 _HARD = frozenset({"hasmoved", "hostunknown", "userunknown"})
 _NOT_FAILURES = frozenset({"delivered", "feedback", "vacation"})
 
@@ -163,19 +180,40 @@ def best_status(field: str, diagnostic: str) -> str:
     A reply quoted by the remote server is more precise than the reporting MTA's summary
     in Status, and when relays wrap replies in replies the last one is the original's.
     """
-    quoted = _QUOTED_STATUS.findall(diagnostic)
+    quoted = _quoted_failures(diagnostic)
     if quoted:
         return ".".join(quoted[-1][1:])
     status = find_status(field)
     if status and not status.endswith(".0.0"):
         return status
-    return find_status(diagnostic) or status
+    found = [".".join(m) for m in _STATUS.findall(diagnostic)]
+    return (_failures(found) or found or [status])[0]
+
+
+@lru_cache(maxsize=32)
+def _quoted_failures(diagnostic: str) -> list[tuple[str, ...]]:
+    """Quoted replies with their codes; best_status and best_replycode both ask."""
+    return _failures(_QUOTED_STATUS.findall(diagnostic))
+
+
+def _failures(found: list[_T]) -> list[_T]:
+    """Failure replies (4xx/5xx) when a transcript also quotes the successful ones."""
+    failed = [f for f in found if str(f[0])[0] in "45"]
+    return failed or found
 
 
 def best_replycode(diagnostic: str) -> str:
     """The reply code that goes with `best_status`: the last quoted reply, else the first."""
-    quoted = _QUOTED_STATUS.findall(diagnostic)
-    return str(quoted[-1][0]) if quoted else find_replycode(diagnostic)
+    quoted = _quoted_failures(diagnostic)
+    if quoted:
+        return str(quoted[-1][0])
+    if "... " in diagnostic:
+        # Sendmail: "554 <a@b>... 550 Host unknown" quotes the remote's reply after "...".
+        inner = _SENDMAIL_INNER.search(diagnostic)
+        if inner:
+            return inner.group(1)
+    codes = _failures(_REPLY.findall(diagnostic)) if " 2" in diagnostic else []
+    return codes[0] if codes else find_replycode(diagnostic)
 
 
 def find_replycode(text: str) -> str:
@@ -194,7 +232,9 @@ def reason_from_status(status: str) -> str:
 def smtp_command(text: str) -> str:
     """The SMTP command the quoted reply answered (RCPT, DATA, MAIL, HELO), or ""."""
     low = fold(text)
-    for command, pattern in _COMMANDS:
+    for command, pattern, needed in _COMMANDS:
+        if needed is not None and not any(word in low for word in needed):
+            continue
         if pattern.search(low):
             return command
     return ""
@@ -205,9 +245,10 @@ def classify(
 ) -> str:
     """Combine wording, status, command and action into one reason.
 
-    Evidence is taken from the most specific source first: the server's own reply, then
-    a status code that names a cause, then the report's prose (`context`), then what the
-    failed SMTP command implies. An unknown-user reply only proves a wrong address when
+    Evidence is taken from the most specific source first: a server's documented error
+    code (conventions.py), the server's own reply (a relay's summary of it set aside),
+    then a status code that names a cause, then the report's prose (`context`), then the
+    code's class and what the failed SMTP command implies (after sisimai's Reason.pm). An unknown-user reply only proves a wrong address when
     it answered RCPT TO (or the reporting MTA says so itself, quoting no remote reply);
     the same words after DATA come from a per-recipient filter, and after MAIL FROM they
     are about the sender.
@@ -217,31 +258,47 @@ def classify(
     if action in ("delivered", "relayed", "expanded") or status.startswith("2."):
         return "delivered"
     detail = status.partition(".")[2]
+    if " - " in diagnostic and "'" in diagnostic:
+        diagnostic = _relayed_reply(diagnostic)
     command = smtp_command(diagnostic) or smtp_command(context)
-    reason = _address_reason(reason_from_text(diagnostic), command, detail, replycode, diagnostic)
+    reason = server_reason(diagnostic)
     if reason:
-        return _temporary(reason, status)
+        return reason
+    text_reason = reason_from_text(diagnostic)
+    if text_reason != "failedstarttls":
+        reason = gmail_state_reason(diagnostic, status, text_reason)
+        if reason:
+            return reason
+    reason = _address_reason(text_reason, command, detail, replycode, diagnostic)
+    if reason:
+        return _temporary(_REFINED.get((reason, detail), reason), status)
     if detail in _DECISIVE_CODES:
         return _CODE_REASONS[detail]
-    # X.7.Y (security or policy) says more than a bare "rejected".
-    if BARE_REJECTION.search(fold(diagnostic)) and not detail.startswith("7."):
-        return "rejected"
+    if _bare_rejection(diagnostic):
+        # Refused at the greeting or EHLO: the connecting host itself is unwelcome; an
+        # X.7.Y code says more than a bare "rejected" (sisimai: a security matter).
+        if command == "HELO":
+            return "blocked"
+        return "securityerror" if detail.startswith("7.") else "rejected"
     reason = reason_from_text(context) if context else ""
     reason = _address_reason(reason, command, detail, replycode, context)
     if reason:
         return _temporary(reason, status)
-    if BARE_REJECTION.search(fold(context)):
+    if _bare_rejection(context):
         return "rejected"
-    reason = reason_from_status(status)
-    if reason and reason not in ("securityerror", "systemerror"):
+    reason = code_name(status)
+    if reason:
         return reason
+    if detail.startswith("7."):
+        # sisimai: an X.7.Y code with no other evidence is a security matter.
+        return "securityerror"
     if command == "MAIL":
         return "rejected"
     if command == "HELO":
         return "blocked"
-    if action == "delayed" or (status or replycode).startswith("4"):
+    if action == "delayed":
         return "expired"
-    return reason or ("onhold" if status or replycode else "undefined")
+    return "onhold" if status or replycode else "undefined"
 
 
 def _address_reason(reason: str, command: str, detail: str, replycode: str, text: str) -> str:
@@ -255,16 +312,38 @@ def _address_reason(reason: str, command: str, detail: str, replycode: str, text
     if command == "MAIL":
         return "rejected"
     quoted = bool(replycode) and replycode in text
-    if reason == "userunknown" and command != "RCPT" and not detail.startswith("1.") and quoted:
+    # X.1.Y codes are about the address; X.5.Y ones answer a command, not the content.
+    if (
+        reason == "userunknown"
+        and command != "RCPT"
+        and not detail.startswith(("1.", "5."))
+        and quoted
+    ):
         return "filtered"
     return reason
+
+
+def _relayed_reply(diagnostic: str) -> str:
+    """The remote's own reply when a relay prefixed its summary of it (Amazon SES:
+    "5.1.0 - Unknown address error 550-'5.7.1 ... Access denied' (delivery attempts: 0)");
+    the summary is the relay's guess, the quoted reply is the evidence."""
+    m = _SUMMARIZED.match(diagnostic)
+    return f"{m.group(1)} {m.group(2)}" if m else diagnostic
+
+
+def _bare_rejection(text: str) -> bool:
+    """A bare "rejected"; Postfix's "Recipient address rejected:" only prefixes a cause."""
+    low = fold(text)
+    if "recipient address rejected" in low:
+        low = low.replace("recipient address rejected", "")
+    return bool(BARE_REJECTION.search(low))
 
 
 def _temporary(reason: str, status: str) -> str:
     """Temporary failures change meaning: a system error reported by mail means the retries
     are running out, and a host "not found" only for now is a DNS failure, not a bad domain."""
     if status.startswith("4"):
-        return {"systemerror": "expired", "hostunknown": "networkerror"}.get(reason, reason)
+        return {"hostunknown": "networkerror"}.get(reason, reason)
     return reason
 
 

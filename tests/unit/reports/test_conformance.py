@@ -17,7 +17,7 @@ from tests.support import BOUNCE_CORPUS
 
 from trackmilter.reports import RecipientReport, decode
 
-FLOORS = {"found": 0.97, "status": 0.94, "replycode": 0.93, "reason": 0.75, "hardbounce": 0.92}
+FLOORS = {"found": 0.97, "status": 0.95, "replycode": 0.95, "reason": 0.90, "hardbounce": 0.94}
 TARGETS = {"found": 0.97, "status": 0.95, "reason": 0.90}
 PSEUDO_STATUS = re.compile(r"^\d\.0\.9\d\d$")
 

@@ -423,3 +423,157 @@ def test_anchor_prefilter_never_changes_a_reason() -> None:
         flat = wording(text)
         brute = next((reason for reason, pattern in TEXT_RULES if pattern.search(flat)), "")
         assert reason_from_text(text) == brute, text
+
+
+@pytest.mark.parametrize(
+    ("status", "reply", "text", "reason"),
+    [
+        pytest.param(
+            "5.2.3",
+            "552",
+            "552 5.2.3 message too large for this recipient",
+            "exceedlimit",
+            id="code-narrows-size",
+        ),
+        pytest.param(
+            "5.1.2", "550", "550 5.1.2 <a@b>: user unknown", "hostunknown", id="code-narrows-host"
+        ),
+        pytest.param(
+            "5.0.0",
+            "550",
+            "SMTP error from remote mail server after EHLO mx: 550 Rejected",
+            "blocked",
+            id="rejected-at-ehlo",
+        ),
+        pytest.param(
+            "5.7.1",
+            "551",
+            "551 5.7.1 <a@b>: Recipient address rejected: Delivery not authorized",
+            "securityerror",
+            id="x7-bare-rejection",
+        ),
+        pytest.param(
+            "5.0.0", "552", "552 Too many recipients", "toomanyconn", id="too-many-recipients"
+        ),
+        pytest.param(
+            "5.0.0",
+            "550",
+            ">>> DATA <<< 550 5.0.0 <a@b>... User unknown",
+            "filtered",
+            id="sendmail-transcript-data",
+        ),
+        pytest.param(
+            "5.7.1",
+            "550",
+            "5.1.0 - Unknown address error 550-'5.7.1 <x@y>... Access denied' (delivery attempts: 0)",
+            "securityerror",
+            id="relay-summary-is-not-evidence",
+        ),
+        pytest.param(
+            "5.0.0",
+            "",
+            "The recipient server did not accept our requests to connect.",
+            "expired",
+            id="gmail-could-not-connect",
+        ),
+        pytest.param(
+            "5.7.0", "554", "554 5.7.0 Header error (state 18).", "filtered", id="gmail-state"
+        ),
+        pytest.param(
+            "5.2.0",
+            "550",
+            "550 5.2.0 Mail rejete. Mail rejected. ofr_506 [506]",
+            "spamdetected",
+            id="orange-code",
+        ),
+        pytest.param(
+            "5.1.0",
+            "550",
+            "550 5.1.0 sender rejected. AUP#In-1310",
+            "toomanyconn",
+            id="spectrum-code",
+        ),
+        pytest.param("4.3.0", "451", "451 4.3.0 Please try again later", "onhold", id="no-cause"),
+    ],
+)
+def test_classify_general_rules(status: str, reply: str, text: str, reason: str) -> None:
+    assert classify(status, reply, text) == reason
+
+
+def test_failure_reply_beats_the_successful_ones_in_a_transcript() -> None:
+    transcript = (
+        "Out: 250 2.1.0 Ok In: RCPT TO:<a@b> Out: 451 4.3.0 Error In: QUIT Out: 221 2.0.0 Bye"
+    )
+    assert best_status("", transcript) == "4.3.0"
+    assert best_replycode(transcript) == "451"
+    assert best_replycode("554 <a@b>... 550 Host unknown") == "550"
+
+
+OPENSMTPD = b"""\
+From: MAILER-DAEMON@mx.example.org
+To: sender@example.com
+Subject: Delivery status notification: error
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+An error has occurred while attempting to deliver a message for
+the following list of recipients:
+
+gone@example.net: 550 5.1.1 <gone@example.net>: Recipient address rejected: User unknown
+full@example.net: 552 5.2.2 <full@example.net>: Recipient address rejected: Mailbox full
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.org
+
+Final-Recipient: rfc822; gone@example.net
+Action: failed
+Status: 5.0.0
+
+Final-Recipient: rfc822; full@example.net
+Action: failed
+Status: 5.0.0
+
+Final-Recipient: rfc822; slow@example.com
+Action: delayed
+Status: 4.0.0 (example.com: host name lookup failure)
+
+--B--
+"""
+
+
+def test_dsn_without_diagnostic_codes_reads_the_text_part_and_status_comments() -> None:
+    report = decode(OPENSMTPD)
+    assert report is not None
+    got = [(r.recipient, r.status, r.replycode, r.reason) for r in report.recipients]
+    assert got == [
+        ("gone@example.net", "5.1.1", "550", "userunknown"),
+        ("full@example.net", "5.2.2", "552", "mailboxfull"),
+        ("slow@example.com", "4.0.0", "", "networkerror"),
+    ]
+
+
+def test_google_groups_refusal_in_any_language() -> None:
+    raw = b"""\
+From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>
+To: poster@example.jp
+Subject: Delivery Status Notification (Failure)
+X-Failed-Recipients: list@googlegroups.com
+Content-Type: text/plain; charset=utf-8
+
+Hallo poster@example.jp, die Gruppe (list) ist nicht vorhanden oder Sie haben keine
+Berechtigung. Fehler beim Zustellen:
+* Name falsch geschrieben.
+* Gruppe geloescht.
+* Mitgliedschaft erforderlich.
+* Nur fuer Mitglieder.
+"""
+    report = decode(raw)
+    assert report is not None
+    assert [(r.recipient, r.reason) for r in report.recipients] == [
+        ("list@googlegroups.com", "rejected")
+    ]
