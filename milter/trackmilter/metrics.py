@@ -91,6 +91,11 @@ class Metrics:
             "trackmilter_maillog_lines_total", "Log lines read by the maillog follower",
             registry=r,
         )
+        self.maillog_unparsed = Counter(
+            "trackmilter_maillog_unparsed_lines_total",
+            "Lines that look like delivery outcomes (status= / stat=) but could not be parsed",
+            registry=r,
+        )
         self.maillog_deliveries = Counter(
             "trackmilter_maillog_deliveries_total",
             "Per-recipient delivery outcomes read from the MTA log (also for mail the milter "

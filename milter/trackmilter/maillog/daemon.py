@@ -116,12 +116,22 @@ def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
     metrics.maillog_lines.inc(block.count("\n"))
     counts: Counter[str] = Counter()
     submit = sink.submit
+    outcome_lines = 0
     for record in parser.scan(block):
+        if isinstance(record, (Delivery, MessageExpired)):
+            outcome_lines += 1
         for ev in tracker.events(record):
             counts[ev.status] += 1
             submit(ev)
     for status, n in counts.items():  # once per block, not per line
         metrics.child(metrics.maillog_deliveries, str(status)).inc(n)
+    # Every outcome line carries "status=" (Postfix) or "stat=" (Sendmail): those that
+    # gave no record are malformed or of a shape we do not know; counted, never fatal.
+    if parser.flavor == "sendmail":  # "stat=queued" is an arrival, not an outcome
+        looks = block.count(" stat=") - block.count(" stat=queued")
+    else:
+        looks = block.count(" status=")
+    metrics.maillog_unparsed.inc(max(0, looks - outcome_lines))
     return sum(counts.values())
 
 

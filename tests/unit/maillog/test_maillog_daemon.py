@@ -89,6 +89,11 @@ def test_content_filter_reinjection_is_chained_to_the_original_queue_id() -> Non
 
 
 def test_lines_the_parser_does_not_know_are_counted_not_fatal() -> None:
-    events, metrics = run("garbage\n\x00\nNov 27 10:00:00 mx postfix/smtpd[1]: connect from x\n")
-    assert events == []
-    assert metrics.registry.get_sample_value("trackmilter_maillog_lines_total") == 3
+    broken = "Nov 27 10:00:00 mx postfix/smtp[1]: 4ABC: to=<a@b>, status=sent (250 ok\n"
+    good = _line("AAA111", "bob@example.net", "mx[192.0.2.9]:25", "sent", "250 ok")
+    events, metrics = run("garbage\n\x00\nNov 27 10:00:00 mx postfix/smtpd[1]: connect from x\n"
+                          + broken.replace("to=<a@b>, ", "") + good)
+    assert [e.queue_id for e in events] == ["AAA111"]
+    assert metrics.registry.get_sample_value("trackmilter_maillog_lines_total") == 5
+    # The outcome line without to= is malformed: counted apart; the others are just noise.
+    assert metrics.registry.get_sample_value("trackmilter_maillog_unparsed_lines_total") == 1
