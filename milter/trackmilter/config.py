@@ -33,6 +33,9 @@ class MilterSettings:
     max_message_size: int = 10 * 1024 * 1024
     # Bounces, read receipts and complaints larger than this are recorded but not decoded.
     report_max_size: int = 1024 * 1024
+    # VERP (Postfix XVERP / sendmail -V): bounces to `sender+rcpt=domain@host` name the
+    # original sender and recipient. "" = off; Postfix's default delimiters are "+=".
+    verp_delimiters: str = ""
     optout_header: str = "X-Trackmilter-Opt-Out"
     timeout: int = 600
     mta_name: str = field(default_factory=_socket.getfqdn)
@@ -215,6 +218,13 @@ def _db_url(v: Any) -> str:
     return s
 
 
+def _verp_delimiters(v: Any) -> str:
+    s = _str(v)
+    if s and (len(s) != 2 or not s.isprintable() or "@" in s or " " in s):
+        raise ValueError(f"expected two delimiter characters like \"+=\", got {s!r}")
+    return s
+
+
 def _header_name(v: Any) -> str:
     s = _str(v)
     if not s or any(c <= " " or c == ":" or c > "~" for c in s):
@@ -231,6 +241,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "sender_domains": _domains,
             "max_message_size": _int,
             "report_max_size": _int,
+            "verp_delimiters": _verp_delimiters,
             "optout_header": _header_name,
             "timeout": _int,
             "mta_name": _str,

@@ -225,6 +225,9 @@ class ReportReceived:
     report_queue_id: str = ""  # the report's own queue id at our MTA
     report_message_id: str = ""
     mta: str = ""  # which MTA host's milter saw it
+    # From a VERP bounce address (`sender+rcpt=domain@host`): the original envelope.
+    verp_sender: str = ""
+    verp_recipient: str = ""
 
     kind = "report"
 

@@ -53,6 +53,25 @@ class Sink(Protocol):
     def submit(self, event: Event) -> None: ...
 
 
+def decode_verp(address: str, delimiters: str) -> tuple[str, str] | None:
+    """`owner+bob=example.net@lists.example.org` -> (owner@lists.example.org, bob@example.net).
+
+    Postfix's XVERP splits at the first `+` and the last `=` of the local part; anything
+    else (no delimiters configured, an ordinary address) is None.
+    """
+    if len(delimiters) != 2:
+        return None
+    local, at, domain = address.strip().strip("<>").rpartition("@")
+    if not at:
+        return None
+    plus, eq = delimiters[0], delimiters[1]
+    prefix, sep, rest = local.partition(plus)
+    rcpt_local, sep2, rcpt_domain = rest.rpartition(eq)
+    if not (sep and sep2 and prefix and rcpt_local and rcpt_domain and domain):
+        return None
+    return f"{prefix}@{domain.lower()}", f"{rcpt_local}@{rcpt_domain.lower()}"
+
+
 @dataclasses.dataclass(frozen=True)
 class _Job:
     raw: bytes
@@ -60,6 +79,7 @@ class _Job:
     message_id: str
     at: datetime
     mta: str
+    verp: tuple[str, str] | None
 
 
 class ReportQueue:
@@ -75,9 +95,9 @@ class ReportQueue:
         self._thread.start()
 
     def submit(self, raw: bytes, *, queue_id: str, message_id: str, at: datetime,
-               mta: str) -> None:
+               mta: str, verp: tuple[str, str] | None = None) -> None:
         try:
-            self._jobs.put_nowait(_Job(raw, queue_id, message_id, at, mta))
+            self._jobs.put_nowait(_Job(raw, queue_id, message_id, at, mta, verp))
         except queue.Full:
             self._metrics.child(self._metrics.reports_skipped, "queue_full").inc()
 
@@ -105,8 +125,10 @@ class ReportQueue:
         if report is None:
             m.child(m.reports_skipped, "not_a_report").inc()
             return
+        sender, recipient = job.verp or ("", "")
         event = dataclasses.replace(report, report_queue_id=job.queue_id,
-                                    report_message_id=job.message_id, at=job.at, mta=job.mta)
+                                    report_message_id=job.message_id, at=job.at, mta=job.mta,
+                                    verp_sender=sender, verp_recipient=recipient)
         self._sink.submit(event)
         m.child(m.reports, event.report).inc()
         self._log.info(

@@ -26,7 +26,7 @@ from trackmilter.model import (
     utcnow,
 )
 from trackmilter.mta import policy
-from trackmilter.mta.reports import ReportQueue
+from trackmilter.mta.reports import ReportQueue, decode_verp
 from trackmilter.rewrite import RewriteOptions, RewriteResult, rewrite_message
 from trackmilter.tokens import Signer, UnsignableURL
 
@@ -247,8 +247,12 @@ class Session(Milter.Base):  # type: ignore[misc]
             m = self.deps.metrics
             m.child(m.reports_skipped, "too_large").inc()
             return
+        # A bounce goes to one address: when it is a VERP address, it names the original
+        # sender and recipient.
+        verp = next((v for r in tx.recipients
+                     if (v := decode_verp(r.address, cfg.verp_delimiters)) is not None), None)
         reports.submit(policy.raw_message(tx), queue_id=tx.queue_id, message_id=tx.message_id,
-                       at=self.deps.clock(), mta=cfg.mta_name)
+                       at=self.deps.clock(), mta=cfg.mta_name, verp=verp)
 
     def _may_modify(self, tx: policy.Transaction) -> bool:
         return not tx.failed and policy.skip_reason(tx, self.deps.settings.milter) is None

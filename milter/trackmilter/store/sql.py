@@ -413,7 +413,9 @@ def _messages_for_deliveries(
 def _messages_for_reports(
     conn: Connection, reports: list[tuple[ReportReceived, list[str]]]
 ) -> dict[str, int]:
-    """events key -> message id for reports, by the strongest tie each one carries."""
+    """events key -> message id for reports, by the strongest tie each one carries: our
+    tracking id, the original queue id, the original Message-ID, then a VERP address
+    (the latest message from that sender to that recipient)."""
     found: dict[str, int] = {}
     for ev, keys in reports:
         mid = None
@@ -433,6 +435,18 @@ def _messages_for_reports(
             mid = conn.execute(
                 select(messages.c.id)
                 .where(messages.c.message_id == wanted)
+                .order_by(messages.c.started_at.desc())
+                .limit(1)
+            ).scalar()
+        if mid is None and ev.verp_sender and ev.verp_recipient:
+            mid = conn.execute(
+                select(messages.c.id)
+                .join(recipients, recipients.c.message == messages.c.id)
+                .where(
+                    messages.c.sender == ev.verp_sender,
+                    recipients.c.address == normalize_address(ev.verp_recipient),
+                    messages.c.started_at <= ev.at,
+                )
                 .order_by(messages.c.started_at.desc())
                 .limit(1)
             ).scalar()

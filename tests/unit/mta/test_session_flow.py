@@ -271,6 +271,24 @@ BOUNCE = (
 )
 
 
+def test_verp_bounce_address_names_the_original_envelope(sink: ListSink) -> None:
+    from dataclasses import replace
+
+    from trackmilter.config import MilterSettings
+
+    seen: list[bytes] = []
+    deps = _queue(sink, seen, make_deps(sink))
+    deps = replace(deps, settings=replace(deps.settings, milter=MilterSettings(
+        verp_delimiters="+=")))
+    run(deps, BOUNCE, sender="<>", ip="192.0.2.7",
+        rcpts=("<alice+bob=example.net@example.com>",))
+    assert deps.reports is not None
+    deps.reports.close()
+    report = sink.events[1]
+    assert (report.verp_sender, report.verp_recipient) == ("alice@example.com",
+                                                           "bob@example.net")
+
+
 def _queue(sink: ListSink, seen: list[bytes], deps: Deps) -> Deps:
     from dataclasses import replace
 

@@ -78,3 +78,13 @@ def test_mdn_and_arf_without_recipient_details(store: SQLStore) -> None:
     [m] = store.lookup("t000000000000002")
     assert sorted((e.kind, e.status) for e in m.events if e.kind in ("mdn", "arf")) == [
         ("arf", "abuse"), ("mdn", "displayed")]
+
+
+def test_tied_by_verp_to_the_latest_message_from_sender_to_recipient(store: SQLStore) -> None:
+    store.write([make_message(1, rcpts=("bob@example.com",)),
+                 make_message(2, rcpts=("bob@example.com",)),
+                 make_message(3, rcpts=("carol@example.com",))])
+    store.write([report(verp_sender="alice@example.org", verp_recipient="Bob@Example.com")])
+    tied = [m.tracking_id for m in store.lookup("bob@example.com")
+            if any(e.kind == "dsn" for e in m.events)]
+    assert tied == ["t000000000000002"]
