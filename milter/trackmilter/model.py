@@ -7,7 +7,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, cast
 
 
 class Direction(StrEnum):
@@ -100,8 +100,20 @@ class LinkRecord:
     url: str
 
 
+class _Stored:
+    """The spool's line format for an event: its fields as JSON values, plus its kind."""
+
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(cast(Any, self))
+        data["kind"] = self.kind
+        result: dict[str, Any] = _jsonable(data)
+        return result
+
+
 @dataclass(frozen=True)
-class MessageRecorded:
+class MessageRecorded(_Stored):
     """Everything the milter learned about one SMTP transaction."""
 
     tracking_id: str
@@ -126,12 +138,6 @@ class MessageRecorded:
     tracking_header: bool = False  # whether our tracking-id header was added
 
     kind = "message"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = self.kind
-        result: dict[str, Any] = _jsonable(data)
-        return result
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MessageRecorded:
@@ -160,7 +166,7 @@ class MessageRecorded:
 
 
 @dataclass(frozen=True)
-class DeliveryObserved:
+class DeliveryObserved(_Stored):
     """One delivery attempt for one recipient, as the MTA's log tells it.
 
     Tied to the message by queue id (and the MTA host when several share a store); the
@@ -178,12 +184,6 @@ class DeliveryObserved:
     mta: str = ""  # which MTA host logged it
 
     kind = "delivery"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = self.kind
-        result: dict[str, Any] = _jsonable(data)
-        return result
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeliveryObserved:
@@ -209,7 +209,7 @@ class ReportRecipient:
 
 
 @dataclass(frozen=True)
-class ReportReceived:
+class ReportReceived(_Stored):
     """A bounce (DSN), read receipt (MDN) or complaint (ARF) that passed through the milter,
     with what ties it to the original message, strongest first: our tracking id, the
     original queue id (Postfix's own bounces), the original Message-ID."""
@@ -230,12 +230,6 @@ class ReportReceived:
     verp_recipient: str = ""
 
     kind = "report"
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["kind"] = self.kind
-        result: dict[str, Any] = _jsonable(data)
-        return result
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReportReceived:

@@ -8,6 +8,7 @@ texts one of which must occur for it to match.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -95,3 +96,25 @@ def rx(*alternatives: str) -> re.Pattern[str]:
     letters instead of trying every position.
     """
     return re.compile("|".join(alternatives))
+
+
+Rule = tuple[str, re.Pattern[str], tuple[str, ...] | None]
+
+
+def prepared(rules: Iterable[tuple[str, re.Pattern[str]]]) -> tuple[Rule, ...]:
+    """(name, pattern) pairs with the literal anchors that must appear for a match."""
+    return tuple((name, pattern, anchors(pattern.pattern)) for name, pattern in rules)
+
+
+def first_match(rules: tuple[Rule, ...], text: str) -> str:
+    """The name of the first rule that matches `text` (already folded), or "".
+
+    The anchors are cheap substring tests that rule out most patterns before any regex
+    runs: most of the decoder's time would otherwise go to patterns that cannot match.
+    """
+    for name, pattern, needed in rules:
+        if needed is not None and not any(word in text for word in needed):
+            continue
+        if pattern.search(text):
+            return name
+    return ""

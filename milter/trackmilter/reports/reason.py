@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from trackmilter.reports.codes import code_name
 from trackmilter.reports.conventions import gmail_state_reason, server_reason
-from trackmilter.reports.matching import anchors
+from trackmilter.reports.matching import first_match, prepared
 from trackmilter.reports.rules import BARE_REJECTION, fold, reason_from_text
 
 # RFC 3463 subject.detail → reason, for codes that name a cause (X.7.1 and X.0.0 do not).
@@ -137,9 +137,8 @@ _QUOTED_STATUS = re.compile(
 
 # The SMTP command a reply answered, as MTAs quote it ("after RCPT TO", "in reply to end
 # of DATA command", "did not like our MAIL FROM").
-_COMMANDS = tuple(
-    (command, pattern, anchors(pattern.pattern))
-    for command, pattern in (
+_COMMANDS = prepared(
+    (
         # Sendmail's session transcript names the command it sent: ">>> DATA", "<<< 550".
         ("DATA", re.compile(r">>> data\b")),
         ("RCPT", re.compile(r"\brcpt\b|like recipient\b")),
@@ -231,13 +230,7 @@ def reason_from_status(status: str) -> str:
 
 def smtp_command(text: str) -> str:
     """The SMTP command the quoted reply answered (RCPT, DATA, MAIL, HELO), or ""."""
-    low = fold(text)
-    for command, pattern, needed in _COMMANDS:
-        if needed is not None and not any(word in low for word in needed):
-            continue
-        if pattern.search(low):
-            return command
-    return ""
+    return first_match(_COMMANDS, fold(text))
 
 
 def classify(

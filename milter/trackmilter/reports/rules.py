@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from trackmilter.reports.matching import anchors, fold
+from trackmilter.reports.matching import first_match, fold, prepared
 from trackmilter.reports.phrases_recipient import RECIPIENT_RULES
 from trackmilter.reports.phrases_sender import SENDER_RULES
 
@@ -19,7 +19,7 @@ TEXT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = SENDER_RULES + RECIPIENT_R
 # A bare "rejected" says only that something was refused: weaker than a specific code.
 BARE_REJECTION = re.compile(r"\b(?:rejected|refused|denied)\b")
 
-_RULES = tuple((reason, pattern, anchors(pattern.pattern)) for reason, pattern in TEXT_RULES)
+_RULES = prepared(TEXT_RULES)
 
 # Multi-line replies repeat "550-5.7.1 " on every line, splitting phrases in two.
 _REPLY_PREFIX = re.compile(r"(?<![\w.])[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3} )?")
@@ -35,10 +35,4 @@ def wording(text: str) -> str:
 
 def reason_from_text(text: str) -> str:
     """The first reason whose wording appears in the text, or ""."""
-    flat = wording(text)
-    for reason, pattern, needed in _RULES:
-        if needed is not None and not any(word in flat for word in needed):
-            continue
-        if pattern.search(flat):
-            return reason
-    return ""
+    return first_match(_RULES, wording(text))

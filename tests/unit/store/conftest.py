@@ -12,6 +12,7 @@ from sqlalchemy import create_engine
 from tests.unit.store.store_helpers import BACKENDS, PG_URL, SocketProxy, pg_target, with_schema
 
 from trackmilter.metrics import Metrics
+from trackmilter.store import SQLStore, upgrade
 
 
 @pytest.fixture
@@ -32,6 +33,17 @@ def pg_schema() -> Iterator[str]:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
         admin.dispose()
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[SQLStore]:
+    """A store on a freshly upgraded throwaway database."""
+    upgrade(db_url)
+    s = SQLStore(db_url)
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
 from tests.unit.store.store_helpers import T0, make_message, row_counts
 
 from trackmilter.model import DeliveryObserved, DeliveryStatus, event_from_dict
-from trackmilter.store import SQLStore, upgrade
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[SQLStore]:
-    upgrade(db_url)
-    s = SQLStore(db_url)
-    try:
-        yield s
-    finally:
-        s.close()
+from trackmilter.store import SQLStore
 
 
 def delivery(queue_id: str, rcpt: str, status: DeliveryStatus, minutes: float,

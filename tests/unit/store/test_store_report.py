@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from tests.unit.store.store_helpers import T0, make_message
 
 from trackmilter.model import ReportReceived, ReportRecipient, event_from_dict
-from trackmilter.store import SQLStore, upgrade
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[SQLStore]:
-    upgrade(db_url)
-    s = SQLStore(db_url)
-    try:
-        yield s
-    finally:
-        s.close()
-
+from trackmilter.store import SQLStore
 
 FAILED = ReportRecipient("Bob@Example.com", "failed", "5.1.1", "550", "userunknown", True,
                          "smtp; 550 5.1.1 <bob@example.com>: User unknown", "mx.example.com")

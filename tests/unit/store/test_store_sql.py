@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,18 +18,7 @@ from trackmilter.store import (
     SQLStore,
     StoreConfigError,
     StoreUnavailable,
-    upgrade,
 )
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[SQLStore]:
-    upgrade(db_url)
-    s = SQLStore(db_url)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture
