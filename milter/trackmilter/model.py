@@ -136,6 +136,7 @@ class MessageRecorded(_Stored):
     links: tuple[LinkRecord, ...] = ()
     mta: str = ""  # which MTA host recorded it (several servers may share one store)
     tracking_header: bool = False  # whether our tracking-id header was added
+    envelope_id: str = ""  # the client's ENVID (RFC 3461), decoded
 
     kind = "message"
 

@@ -33,6 +33,7 @@ class Transaction:
     sender: str
     started_at: datetime
     auth_user: str = ""
+    envelope_id: str = ""
     direction: Direction = Direction.INBOUND
     recipients: list[RecipientRecord] = field(default_factory=list)
     queue_id: str = ""
@@ -50,6 +51,18 @@ class Transaction:
     @property
     def accepted(self) -> int:
         return sum(1 for r in self.recipients if r.outcome is RcptOutcome.ACCEPTED)
+
+
+_XTEXT = re.compile(r"\+([0-9A-F]{2})")
+
+
+def envelope_id(params: tuple[str, ...]) -> str:
+    """The ENVID= MAIL FROM parameter (RFC 3461 §4.4), xtext-decoded; "" when absent."""
+    for p in params:
+        name, eq, value = p.partition("=")
+        if eq and name.upper() == "ENVID":
+            return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), value)
+    return ""
 
 
 def normalise_address(addr: str) -> str:
@@ -162,6 +175,7 @@ def finish(
         client_addr=client_addr,
         client_name=client_name,
         auth_user=tx.auth_user,
+        envelope_id=tx.envelope_id,
         helo=helo,
         size=tx.size,
         rewritten=rewritten,

@@ -141,7 +141,8 @@ class Session(Milter.Base):  # type: ignore[misc]
         sender = policy.normalise_address(mailfrom)
         auth = self.getsymval("{auth_authen}") or ""
         tx = policy.Transaction(tracking_id=new_tracking_id(), sender=sender,
-                                started_at=self.deps.clock(), auth_user=auth)
+                                started_at=self.deps.clock(), auth_user=auth,
+                                envelope_id=policy.envelope_id(params))
         tx.direction = policy.direction_of(self.client_addr, auth, sender,
                                            self.deps.settings.milter)
         self.tx = tx

@@ -100,6 +100,9 @@ messages = Table(
     Index(None, "queue_id"),
     Index(None, "message_id"),
     Index(None, "started_at"),
+    # Revision 0002: the client's ENVID (RFC 3461), echoed by DSNs as Original-Envelope-Id.
+    Column("envelope_id", Text, nullable=False, server_default=""),
+    Index(None, "envelope_id"),
 )
 
 recipients = Table(

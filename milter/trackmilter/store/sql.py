@@ -178,6 +178,7 @@ class _Batch:
             "tracking_id": tid,
             "queue_id": ev.queue_id[:MAX_INDEXED_CHARS],
             "message_id": strip_brackets(ev.message_id)[:MAX_INDEXED_CHARS],
+            "envelope_id": ev.envelope_id[:MAX_INDEXED_CHARS],
             "direction": str(ev.direction),
             "end_reason": str(ev.end),
             "sender": ev.sender,
@@ -414,7 +415,8 @@ def _messages_for_reports(
     conn: Connection, reports: list[tuple[ReportReceived, list[str]]]
 ) -> dict[str, int]:
     """events key -> message id for reports, by the strongest tie each one carries: our
-    tracking id, the original queue id, the original Message-ID, then a VERP address
+    tracking id, the original queue id, the original Message-ID, the client's ENVID, then a
+    VERP address
     (the latest message from that sender to that recipient)."""
     found: dict[str, int] = {}
     for ev, keys in reports:
@@ -435,6 +437,14 @@ def _messages_for_reports(
             mid = conn.execute(
                 select(messages.c.id)
                 .where(messages.c.message_id == wanted)
+                .order_by(messages.c.started_at.desc())
+                .limit(1)
+            ).scalar()
+        if mid is None and ev.envelope_id:
+            mid = conn.execute(
+                select(messages.c.id)
+                .where(messages.c.envelope_id == ev.envelope_id[:MAX_INDEXED_CHARS],
+                       messages.c.started_at <= ev.at)
                 .order_by(messages.c.started_at.desc())
                 .limit(1)
             ).scalar()
@@ -484,6 +494,7 @@ def _views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageView]:
             finished_at=m.finished_at,
             queue_id=m.queue_id,
             message_id=m.message_id,
+            envelope_id=m.envelope_id,
             client_addr=m.client_addr,
             client_name=m.client_name,
             auth_user=m.auth_user,

@@ -81,6 +81,7 @@ class MessageView:
     finished_at: datetime | None
     queue_id: str = ""
     message_id: str = ""  # without angle brackets
+    envelope_id: str = ""  # the client's ENVID (RFC 3461), "" when it gave none
     client_addr: str = ""
     client_name: str = ""
     auth_user: str = ""

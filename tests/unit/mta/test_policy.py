@@ -108,3 +108,16 @@ def test_finish_all_refused() -> None:
     ev = policy.finish(tx, end=EndReason.ABORTED, finished_at=utcnow(), client_addr="",
                        client_name="", helo="", mta="m")
     assert ev.end is EndReason.ABORTED
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        pytest.param(("SIZE=100", "ENVID=QQ314159"), "QQ314159", id="plain"),
+        pytest.param(("envid=a+2Bb+3Dc",), "a+b=c", id="xtext-lowercase-name"),
+        pytest.param(("RET=HDRS",), "", id="absent"),
+        pytest.param(("ENVID",), "", id="no-value"),
+    ],
+)
+def test_envelope_id(params: tuple[str, ...], expected: str) -> None:
+    assert policy.envelope_id(params) == expected

@@ -82,6 +82,7 @@ class Outcome:
 
 
 def run(deps: Deps, raw: bytes, *, sender: str = "<alice@example.com>",
+        mail_params: tuple[str, ...] = (),
         rcpts: tuple[str, ...] = ("<bob@example.net>",), ip: str = "127.0.0.1",
         refused: dict[str, tuple[str, str]] | None = None, auth: str = "",
         queue_id: str = "4ABCDEF") -> Outcome:
@@ -90,7 +91,7 @@ def run(deps: Deps, raw: bytes, *, sender: str = "<alice@example.com>",
     ctx = MilterTestCtx()
     ctx._setsymval("{auth_authen}", auth or None)
     assert ctx._connect(helo="client.example", ip=ip) == Milter.CONTINUE
-    ctx._envfrom(sender)
+    ctx._envfrom(sender, *mail_params)
     for r in rcpts:
         bad = (refused or {}).get(r)
         ctx._setsymval("{rcpt_mailer}", "error" if bad else "smtp")
@@ -329,3 +330,8 @@ def test_ordinary_inbound_mail_is_not_offered_to_the_decoder(sink: ListSink) -> 
     assert deps.reports is not None
     deps.reports.close()
     assert seen == [] and [e.kind for e in sink.events] == ["message"]
+
+
+def test_client_envid_is_recorded(sink: ListSink) -> None:
+    run(make_deps(sink), HTML_MSG, mail_params=("RET=HDRS", "ENVID=batch+2D7"))
+    assert sink.events[0].envelope_id == "batch-7"

@@ -76,3 +76,13 @@ def test_tied_by_verp_to_the_latest_message_from_sender_to_recipient(store: SQLS
     tied = [m.tracking_id for m in store.lookup("bob@example.com")
             if any(e.kind == "dsn" for e in m.events)]
     assert tied == ["t000000000000002"]
+
+
+def test_tied_by_the_clients_envid(store: SQLStore) -> None:
+    from dataclasses import replace
+
+    store.write([replace(make_message(1), envelope_id="batch-7"), make_message(2)])
+    store.write([report(envelope_id="batch-7")])
+    [m] = store.lookup("t000000000000001")
+    assert m.envelope_id == "batch-7"
+    assert [e.kind for e in m.events if e.kind == "dsn"] == ["dsn"]
