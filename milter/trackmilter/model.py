@@ -207,6 +207,8 @@ class ReportRecipient:
     hardbounce: bool = False
     text: str = ""  # Diagnostic-Code or equivalent, verbatim
     remote_mta: str = ""
+    last_attempt: str = ""  # DSN Last-Attempt-Date, verbatim
+    retry_until: str = ""  # DSN Will-Retry-Until (delay reports), verbatim
 
 
 @dataclass(frozen=True)

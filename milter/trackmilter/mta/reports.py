@@ -29,15 +29,17 @@ def decode_report(raw: bytes) -> ReportReceived | None:
         recipients=tuple(
             ReportRecipient(
                 recipient=r.recipient or r.original_recipient,
-                # What the report says happened: DSN Action, MDN disposition, ARF type.
-                action=r.action if report.kind == "dsn" else (
-                    r.disposition if report.kind == "mdn" else r.feedback_type),
+                # What the report says happened: DSN Action, MDN disposition type, ARF type.
+                action=r.feedback_type if report.kind == "arf" else r.action,
                 status=r.status,
                 replycode=r.replycode,
                 reason=r.reason if report.kind == "dsn" else "",
                 hardbounce=r.hardbounce if report.kind == "dsn" else False,
-                text=r.diagnostic,
+                # An MDN's whole Disposition (action and sending modes, modifiers) verbatim.
+                text=r.disposition if report.kind == "mdn" else r.diagnostic,
                 remote_mta=r.remote_mta,
+                last_attempt=r.last_attempt_date,
+                retry_until=r.will_retry_until,
             )
             for r in report.recipients
         ),

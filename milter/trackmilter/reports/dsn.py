@@ -78,6 +78,8 @@ def recipient_entry(fields: Fields, context: str) -> RecipientReport:
         remote_mta=typed_value(fields.get("remote-mta", "")),
         reason=reason,
         hardbounce=is_hard(reason, status, replycode),
+        last_attempt_date=fields.get("last-attempt-date", "").strip(),
+        will_retry_until=fields.get("will-retry-until", "").strip(),
     )
 
 

@@ -29,6 +29,10 @@ class RecipientReport:
     hardbounce: bool = False
     feedback_type: str = ""
     disposition: str = ""
+    # RFC 3464 §2.3.7, §2.3.9: when the reporting MTA last tried, and until when it will
+    # (delay reports); verbatim RFC 5322 dates.
+    last_attempt_date: str = ""
+    will_retry_until: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,6 +259,8 @@ class _Batch:
             if r is not None:
                 data.update(reason=r.reason, hardbounce=r.hardbounce, replycode=r.replycode,
                             remote_mta=r.remote_mta)
+                data.update((k, v) for k, v in (("last_attempt", r.last_attempt),
+                                                ("retry_until", r.retry_until)) if v)
             self.events[key] = {
                 "recipient": address or None,
                 "kind": ev.report,

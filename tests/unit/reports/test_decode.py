@@ -577,3 +577,27 @@ Berechtigung. Fehler beim Zustellen:
     assert [(r.recipient, r.reason) for r in report.recipients] == [
         ("list@googlegroups.com", "rejected")
     ]
+
+
+def test_delay_report_keeps_last_attempt_and_retry_until() -> None:
+    from trackmilter.reports import decode
+
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.com\r\nTo: a@example.com\r\nSubject: Delayed Mail\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="D"\r\n\r\n'
+        b"--D\r\nContent-Type: text/plain\r\n\r\nStill trying.\r\n"
+        b"--D\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.com\r\n\r\n"
+        b"Final-Recipient: rfc822; b@example.net\r\nAction: delayed\r\nStatus: 4.4.1\r\n"
+        b"Diagnostic-Code: smtp; 421 4.4.1 try later\r\n"
+        b"Last-Attempt-Date: Thu, 26 Nov 2026 23:00:00 +0000\r\n"
+        b"Will-Retry-Until: Tue, 1 Dec 2026 23:00:00 +0000\r\n\r\n"
+        b"--D--\r\n"
+    )
+    report = decode(raw)
+    assert report is not None and report.kind == "dsn"
+    [r] = report.recipients
+    assert (r.action, r.status) == ("delayed", "4.4.1")
+    assert r.last_attempt_date == "Thu, 26 Nov 2026 23:00:00 +0000"
+    assert r.will_retry_until == "Tue, 1 Dec 2026 23:00:00 +0000"
