@@ -113,7 +113,7 @@ def db_upgrade(ctx: click.Context) -> None:
 def status(ctx: click.Context, as_json: bool, ident: str) -> None:
     """Show what is known about a message: IDENT is a tracking id, Message-ID, queue id or
     recipient address."""
-    from trackmilter.status import render
+    from trackmilter.status import annotate, render
     from trackmilter.store import SQLStore, StoreError
 
     ctx.ensure_object(dict)["cli"] = True
@@ -121,7 +121,7 @@ def status(ctx: click.Context, as_json: bool, ident: str) -> None:
     try:
         store = SQLStore(settings.database.url)
         try:
-            views = [v.to_dict() for v in store.lookup(ident)]
+            views = annotate([v.to_dict() for v in store.lookup(ident)])
         finally:
             store.close()
     except StoreError as exc:

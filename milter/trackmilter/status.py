@@ -91,18 +91,63 @@ def _lines(events: list[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def current(events: Iterable[Mapping[str, Any]]) -> str:
-    """One line for where a recipient stands now: the latest settling evidence, else the
-    latest evidence of any kind; "" when there is none."""
+def _latest(events: Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any] | None, bool]:
+    """The evidence that says where a recipient stands (the latest settling one, else the
+    latest of any kind), and whether it is a failure after the next hop had said 250."""
     ordered = sorted(events, key=_order)
     if not ordered:
-        return ""
+        return None, False
     settled = [ev for ev in ordered if _settles(ev)]
     latest = settled[-1] if settled else ordered[-1]
     sent = [ev for ev in ordered if ev.get("kind") == "delivery" and ev.get("status") == "sent"]
-    if sent and _failed(latest) and str(latest.get("at") or "") >= str(sent[0].get("at") or ""):
-        return "bounced after the remote server had accepted it: " + describe_event(latest)
-    return describe_event(latest)
+    late = bool(sent) and _failed(latest) and _order(latest) >= _order(sent[0])
+    return latest, late
+
+
+def current(events: Iterable[Mapping[str, Any]]) -> str:
+    """One line for where a recipient stands now; "" when there is no evidence."""
+    latest, late = _latest(events)
+    if latest is None:
+        return ""
+    prefix = "bounced after the remote server had accepted it: " if late else ""
+    return prefix + describe_event(latest)
+
+
+# A short machine-readable name for where a recipient stands (status --json "state").
+_STATES = {
+    ("inline", "accepted"): "accepted",  # by our MTA, nothing known beyond
+    ("inline", "refused"): "refused",
+    ("delivery", "sent"): "sent",  # accepted by the next hop
+    ("delivery", "deferred"): "deferred",
+    ("delivery", "bounced"): "bounced",
+    ("delivery", "expired"): "expired",
+    ("dsn", "failed"): "bounced",
+    ("dsn", "delayed"): "deferred",
+}
+
+
+def state(events: Iterable[Mapping[str, Any]]) -> str:
+    """`unknown` without evidence; else what the deciding evidence says (see _STATES).
+    A read receipt or a complaint never changes it: they say nothing about delivery."""
+    latest, _ = _latest(ev for ev in events if ev.get("kind") not in ("mdn", "arf"))
+    if latest is None:
+        return "unknown"
+    if latest.get("kind") == "dsn" and latest.get("status") == "failed" and (
+        str(latest.get("code") or "").startswith("4.")
+        or (latest.get("data") or {}).get("reason") == "expired"
+    ):
+        return "expired"  # failed on a temporary error: the reporting MTA gave up retrying
+    return _STATES.get((str(latest.get("kind")), str(latest.get("status"))), "unknown")
+
+
+def annotate(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add to each recipient its `state` and the `now` sentence (status --json)."""
+    for m in messages:
+        for r in m.get("recipients", ()):
+            mine = [ev for ev in m.get("events", ()) if ev.get("recipient") == r["address"]]
+            r["state"] = state(mine)
+            r["now"] = current(mine) or "no evidence yet: unknown"
+    return messages
 
 
 def _failed(ev: Mapping[str, Any]) -> bool:

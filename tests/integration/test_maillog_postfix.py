@@ -76,6 +76,9 @@ def test_four_outcomes_reach_status_and_rotation_loses_nothing(rig: Rig) -> None
     deferrals = got["defer-1@example.net"]
     assert deferrals[0] == "deferred" and deferrals[-1] == "expired"
     assert set(deferrals[:-1]) == {"deferred"}
+    states = {r["address"]: r["state"] for r in view[0]["recipients"]}
+    assert states == {"ok@example.net": "sent", "reject-1@example.net": "bounced",
+                      "defer-1@example.net": "expired"}
     events = {e["recipient"]: e for e in view[0]["events"] if e["kind"] == "delivery"}
     assert events["reject-1@example.net"]["code"] == "5.1.1"
     assert "550 5.1.1 <reject-1@example.net>: Recipient address rejected: User unknown" in (
@@ -129,6 +132,9 @@ def test_dsn_after_250_makes_the_recipient_bounced(rig: Rig) -> None:
     assert (dsn["recipient"], dsn["status"], dsn["code"]) == ("late@example.net", "failed",
                                                               "5.2.2")
     assert dsn["data"]["reason"] == "mailboxfull" and dsn["source"] == "mx.example.net"
+    [late] = view["recipients"]
+    assert late["state"] == "bounced"
+    assert late["now"].startswith("bounced after the remote server had accepted it")
     text = subprocess.run(command(rig.config, "status", "late@example.com"), check=True,
                           capture_output=True, text=True).stdout
     assert "now: bounced after the remote server had accepted it: bounce report (DSN)" in text

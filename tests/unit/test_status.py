@@ -106,3 +106,25 @@ def test_inline_before_log_within_one_second_and_retries_folded() -> None:
     assert lines[i + 1].startswith("2026-01-01T00:00:05.500000+00:00  accepted by our MTA")
     assert lines[i + 2].endswith("[3 times, the last at 2026-01-01T00:00:07+00:00]")
     assert lines[i + 3].startswith("now: deferred")
+
+
+def test_state_is_the_deciding_evidence_and_receipts_do_not_count() -> None:
+    from trackmilter.status import annotate, state
+
+    inline = _msg()["events"][0]
+    assert state([]) == "unknown"
+    assert state([inline]) == "accepted"
+    assert state([_msg()["events"][1]]) == "refused"
+    assert state([inline, _delivery("deferred", "t3"), _delivery("deferred", "t4")]) == "deferred"
+    assert state([inline, _delivery("deferred", "t3"), _delivery("expired", "t5")]) == "expired"
+    dsn = {"kind": "dsn", "recipient": "b@example.net", "status": "failed", "at": "t6"}
+    mdn = {"kind": "mdn", "recipient": "b@example.net", "status": "displayed", "at": "t7"}
+    assert state([inline, _delivery("sent", "t3"), dsn, mdn]) == "bounced"
+    assert state([inline, _delivery("sent", "t3"), mdn]) == "sent"
+    gave_up = {**dsn, "data": {"reason": "expired"}}
+    assert state([inline, _delivery("deferred", "t3"), gave_up]) == "expired"
+    assert state([inline, {**dsn, "code": "4.2.0"}]) == "expired"
+    [m] = annotate([_msg(events=[inline, _delivery("sent", "t3"), dsn])])
+    b, c = m["recipients"]
+    assert b["state"] == "bounced" and b["now"].startswith("bounced after the remote server")
+    assert (c["state"], c["now"]) == ("unknown", "no evidence yet: unknown")
