@@ -88,6 +88,30 @@ class MaillogSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    # `trackmilter web`: the tracker answering the links and pixels under [tracking] base_url.
+    listen: str = "127.0.0.1:8081"
+    workers: int = 1
+    # Peers whose X-Forwarded-For / Forwarded headers are believed (the reverse proxy).
+    trusted_proxies: tuple[Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    # Which tracker host answered, stored with every hit.
+    name: str = field(default_factory=_socket.getfqdn)
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    # Prefix lengths of client addresses kept in storage (32 / 128 keep them whole;
+    # 24 / 48 keep the network only). Verdicts are given before truncation.
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 128
+    # `trackmilter purge` deletes what is older than this many days; 0 keeps everything.
+    retention_days: int = 0
+
+
+@dataclass(frozen=True)
 class LogSettings:
     format: str = "auto"
     level: str = "info"
@@ -102,6 +126,8 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     maillog: MaillogSettings = field(default_factory=MaillogSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     source: str = "<defaults>"
 
 
@@ -211,6 +237,16 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
     return parse
 
 
+def _prefix(bits: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        n = _int(v)
+        if not 0 <= n <= bits:
+            raise ValueError(f"expected a prefix length from 0 to {bits}, got {n}")
+        return n
+
+    return parse
+
+
 def _db_url(v: Any) -> str:
     s = _str(v)
     if not (s.startswith("sqlite:") or s.startswith("postgresql")):
@@ -281,6 +317,23 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "poll_interval": _float,
             "metrics_listen": _listen,
             "mta_name": _str,
+        },
+    ),
+    "web": (
+        WebSettings,
+        {
+            "listen": _listen,
+            "workers": _int,
+            "trusted_proxies": _networks,
+            "name": _str,
+        },
+    ),
+    "privacy": (
+        PrivacySettings,
+        {
+            "ipv4_prefix": _prefix(32),
+            "ipv6_prefix": _prefix(128),
+            "retention_days": _int,
         },
     ),
     "log": (

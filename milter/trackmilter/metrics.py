@@ -104,6 +104,31 @@ class Metrics:
             registry=r,
         )
 
+        # tracker
+        self.hits = Counter(
+            "trackmilter_tracker_hits_total",
+            "Clicks and opens answered by the tracker, by the verdict given when answering",
+            ["target", "verdict"],
+            registry=r,
+        )
+        self.hit_reasons = Counter(
+            "trackmilter_tracker_hit_reasons_total",
+            "Reasons behind the tracker's verdicts (a hit may have several)",
+            ["target", "reason"],
+            registry=r,
+        )
+        self.invalid_tokens = Counter(
+            "trackmilter_tracker_invalid_tokens_total",
+            "Requests for tracking URLs whose token did not verify (answered 404)",
+            ["target"],
+            registry=r,
+        )
+        self.verdict_revisions = Counter(
+            "trackmilter_tracker_verdict_revisions_total",
+            "Stored verdicts changed by later evidence (a burst, the delivery time)",
+            registry=r,
+        )
+
         # store
         self.store_queue = Gauge(
             "trackmilter_store_queue_events",

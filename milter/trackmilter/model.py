@@ -243,11 +243,60 @@ class ReportReceived(_Stored):
         return cls(**data)
 
 
-Event = MessageRecorded | DeliveryObserved | ReportReceived
+@dataclass(frozen=True)
+class HitReason:
+    """One named piece of evidence behind a tracker verdict (see trackmilter.verdict)."""
+
+    code: str  # stable snake_case name, e.g. "apple_mpp_prefetch", "burst"
+    evidence: str = ""  # what matched: the user-agent token, the network label, seconds
+    leans: str = ""  # "human" | "machine" | "" (context only)
+
+
+@dataclass(frozen=True)
+class HitRecorded(_Stored):
+    """One request for a tracking link or the open pixel, as the tracker saw and judged it.
+
+    The verdict is the one given when the request was answered (from the request and what
+    that tracker process had seen); the store may revise it when more evidence is known
+    (the delivery time, a burst of hits in other processes) and keeps every revision.
+    """
+
+    hit_id: str  # random: the same hit replayed from the spool is stored once
+    target: str  # "click" | "open"
+    tracking_id: str
+    at: datetime
+    index: int = 0  # the link's index in the message; 0 for the pixel
+    url: str = ""  # the signed target (clicks)
+    client: str = ""  # the client address as stored ([privacy] truncation applied)
+    network: str = ""  # label of the configured IP range the client is in, if any
+    method: str = "GET"
+    user_agent: str = ""
+    headers: tuple[tuple[str, str], ...] = ()  # the request headers that matter as evidence
+    honeypot: bool = False
+    verdict: str = "unknown"  # "human" | "machine" | "unknown"
+    reasons: tuple[HitReason, ...] = ()
+    tracker: str = ""  # which tracker host answered
+
+    kind = "hit"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HitRecorded:
+        data = dict(data)
+        data.pop("kind", None)
+        data["at"] = datetime.fromisoformat(data["at"])
+        data["headers"] = tuple((str(k), str(v)) for k, v in data.get("headers", ()))
+        data["reasons"] = tuple(HitReason(**r) for r in data.get("reasons", ()))
+        return cls(**data)
+
+
+Event = MessageRecorded | DeliveryObserved | ReportReceived | HitRecorded
 """Union of everything the store accepts; grows as later layers add event kinds."""
 
-EVENT_KINDS: dict[str, type[MessageRecorded] | type[DeliveryObserved] | type[ReportReceived]] = {
+EVENT_KINDS: dict[
+    str, type[MessageRecorded] | type[DeliveryObserved] | type[ReportReceived] | type[HitRecorded]
+] = {
     MessageRecorded.kind: MessageRecorded,
+    HitRecorded.kind: HitRecorded,
     DeliveryObserved.kind: DeliveryObserved,
     ReportReceived.kind: ReportReceived,
 }

@@ -151,3 +151,43 @@ events = Table(
     Index(None, "recipient"),
     Index(None, "dedup_key", unique=True),
 )
+
+# Revision 0003: the tracker's hits and every verdict each was given.
+hits = Table(
+    "hits",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("hit_id", String(64), nullable=False),  # the tracker's id: replays store once
+    # By tracking id, not a foreign key: a hit may be stored before its message (the milter
+    # spooling while the database was down) and a purge of messages keeps hit statistics.
+    Column("tracking_id", String(32), nullable=False),
+    Column("target", String(8), nullable=False),  # click | open
+    Column("idx", Integer, nullable=False, server_default="0"),
+    Column("url", Text, nullable=False, server_default=""),
+    Column("at", UTCDateTime, nullable=False),
+    Column("client", Text, nullable=False, server_default=""),
+    Column("network", Text, nullable=False, server_default=""),
+    Column("method", String(16), nullable=False, server_default="GET"),
+    Column("user_agent", Text, nullable=False, server_default=""),
+    Column("headers", JSONData, nullable=True),
+    Column("honeypot", Boolean, nullable=False, server_default="0"),
+    Column("tracker", Text, nullable=False, server_default=""),
+    # The current verdict; hit_verdicts keeps how it came to be.
+    Column("verdict", String(16), nullable=False),
+    Column("reasons", JSONData, nullable=True),
+    Index(None, "hit_id", unique=True),
+    Index(None, "tracking_id", "at"),
+    Index(None, "at"),
+)
+
+hit_verdicts = Table(
+    "hit_verdicts",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("hit", ID, ForeignKey("hits.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),  # when this verdict was given
+    Column("verdict", String(16), nullable=False),
+    Column("reasons", JSONData, nullable=True),
+    Column("cause", String(32), nullable=False),  # request | revision
+    Index(None, "hit"),
+)

@@ -10,7 +10,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Row, Table, exc, select, union
 
-from trackmilter.model import DeliveryObserved, Event, MessageRecorded, ReportReceived
+from trackmilter.model import (
+    DeliveryObserved,
+    Event,
+    HitRecorded,
+    MessageRecorded,
+    ReportReceived,
+    utcnow,
+)
 from trackmilter.store.base import EventRejected, StoreError
 from trackmilter.store.engine import (
     DEFAULT_BUSY_TIMEOUT,
@@ -19,9 +26,16 @@ from trackmilter.store.engine import (
     parse_url,
     translate,
 )
+from trackmilter.store.hits import (
+    Reviser,
+    hit_views,
+    revise,
+    tracking_ids_of,
+    write_hits,
+)
 from trackmilter.store.migrate import check_schema
 from trackmilter.store.schema import events, links, messages, recipients
-from trackmilter.store.views import EventView, LinkView, MessageView, RecipientView
+from trackmilter.store.views import EventView, HitView, LinkView, MessageView, RecipientView
 
 # PostgreSQL refuses B-tree index entries over ~2700 bytes; clipping indexed text keeps a
 # pathological Message-ID or address from making a whole batch unstorable (4 bytes/char max).
@@ -65,8 +79,11 @@ class SQLStore:
     down. The schema version is checked on the first connection that succeeds.
     """
 
-    def __init__(self, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    def __init__(self, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+                 reviser: Reviser | None = None) -> None:
         self._url = parse_url(url)
+        # Judges the tracker's hits again when a delivery time arrives after them.
+        self._reviser = reviser
         self._where = describe(self._url)
         self._engine = make_engine(self._url, busy_timeout=busy_timeout)
         # Only SQLite looks at this option (see engine._configure_sqlite).
@@ -85,7 +102,22 @@ class SQLStore:
         try:
             with self._write_engine.begin() as conn:
                 self._ensure_schema(conn)
-                batch.write(conn)
+                tied = batch.write(conn)
+                if self._reviser is not None and tied:
+                    tids = tracking_ids_of(conn, tied)
+                    if tids:
+                        revise(conn, tids, self._reviser, utcnow())
+        except exc.SQLAlchemyError as e:
+            raise translate(e, self._url) from e
+
+    def revise_hits(self, tracking_ids: Sequence[str], since: datetime | None = None) -> int:
+        """Judge these messages' hits again with everything stored (see store.hits.revise)."""
+        if self._reviser is None or not tracking_ids:
+            return 0
+        try:
+            with self._write_engine.begin() as conn:
+                self._ensure_schema(conn)
+                return revise(conn, tracking_ids, self._reviser, utcnow(), since)
         except exc.SQLAlchemyError as e:
             raise translate(e, self._url) from e
 
@@ -154,6 +186,7 @@ class _Batch:
         self.deliveries: list[tuple[str, str, datetime, str]] = []
         # Report events still to be tied: (report, events keys).
         self.reports: list[tuple[ReportReceived, list[str]]] = []
+        self.hits: list[HitRecorded] = []
 
     @classmethod
     def build(cls, items: Iterable[Event]) -> _Batch:
@@ -166,6 +199,8 @@ class _Batch:
                     batch._add_delivery(event)
                 elif isinstance(event, ReportReceived):
                     batch._add_report(event)
+                elif isinstance(event, HitRecorded):
+                    batch.hits.append(event)
                 else:  # pragma: no cover - grows with model.Event
                     raise EventRejected(f"the SQL store cannot store {type(event).__name__}")
             except (AttributeError, TypeError, ValueError) as e:
@@ -276,7 +311,8 @@ class _Batch:
             keys.append(key)
         self.reports.append((ev, keys))
 
-    def write(self, conn: Connection) -> None:
+    def write(self, conn: Connection) -> list[int]:
+        """Write the batch; return the messages that delivery lines were tied to."""
         if self.messages:
             _upsert(conn, messages, list(self.messages.values()), ["tracking_id"])
         ids = _message_ids(conn, list(self.messages))
@@ -296,6 +332,9 @@ class _Batch:
                 row["message"] = ids[tid] if tid is not None else by_delivery.get(key)
                 rows.append(row)
             _upsert(conn, events, rows, ["dedup_key"])
+        if self.hits:
+            write_hits(conn, self.hits)
+        return sorted({by_delivery[key] for _, _, _, key in self.deliveries if key in by_delivery})
 
 
 class _Upsert:
@@ -486,6 +525,7 @@ def _views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageView]:
         evs[r.message].append(
             EventView(r.kind, r.at, r.recipient, r.source, r.status, r.code, r.text, r.data)
         )
+    hts: dict[str, list[HitView]] = hit_views(conn, [m.tracking_id for m in rows])
     return [
         MessageView(
             tracking_id=m.tracking_id,
@@ -511,6 +551,7 @@ def _views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageView]:
             recipients=tuple(rcpts[m.id]),
             links=tuple(lnks[m.id]),
             events=tuple(evs[m.id]),
+            hits=tuple(hts.get(m.tracking_id, ())),
         )
         for m in rows
     ]

@@ -70,6 +70,40 @@ class EventView:
 
 
 @dataclass(frozen=True)
+class HitView:
+    """A click or open answered by the tracker, with its current verdict and the history."""
+
+    target: str  # click | open
+    at: datetime | None
+    index: int
+    url: str
+    client: str
+    network: str
+    method: str
+    user_agent: str
+    verdict: str
+    reasons: tuple[dict[str, str], ...] = ()
+    history: tuple[dict[str, Any], ...] = ()  # every verdict given, oldest first
+    hit_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "at": _iso(self.at),
+            "index": self.index,
+            "url": self.url,
+            "client": self.client,
+            "network": self.network,
+            "method": self.method,
+            "user_agent": self.user_agent,
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "history": list(self.history),
+            "hit_id": self.hit_id,
+        }
+
+
+@dataclass(frozen=True)
 class MessageView:
     """A stored message with its recipients, links and timeline (events ordered by time)."""
 
@@ -96,6 +130,7 @@ class MessageView:
     recipients: tuple[RecipientView, ...] = ()
     links: tuple[LinkView, ...] = ()
     events: tuple[EventView, ...] = ()
+    hits: tuple[HitView, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -1,0 +1,178 @@
+"""The tracker's hits in SQL: idempotent inserts, verdict history, and revisions with the
+evidence only the database has (the delivery time, hits answered by other processes)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, update
+
+from trackmilter.model import HitReason, HitRecorded
+from trackmilter.store.schema import events, hit_verdicts, hits, messages
+from trackmilter.store.views import HitView
+
+# A reviser judges all hits of one message again, given when the remote server first
+# accepted it (None: not known); it returns one (verdict, reasons) per hit, in order.
+Judgement = tuple[str, tuple[HitReason, ...]]
+Reviser = Callable[[Sequence[HitRecorded], "datetime | None"], Sequence[Judgement]]
+
+# Hits of one message loaded for a revision: a burst or a honeypot needs the recent ones,
+# and a message with more hits than this is being hammered by a machine anyway.
+REVISION_WINDOW = 500
+CHUNK = 500
+
+
+def hit_row(ev: HitRecorded) -> dict[str, Any]:
+    return {
+        "hit_id": ev.hit_id[:64],
+        "tracking_id": ev.tracking_id.lower()[:32],
+        "target": ev.target,
+        "idx": int(ev.index),
+        "url": ev.url,
+        "at": ev.at,
+        "client": ev.client,
+        "network": ev.network,
+        "method": ev.method[:16],
+        "user_agent": ev.user_agent,
+        "headers": dict(ev.headers) or None,
+        "honeypot": bool(ev.honeypot),
+        "tracker": ev.tracker,
+        "verdict": ev.verdict,
+        "reasons": reasons_json(ev.reasons),
+    }
+
+
+def reasons_json(reasons: Iterable[HitReason]) -> list[dict[str, str]]:
+    return [{"code": r.code, "evidence": r.evidence, "leans": r.leans} for r in reasons]
+
+
+def reasons_from_json(data: Any) -> tuple[HitReason, ...]:
+    if not isinstance(data, list):
+        return ()
+    return tuple(HitReason(str(r.get("code", "")), str(r.get("evidence", "")),
+                           str(r.get("leans", ""))) for r in data if isinstance(r, dict))
+
+
+def write_hits(conn: Connection, batch: Sequence[HitRecorded]) -> list[str]:
+    """Insert the hits not stored yet, each with its first verdict; return their messages'
+    tracking ids (whose verdicts may now deserve a revision)."""
+    fresh: dict[str, HitRecorded] = {}
+    for ev in batch:
+        fresh.setdefault(ev.hit_id[:64], ev)
+    for chunk in _chunks(list(fresh)):
+        for (hit_id,) in conn.execute(select(hits.c.hit_id).where(hits.c.hit_id.in_(chunk))):
+            fresh.pop(hit_id, None)  # a spool replay: stored before
+    if not fresh:
+        return []
+    conn.execute(insert(hits), [hit_row(ev) for ev in fresh.values()])
+    ids: dict[str, int] = {}
+    for chunk in _chunks(list(fresh)):
+        query = select(hits.c.hit_id, hits.c.id).where(hits.c.hit_id.in_(chunk))
+        ids.update((h, i) for h, i in conn.execute(query))
+    conn.execute(insert(hit_verdicts), [
+        {"hit": ids[h], "at": ev.at, "verdict": ev.verdict,
+         "reasons": reasons_json(ev.reasons), "cause": "request"}
+        for h, ev in fresh.items() if h in ids
+    ])
+    return sorted({ev.tracking_id.lower()[:32] for ev in fresh.values()})
+
+
+def revise(conn: Connection, tracking_ids: Sequence[str], reviser: Reviser, now: datetime,
+           since: datetime | None = None) -> int:
+    """Judge the hits of these messages again (those at or after ``since``, at most
+    REVISION_WINDOW per message, the latest); store the verdicts that changed, each as a new
+    revision. Returns how many changed."""
+    accepted = _accepted_at(conn, tracking_ids)
+    by_tid: dict[str, list[Any]] = defaultdict(list)
+    for chunk in _chunks(list(tracking_ids)):
+        query = select(hits).where(hits.c.tracking_id.in_(chunk))
+        if since is not None:
+            query = query.where(hits.c.at >= since)
+        for row in conn.execute(query.order_by(hits.c.tracking_id, hits.c.at, hits.c.id)):
+            by_tid[row.tracking_id].append(row)
+    changed = 0
+    for tid, rows in by_tid.items():
+        rows = rows[-REVISION_WINDOW:]
+        judged = reviser([_hit(r) for r in rows], accepted.get(tid))
+        for row, (verdict, reasons) in zip(rows, judged, strict=True):
+            data = reasons_json(reasons)
+            if verdict == row.verdict and data == (row.reasons or []):
+                continue
+            conn.execute(update(hits).where(hits.c.id == row.id)
+                         .values(verdict=verdict, reasons=data))
+            conn.execute(insert(hit_verdicts).values(
+                hit=row.id, at=now, verdict=verdict, reasons=data, cause="revision"))
+            changed += 1
+    return changed
+
+
+def _accepted_at(conn: Connection, tracking_ids: Sequence[str]) -> dict[str, datetime]:
+    """When a remote server first accepted each message (a `sent` delivery line)."""
+    found: dict[str, datetime] = {}
+    for chunk in _chunks(list(tracking_ids)):
+        query = (
+            select(messages.c.tracking_id, events.c.at)
+            .join(events, events.c.message == messages.c.id)
+            .where(messages.c.tracking_id.in_(chunk),
+                   and_(events.c.kind == "delivery", events.c.status == "sent"))
+        )
+        for tid, at in conn.execute(query):
+            if tid not in found or at < found[tid]:
+                found[tid] = at
+    return found
+
+
+def tracking_ids_of(conn: Connection, message_ids: Iterable[int]) -> list[str]:
+    """Tracking ids of these messages that have hits: new deliveries may change verdicts."""
+    out: list[str] = []
+    for chunk in _chunks(sorted(set(message_ids))):
+        query = (
+            select(messages.c.tracking_id).where(messages.c.id.in_(chunk))
+            .where(messages.c.tracking_id.in_(select(hits.c.tracking_id).distinct()))
+        )
+        out.extend(tid for (tid,) in conn.execute(query))
+    return out
+
+
+def hit_views(conn: Connection, tracking_ids: Sequence[str]) -> dict[str, list[HitView]]:
+    """Stored hits per tracking id, oldest first, each with its verdict history."""
+    rows: list[Any] = []
+    for chunk in _chunks(list(tracking_ids)):
+        query = (select(hits).where(hits.c.tracking_id.in_(chunk))
+                 .order_by(hits.c.at, hits.c.id))
+        rows.extend(conn.execute(query))
+    history: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for chunk in _chunks([r.id for r in rows]):
+        query = (select(hit_verdicts).where(hit_verdicts.c.hit.in_(chunk))
+                 .order_by(hit_verdicts.c.id))
+        for v in conn.execute(query):
+            history[v.hit].append({"at": v.at.isoformat(), "verdict": v.verdict,
+                                   "reasons": v.reasons or [], "cause": v.cause})
+    found: dict[str, list[HitView]] = defaultdict(list)
+    for r in rows:
+        found[r.tracking_id].append(HitView(
+            target=r.target, at=r.at, index=r.idx, url=r.url, client=r.client,
+            network=r.network, method=r.method, user_agent=r.user_agent, verdict=r.verdict,
+            reasons=tuple(r.reasons or ()), history=tuple(history.get(r.id, ())),
+            hit_id=r.hit_id,
+        ))
+    return found
+
+
+def _hit(row: Any) -> HitRecorded:
+    return HitRecorded(
+        hit_id=row.hit_id, target=row.target, tracking_id=row.tracking_id, at=row.at,
+        index=row.idx, url=row.url, client=row.client, network=row.network,
+        method=row.method, user_agent=row.user_agent,
+        headers=tuple((row.headers or {}).items()), honeypot=row.honeypot,
+        verdict=row.verdict, reasons=reasons_from_json(row.reasons), tracker=row.tracker,
+    )
+
+
+def _chunks(items: list[Any]) -> Iterable[list[Any]]:
+    # Old SQLite builds allow only 999 bound parameters per statement.
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]

@@ -1,0 +1,230 @@
+"""The tracker as a plain ASGI application: verify, answer, judge, hand the hit to the writer.
+
+No framework: the work per request is one HMAC, one verdict and one queue append, and a
+router or middleware stack would cost more than all three. Nothing here waits on the
+database; a hit reaches it through the background writer (and its spool).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from trackmilter.logging import get_logger
+from trackmilter.metrics import Metrics
+from trackmilter.model import HitReason, HitRecorded, utcnow
+from trackmilter.tokens import InvalidToken, Kind, Signer
+from trackmilter.web.forwarded import ClientResolver, IPAddress, truncate
+
+Scope = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+# 1x1 transparent GIF (43 bytes).
+PIXEL = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
+MAX_TOKEN = 4096
+# Request headers kept as evidence: intent (prefetch / preview), fetch metadata, proxies.
+EVIDENCE_HEADERS = frozenset({
+    b"sec-purpose", b"purpose", b"x-purpose", b"x-moz", b"sec-fetch-mode", b"sec-fetch-site",
+    b"sec-fetch-dest", b"sec-fetch-user", b"accept", b"accept-language", b"via", b"from",
+    b"x-forwarded-for", b"forwarded",
+})
+# Other hits of a message this process remembers for the verdict at answer time (a burst
+# across processes is found by the store's revision).
+RECENT_PER_MESSAGE = 32
+RECENT_MESSAGES = 50_000
+
+_NO_STORE = (b"cache-control", b"no-store, no-cache, must-revalidate, max-age=0")
+_NOT_FOUND = (404, [(b"content-type", b"text/plain; charset=utf-8"), _NO_STORE], b"not found\n")
+_COMMON = [(b"referrer-policy", b"no-referrer"), (b"x-content-type-options", b"nosniff")]
+
+
+class Sink(Protocol):
+    def submit(self, event: HitRecorded) -> None: ...
+
+
+class Judge(Protocol):
+    """The verdict at answer time: the hit (client address whole) and the same message's
+    earlier hits this process saw."""
+
+    def __call__(self, hit: HitRecorded, others: Sequence[HitRecorded]
+                 ) -> tuple[str, tuple[HitReason, ...]]: ...
+
+
+class Networks(Protocol):
+    def lookup(self, ip: IPAddress) -> str | None: ...
+
+
+class _Recent:
+    """Bounded memory of recent hits per message (least recently hit messages go first)."""
+
+    def __init__(self) -> None:
+        self._by_tid: OrderedDict[str, deque[HitRecorded]] = OrderedDict()
+
+    def get(self, tid: str) -> Sequence[HitRecorded]:
+        return self._by_tid.get(tid, ())
+
+    def add(self, hit: HitRecorded) -> None:
+        q = self._by_tid.get(hit.tracking_id)
+        if q is None:
+            q = self._by_tid[hit.tracking_id] = deque(maxlen=RECENT_PER_MESSAGE)
+            if len(self._by_tid) > RECENT_MESSAGES:
+                self._by_tid.popitem(last=False)
+        else:
+            self._by_tid.move_to_end(hit.tracking_id)
+        q.append(hit)
+
+
+class TrackerApp:
+    """ASGI callable. Routes: BASE/c/TOKEN (302), BASE/o/TOKEN (GIF), /healthz, /readyz,
+    /metrics."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        signer: Signer,
+        sink: Sink,
+        metrics: Metrics,
+        judge: Judge,
+        resolver: ClientResolver,
+        networks: Networks | None = None,
+        ready: Callable[[], bool] = lambda: True,
+        ipv4_prefix: int = 32,
+        ipv6_prefix: int = 128,
+        name: str = "",
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        prefix = urlsplit(base_url).path.rstrip("/")
+        self._click = prefix + "/c/"
+        self._open = prefix + "/o/"
+        self._signer = signer
+        self._sink = sink
+        self._metrics = metrics
+        self._judge = judge
+        self._resolver = resolver
+        self._networks = networks
+        self._ready = ready
+        self._v4, self._v6 = ipv4_prefix, ipv6_prefix
+        self._name = name
+        self._clock = clock
+        self._recent = _Recent()
+        self._log = get_logger(component="web")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith(self._click):
+            status, headers, body = self._hit(scope, path[len(self._click):], method, Kind.CLICK)
+        elif path.startswith(self._open):
+            status, headers, body = self._hit(scope, path[len(self._open):], method, Kind.OPEN)
+        elif path == "/healthz":
+            status, headers, body = 200, [(b"content-type", b"text/plain")], b"ok\n"
+        elif path == "/readyz":
+            ok = self._ready()
+            status = 200 if ok else 503
+            headers = [(b"content-type", b"text/plain")]
+            body = b"ready\n" if ok else b"store unavailable: hits are being spooled\n"
+        elif path == "/metrics":
+            status, headers = 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+            body = generate_latest(self._metrics.registry)
+        else:
+            status, headers, body = _NOT_FOUND
+        if method == "HEAD":
+            body = b""
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _hit(self, scope: Scope, token: str, method: str, want: Kind
+             ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        target = "click" if want is Kind.CLICK else "open"
+        if method not in ("GET", "HEAD"):
+            return 405, [(b"allow", b"GET, HEAD"), _NO_STORE], b""
+        try:
+            if len(token) > MAX_TOKEN:
+                raise InvalidToken("too long")
+            data = self._signer.verify(token)
+            if data.kind is not want:
+                raise InvalidToken("token of the other kind")
+        except InvalidToken:
+            self._metrics.child(self._metrics.invalid_tokens, target).inc()
+            return _NOT_FOUND
+        try:
+            self._record(scope, target, method, data.tracking_id, data.index, data.url)
+        except Exception as e:  # noqa: BLE001 - the answer never depends on recording
+            self._log.error("hit_record_failed", error=repr(e), tracking_id=data.tracking_id)
+        if want is Kind.CLICK:
+            # The URL is the signed one, checked against a printable-ASCII pattern by verify:
+            # no CR/LF or space can reach this header, and no other host can be named.
+            return 302, [(b"location", data.url.encode("ascii")), _NO_STORE, *_COMMON], b""
+        return 200, [(b"content-type", b"image/gif"), _NO_STORE, (b"pragma", b"no-cache"),
+                     (b"expires", b"0"), *_COMMON], PIXEL
+
+    def _record(self, scope: Scope, target: str, method: str, tid: str, index: int,
+                url: str) -> None:
+        ua = ""
+        forwarded = xff = None
+        kept: list[tuple[str, str]] = []
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                ua = value.decode("latin-1")
+            elif name in EVIDENCE_HEADERS:
+                text = value.decode("latin-1")
+                kept.append((name.decode("latin-1"), text[:512]))
+                if name == b"forwarded":
+                    forwarded = text
+                elif name == b"x-forwarded-for":
+                    xff = text
+        peer = scope.get("client")
+        ip = self._resolver.client(peer[0] if peer else None, forwarded, xff)
+        network = (self._networks.lookup(ip) or "") if self._networks and ip else ""
+        at = self._clock()
+        hit = HitRecorded(
+            hit_id=secrets.token_hex(8), target=target, tracking_id=tid, at=at, index=index,
+            url=url, client=str(ip) if ip else "", network=network, method=method,
+            user_agent=ua[:1024], headers=tuple(kept), tracker=self._name,
+        )
+        verdict, reasons = self._judge(hit, self._recent.get(tid))
+        self._recent.add(hit)
+        stored = HitRecorded(
+            hit_id=hit.hit_id, target=target, tracking_id=tid, at=at, index=index, url=url,
+            client=truncate(ip, self._v4, self._v6), network=network, method=method,
+            user_agent=hit.user_agent, headers=hit.headers, tracker=self._name,
+            verdict=verdict, reasons=reasons,
+        )
+        self._sink.submit(stored)
+        m = self._metrics
+        m.child(m.hits, target, verdict).inc()
+        for r in reasons:
+            m.child(m.hit_reasons, target, r.code).inc()
+        self._log.info(
+            "hit", target=target, tracking_id=tid, index=index, verdict=verdict,
+            reasons=[r.code for r in reasons], client=stored.client, network=network or None,
+            user_agent=ua[:200], method=method, hit_id=hit.hit_id,
+        )
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
