@@ -85,6 +85,55 @@ def maillog(ctx: click.Context, path: str | None) -> None:
         ctx.exit(EX_CONFIG if isinstance(exc, StartupError) else 1)
 
 
+@main.command()
+@click.pass_context
+def web(ctx: click.Context) -> None:
+    """Run the tracker: the click and pixel URLs under [tracking] base_url, /healthz,
+    /readyz and /metrics, on [web] listen (put it behind a reverse proxy)."""
+    from trackmilter.store import StoreError
+    from trackmilter.tokens import KeyFileError
+    from trackmilter.web.server import StartupError, run
+
+    settings = _settings(ctx)
+    try:
+        ctx.exit(run(settings))
+    except (StartupError, KeyFileError, StoreError, OSError) as exc:
+        click.echo(f"trackmilter web: {exc}", err=True)
+        ctx.exit(1 if isinstance(exc, (StoreError, OSError)) else EX_CONFIG)
+
+
+@main.command()
+@click.option("--older-than", "days", type=click.IntRange(min=1),
+              help="Days to keep (default: [privacy] retention_days).")
+@click.pass_context
+def purge(ctx: click.Context, days: int | None) -> None:
+    """Delete messages, their timelines and tracker hits older than the retention period."""
+    from datetime import timedelta
+
+    from trackmilter.model import utcnow
+    from trackmilter.store import SQLStore, StoreError
+
+    ctx.ensure_object(dict)["cli"] = True
+    settings = _settings(ctx)
+    keep = days if days is not None else settings.privacy.retention_days
+    if keep <= 0:
+        click.echo("trackmilter purge: [privacy] retention_days is 0 (keep everything); "
+                   "give --older-than DAYS to purge anyway", err=True)
+        ctx.exit(2)
+    before = utcnow() - timedelta(days=keep)
+    try:
+        store = SQLStore(settings.database.url)
+        try:
+            counts = store.purge(before)
+        finally:
+            store.close()
+    except StoreError as exc:
+        click.echo(f"trackmilter purge: {exc}", err=True)
+        ctx.exit(1)
+    click.echo(f"deleted what is older than {before.isoformat(timespec='seconds')}: "
+               + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
+
+
 @main.group()
 def db() -> None:
     """Database schema management."""

@@ -141,13 +141,72 @@ def state(events: Iterable[Mapping[str, Any]]) -> str:
 
 
 def annotate(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add to each recipient its `state` and the `now` sentence (status --json)."""
+    """Add to each recipient its `state` and the `now` sentence, to each hit its sentence,
+    and to each message its `engagement` (status --json)."""
     for m in messages:
         for r in m.get("recipients", ()):
             mine = [ev for ev in m.get("events", ()) if ev.get("recipient") == r["address"]]
             r["state"] = state(mine)
             r["now"] = current(mine) or "no evidence yet: unknown"
+        for h in m.get("hits", ()):
+            h["text"] = describe_hit(h)
+        m["engagement"] = engagement(m)
     return messages
+
+
+def _reason_text(reason: Mapping[str, Any]) -> str:
+    from trackmilter.web.judging import reason_text
+
+    return reason_text(str(reason.get("code", "")), str(reason.get("evidence", "")))
+
+
+def describe_hit(h: Mapping[str, Any]) -> str:
+    """`opened — machine (Apple Mail Privacy Protection prefetch: …)`, `clicked link 2
+    (https://…) — human (…)`: the verdict with its reasons, never a bare "read"."""
+    what = ("opened" if h.get("target") == "open"
+            else f"clicked link {h.get('index')} ({h.get('url')})")
+    reasons = "; ".join(_reason_text(r) for r in h.get("reasons") or ())
+    text = f"{what} — {h.get('verdict', 'unknown')}"
+    if reasons:
+        text += f" ({reasons})"
+    history: list[Mapping[str, Any]] = list(h.get("history") or ())
+    if len(history) > 1 and history[0].get("verdict") != h.get("verdict"):
+        text += f" [revised; first judged {history[0].get('verdict')}]"
+    return text
+
+
+def engagement(m: Mapping[str, Any]) -> dict[str, Any]:
+    """Opens and clicks by verdict, who they can be attributed to, and one honest sentence."""
+    counts: dict[str, dict[str, int]] = {
+        t: {"human": 0, "machine": 0, "unknown": 0} for t in ("open", "click")}
+    for h in m.get("hits", ()):
+        bucket = counts.get(str(h.get("target")))
+        if bucket is not None:
+            v = str(h.get("verdict"))
+            bucket[v if v in bucket else "unknown"] += 1
+    accepted = [r["address"] for r in m.get("recipients", ()) if r.get("outcome") == "accepted"]
+    # The body (and so every link) is shared by all recipients of one transaction.
+    who = accepted[0] if len(accepted) == 1 else None
+    return {
+        "opens": counts["open"], "clicks": counts["click"], "attributed_to": who,
+        "summary": _engagement_summary(m, counts),
+    }
+
+
+def _engagement_summary(m: Mapping[str, Any], counts: Mapping[str, Mapping[str, int]]) -> str:
+    parts = []
+    for target, verb in (("click", "clicked"), ("open", "opened")):
+        c = counts[target]
+        if c["human"]:
+            parts.append(f"{verb} — human")
+        elif c["unknown"]:
+            parts.append(f"{verb} — unknown whether by a person")
+        elif c["machine"]:
+            parts.append(f"{verb} — machine only (not a person)")
+    if not counts["open"]["human"] + counts["open"]["unknown"] + counts["open"]["machine"]:
+        parts.append("no open signal (images blocked or plain text): unknown" if m.get("pixel")
+                     else "no open pixel in this message: opens cannot be known")
+    return "; ".join(parts)
 
 
 def _failed(ev: Mapping[str, Any]) -> bool:
@@ -190,6 +249,16 @@ def render(messages: Iterable[Mapping[str, Any]]) -> str:
                 out.append("    no evidence yet: unknown")
             elif len(events) > 1:
                 out.append(f"    now: {current(events)}")
+        hits = m.get("hits") or ()
+        if hits or m.get("rewritten"):
+            eng = m.get("engagement") or engagement(m)
+            who = (f"attributed to {eng['attributed_to']}, the only recipient"
+                   if eng["attributed_to"] else "not attributable to one recipient: the "
+                   "links are shared by all recipients of the message")
+            out.append(f"  opens and clicks ({who}): {eng['summary']}")
+            for h in hits:
+                client = f" from {h['client']}" if h.get("client") else ""
+                out.append(f"    {h.get('at', '')}  {h.get('text') or describe_hit(h)}{client}")
         known = {r["address"] for r in m.get("recipients", ())}
         for ev in timeline:
             # Evidence about the message, or about an address it was not sent to in-line

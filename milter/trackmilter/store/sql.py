@@ -34,7 +34,7 @@ from trackmilter.store.hits import (
     write_hits,
 )
 from trackmilter.store.migrate import check_schema
-from trackmilter.store.schema import events, links, messages, recipients
+from trackmilter.store.schema import events, hits, links, messages, recipients
 from trackmilter.store.views import EventView, HitView, LinkView, MessageView, RecipientView
 
 # PostgreSQL refuses B-tree index entries over ~2700 bytes; clipping indexed text keeps a
@@ -153,6 +153,26 @@ class SQLStore:
                 return _views(conn, rows)
         except exc.SQLAlchemyError as e:
             raise translate(e, self._url) from e
+
+    def purge(self, before: datetime) -> dict[str, int]:
+        """Delete what is older than ``before`` (retention): messages with their recipients,
+        links and timeline, hits with their verdict history, and evidence never tied to a
+        message. Returns how many rows of each went."""
+        from sqlalchemy import delete
+
+        counts: dict[str, int] = {}
+        try:
+            with self._write_engine.begin() as conn:
+                self._ensure_schema(conn)
+                counts["hits"] = conn.execute(delete(hits).where(hits.c.at < before)).rowcount
+                counts["messages"] = conn.execute(
+                    delete(messages).where(messages.c.started_at < before)).rowcount
+                counts["untied_events"] = conn.execute(
+                    delete(events).where(events.c.message.is_(None), events.c.at < before)
+                ).rowcount
+        except exc.SQLAlchemyError as e:
+            raise translate(e, self._url) from e
+        return counts
 
     def ping(self) -> None:
         try:

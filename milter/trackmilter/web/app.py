@@ -107,6 +107,7 @@ class TrackerApp:
         self._click = prefix + "/c/"
         self._open = prefix + "/o/"
         self._signer = signer
+        self.key_ids = signer.key_ids
         self._sink = sink
         self._metrics = metrics
         self._judge = judge
