@@ -92,12 +92,13 @@ def web(ctx: click.Context) -> None:
     /readyz and /metrics, on [web] listen (put it behind a reverse proxy)."""
     from trackmilter.store import StoreError
     from trackmilter.tokens import KeyFileError
+    from trackmilter.web.networks import NetworkFileError
     from trackmilter.web.server import StartupError, run
 
     settings = _settings(ctx)
     try:
         ctx.exit(run(settings))
-    except (StartupError, KeyFileError, StoreError, OSError) as exc:
+    except (StartupError, KeyFileError, NetworkFileError, StoreError, OSError) as exc:
         click.echo(f"trackmilter web: {exc}", err=True)
         ctx.exit(1 if isinstance(exc, (StoreError, OSError)) else EX_CONFIG)
 
@@ -132,6 +133,51 @@ def purge(ctx: click.Context, days: int | None) -> None:
         ctx.exit(1)
     click.echo(f"deleted what is older than {before.isoformat(timespec='seconds')}: "
                + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
+
+
+@main.group()
+def networks() -> None:
+    """The IP range lists the verdict uses ([networks] sources)."""
+
+
+@networks.command("refresh")
+@click.pass_context
+def networks_refresh(ctx: click.Context) -> None:
+    """Download every source that has a url (needs internet; run it daily from a timer).
+    A file is replaced only by a download that parses; the tracker reads the new lists
+    when it restarts."""
+    from trackmilter.web.judging import sources_from
+    from trackmilter.web.networks import refresh
+
+    ctx.ensure_object(dict)["cli"] = True
+    settings = _settings(ctx)
+    failed = False
+    for r in refresh(sources_from(settings), timeout=settings.networks.refresh_timeout):
+        detail = f"{r.prefixes} prefixes" if r.status in ("updated", "unchanged") else r.error
+        click.echo(f"{r.label}\t{r.status}\t{r.path}\t{detail or 'no url: kept by hand'}")
+        failed = failed or r.status == "failed"
+    ctx.exit(1 if failed else 0)
+
+
+@networks.command("check")
+@click.pass_context
+def networks_check(ctx: click.Context) -> None:
+    """Parse every configured list and say how many ranges each holds."""
+    from trackmilter.web.judging import sources_from
+    from trackmilter.web.networks import NetworkFileError, NetworkSet
+
+    ctx.ensure_object(dict)["cli"] = True
+    settings = _settings(ctx)
+    failed = False
+    for src in sources_from(settings):
+        try:
+            n = len(NetworkSet.load([src]))
+        except NetworkFileError as exc:
+            click.echo(f"{src.label}\tfailed\t{exc}")
+            failed = True
+            continue
+        click.echo(f"{src.label}\tok\t{src.path}\t{n} ranges")
+    ctx.exit(1 if failed else 0)
 
 
 @main.group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket as _socket
 import tomllib
@@ -48,6 +49,8 @@ class TrackingSettings:
     rewrite_links: bool = True
     text_links: bool = False
     open_pixel: bool = True
+    # A hidden link (index 0) that no person sees; whoever follows it is a machine.
+    honeypot: bool = False
     excluded_domains: tuple[str, ...] = ()
     optout_attribute: str = "data-notrack"
     header: str = "X-Trackmilter-ID"
@@ -102,6 +105,36 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class NetworkSourceSettings:
+    label: str
+    format: str
+    path: Path
+    url: str = ""
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworksSettings:
+    # IP range files whose label the verdict sees (apple-mpp, google, microsoft, ...).
+    sources: tuple[NetworkSourceSettings, ...] = ()
+    refresh_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class VerdictSettings:
+    # See trackmilter.verdict and the README for what each threshold means and its source.
+    soon_after_delivery: float = 30.0
+    burst_window: float = 10.0
+    burst_links: int = 3
+    group_prefix_v4: int = 24
+    group_prefix_v6: int = 64
+    apple_networks: tuple[str, ...] = ("apple-mpp", "apple")
+    scanner_networks: tuple[str, ...] = (
+        "microsoft", "o365", "google", "proofpoint", "mimecast", "barracuda", "scanner")
+    proxy_networks: tuple[str, ...] = ("google", "yahoo")
+
+
+@dataclass(frozen=True)
 class PrivacySettings:
     # Prefix lengths of client addresses kept in storage (32 / 128 keep them whole;
     # 24 / 48 keep the network only). Verdicts are given before truncation.
@@ -128,6 +161,8 @@ class Settings:
     maillog: MaillogSettings = field(default_factory=MaillogSettings)
     web: WebSettings = field(default_factory=WebSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    verdict: VerdictSettings = field(default_factory=VerdictSettings)
+    networks: NetworksSettings = field(default_factory=NetworksSettings)
     source: str = "<defaults>"
 
 
@@ -247,6 +282,39 @@ def _prefix(bits: int) -> Callable[[Any], int]:
     return parse
 
 
+NETWORK_FORMATS = ("cidr", "apple-csv", "google-json", "microsoft-json", "o365-json")
+
+
+def _network_sources(v: Any) -> tuple[NetworkSourceSettings, ...]:
+    """A list of tables {label, format, path, url?, names?}; from the environment, JSON."""
+    if isinstance(v, str):
+        try:
+            v = json.loads(v) if v.strip() else []
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected a JSON list of sources: {exc}") from exc
+    if not isinstance(v, list):
+        raise ValueError("expected a list of {label, format, path, url, names} tables")
+    out = []
+    for n, item in enumerate(v, 1):
+        if not isinstance(item, dict):
+            raise ValueError(f"source {n}: expected a table, got {type(item).__name__}")
+        unknown = set(item) - {"label", "format", "path", "url", "names"}
+        if unknown:
+            raise ValueError(f"source {n}: unknown key(s) {', '.join(sorted(unknown))}")
+        try:
+            label, fmt, path = _str(item["label"]), _str(item["format"]), _str(item["path"])
+        except KeyError as exc:
+            raise ValueError(f"source {n}: {exc.args[0]} is required") from exc
+        if fmt not in NETWORK_FORMATS:
+            raise ValueError(f"source {n}: format must be one of {', '.join(NETWORK_FORMATS)}; "
+                             f"got {fmt!r}")
+        if not label or not path:
+            raise ValueError(f"source {n}: label and path must not be empty")
+        out.append(NetworkSourceSettings(label, fmt, Path(path), _str(item.get("url", "")),
+                                         _strlist(item.get("names", []))))
+    return tuple(out)
+
+
 def _db_url(v: Any) -> str:
     s = _str(v)
     if not (s.startswith("sqlite:") or s.startswith("postgresql")):
@@ -291,6 +359,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "rewrite_links": _bool,
             "text_links": _bool,
             "open_pixel": _bool,
+            "honeypot": _bool,
             "excluded_domains": _domains,
             "optout_attribute": _str,
             "header": _header_name,
@@ -335,6 +404,23 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "ipv6_prefix": _prefix(128),
             "retention_days": _int,
         },
+    ),
+    "verdict": (
+        VerdictSettings,
+        {
+            "soon_after_delivery": _float,
+            "burst_window": _float,
+            "burst_links": _int,
+            "group_prefix_v4": _prefix(32),
+            "group_prefix_v6": _prefix(128),
+            "apple_networks": _strlist,
+            "scanner_networks": _strlist,
+            "proxy_networks": _strlist,
+        },
+    ),
+    "networks": (
+        NetworksSettings,
+        {"sources": _network_sources, "refresh_timeout": _float},
     ),
     "log": (
         LogSettings,

@@ -291,14 +291,14 @@ class Session(Milter.Base):  # type: ignore[misc]
             tx, end=EndReason.QUEUED, finished_at=self.deps.clock(),
             client_addr=self.client_addr, client_name=self.client_name, helo=self.helo,
             mta=cfg.milter.mta_name, rewritten=rewritten, skip=str(skip or ""),
-            pixel=bool(result and result.pixel_added), links=links, tracking_header=header_added,
+            pixel=bool(result and result.pixel_added and cfg.tracking.open_pixel), links=links, tracking_header=header_added,
         )
         self._record(event, time.perf_counter() - start)
 
     def _rewrite(self, tx: policy.Transaction) -> RewriteResult | None:
         signer = self.deps.signer
         t = self.deps.settings.tracking
-        if signer is None or not (t.rewrite_links or t.text_links or t.open_pixel):
+        if signer is None or not (t.rewrite_links or t.text_links or t.open_pixel or t.honeypot):
             return None
         prefix = t.base_url + "/c/"
         sign = signer.for_message(tx.tracking_id)
@@ -316,8 +316,11 @@ class Session(Milter.Base):  # type: ignore[misc]
             return new
 
         pixel = f"{t.base_url}/o/{sign.open()}" if t.open_pixel else None
+        # Link index 0 is the honeypot's (rewritten links count from 1); its target is the
+        # tracker itself, so following it leads nowhere.
+        honeypot = f"{prefix}{sign.click(0, t.base_url + '/')}" if t.honeypot else None
         result = rewrite_message(tx.content_type, tx.transfer_encoding, b"".join(tx.body),
-                                 linker, pixel, self.deps.rewrite_options)
+                                 linker, pixel, self.deps.rewrite_options, honeypot)
         if result.body is not None:
             # Apply header change first: if replacebody fails, the MTA discards all changes.
             if result.top_cte is not None:

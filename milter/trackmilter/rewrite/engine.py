@@ -24,6 +24,12 @@ __all__ = ["rewrite_message"]
 Linker = Callable[[int, str], str]
 
 _MAX_DEPTH = 32  # deeper nesting is malformed or hostile; leave it alone
+# A link no person can see or reach: not displayed, hidden from screen readers, out of the
+# tab order, and with no text. Link scanners follow it like every other link.
+_HONEYPOT = (
+    '<a href="{}" aria-hidden="true" tabindex="-1" '
+    'style="display:none!important;mso-hide:all;font-size:0;line-height:0"></a>'
+)
 _PIXEL = (
     '<img src="{}" width="1" height="1" alt="" '
     'style="display:block;width:1px;height:1px;border:0" />'
@@ -62,6 +68,7 @@ def rewrite_message(
     linker: Linker,
     pixel_url: str | None,
     options: RewriteOptions,
+    honeypot_url: str | None = None,
 ) -> RewriteResult:
     """Rewrite the links of a message body (the bytes after the header's blank line).
 
@@ -72,6 +79,10 @@ def rewrite_message(
     if pixel_url is not None:
         src = check_replacement(pixel_url, "pixel_url").replace("&", "&amp;")
         pixel = _PIXEL.format(src).encode("ascii")
+    if honeypot_url is not None:
+        # Inserted where the pixel goes: the first HTML part, before </body>.
+        href = check_replacement(honeypot_url, "honeypot_url").replace("&", "&amp;")
+        pixel = _HONEYPOT.format(href).encode("ascii") + (pixel or b"")
     nl = body.find(b"\n")
     # SMTP and the milter protocol use CRLF; files on disk usually LF. Never mix them.
     eol = b"\n" if nl >= 0 and (nl == 0 or body[nl - 1] != 0x0D) else b"\r\n"

@@ -200,6 +200,9 @@ class TrackerApp:
             hit_id=secrets.token_hex(8), target=target, tracking_id=tid, at=at, index=index,
             url=url, client=str(ip) if ip else "", network=network, method=method,
             user_agent=ua[:1024], headers=tuple(kept), tracker=self._name,
+            # Link 0 is the hidden link the milter adds with [tracking] honeypot: no person
+            # sees it, so whoever follows it is a machine.
+            honeypot=target == "click" and index == 0,
         )
         verdict, reasons = self._judge(hit, self._recent.get(tid))
         self._recent.add(hit)
@@ -207,7 +210,7 @@ class TrackerApp:
             hit_id=hit.hit_id, target=target, tracking_id=tid, at=at, index=index, url=url,
             client=truncate(ip, self._v4, self._v6), network=network, method=method,
             user_agent=hit.user_agent, headers=hit.headers, tracker=self._name,
-            verdict=verdict, reasons=reasons,
+            honeypot=hit.honeypot, verdict=verdict, reasons=reasons,
         )
         self._sink.submit(stored)
         m = self._metrics

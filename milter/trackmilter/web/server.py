@@ -42,7 +42,7 @@ def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any]:
     """The app, its writer and store (the caller closes both)."""
     from trackmilter.store import SQLStore
     from trackmilter.store.writer import BatchWriter
-    from trackmilter.web.judging import networks_from, reviser_from, request_judge
+    from trackmilter.web.judging import networks_from, request_judge, reviser_from
 
     t = settings.tracking
     if not t.base_url:

@@ -1,0 +1,429 @@
+"""Pure judging of tracker hits: what a request tells plus the message's evidence → verdict and named reasons.
+
+No I/O and no clock: the caller looks up the client's network (`web.networks`) and passes
+the delivery time, so the same inputs always give the same verdict and a stored history
+can be recomputed. Any machine-leaning reason makes the verdict `machine` (a machine hit
+never passes for a person); else a human-leaning one makes it `human`; else `unknown`.
+
+| threshold | default | why / source |
+|---|---|---|
+| `soon_after_delivery` | 30 s | gateways scan when mail arrives: "most obvious anti-spam bot clicks happen in the first few seconds" after delivery (Suped, "How long does it take for anti-spam bots to click links", 2025); a person needs longer to see, open and click |
+| `burst_window` | 10 s | Maestra's bot-click filter drops "5 or more clicks within 10 seconds" (help.maestra.io, "Filtering out fake clicks"); we count distinct links, which a person does not sweep |
+| `burst_links` | 3 | distinct links in one window: a person follows one link, maybe two; scanners follow every link (Word to the Wise, "Barracuda filters clicking all links", 2013) |
+| `group_prefix_v4` | /24 | the smallest prefix routed between networks (RIPE-399 / common BGP filter practice): a scanner farm rotates addresses inside it |
+| `group_prefix_v6` | /64 | one link / one subnet (RFC 4291 §2.5.4, RFC 7421) |
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from functools import lru_cache
+from typing import Literal, TypeVar
+
+from trackmilter.model import HitReason, HitRecorded
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+K = TypeVar("K")
+
+
+class Verdict(StrEnum):
+    HUMAN = "human"
+    MACHINE = "machine"
+    UNKNOWN = "unknown"
+
+
+M, H = Verdict.MACHINE, Verdict.HUMAN
+
+# One honest sentence per reason code; {e} is the evidence. Codes are stable (stored, counted
+# in metrics); the sentences may improve.
+TEXTS: Mapping[str, str] = {
+    "apple_mpp_prefetch": "Apple Mail Privacy Protection prefetch ({e}): Apple loads images "
+    "when mail arrives, whether or not it is read",
+    "gmail_image_proxy": "Loaded through Gmail's image proxy, which fetches images when the "
+    "message is displayed: probably a person viewing it, though not proof it was read",
+    "yahoo_image_proxy": "Loaded through Yahoo Mail's image proxy, which fetches images when "
+    "the message is displayed: probably a person viewing it, though not proof it was read",
+    "scanner_user_agent": "The user agent names an automated scanner or fetcher ({e}), not a "
+    "person's browser",
+    "link_preview": "A link-preview service ({e}) fetched the link to draw a preview card; "
+    "that is not a click",
+    "headless_browser": "A headless browser ({e}): a program driving a browser, no person",
+    "library_user_agent": "An HTTP library or command-line tool ({e}), not a browser or mail "
+    "client",
+    "crawler_user_agent": "The user agent calls itself a bot or crawler ({e})",
+    "empty_user_agent": "No user agent at all: browsers and mail clients always send one",
+    "bare_user_agent": "A bare 'Mozilla/5.0' user agent, as Apple's privacy proxy sends, but "
+    "not from Apple's listed addresses: perhaps Apple from an unlisted range, perhaps a script",
+    "head_request": "A HEAD request asks about the link without fetching it: link checkers do "
+    "that, a browser following a click does not",
+    "prefetch_header": "The request says it is a prefetch or preview ({e}), made in "
+    "anticipation, not by a click",
+    "soon_after_delivery": "Within seconds of the receiving server accepting the message "
+    "({e}): when security gateways scan, too soon for a person",
+    "burst": "Several different links of this message followed within seconds from one client "
+    "or network ({e}): scanners follow every link, a person follows one",
+    "honeypot": "Followed the hidden link that no person can see",
+    "honeypot_client": "From the client or network that followed this message's hidden link "
+    "({e})",
+    "scanner_network": "From the address ranges of {e}, whose mail security services fetch "
+    "links and images; people click from their own networks",
+    "mail_client": "A mail program's own user agent ({e}): the recipient's mail client loaded it",
+    "browser": "A web browser's user agent ({e})",
+    "private_relay": "From Apple's relay addresses ({e}): the person's own address is hidden",
+    "unrecognised_user_agent": "A user agent that is neither a known browser or mail client "
+    "nor a known automated fetcher ({e})",
+}
+
+
+def reason_text(code: str, evidence: str = "") -> str:
+    """The sentence a view shows for a stored reason (codes from newer versions still read)."""
+    template = TEXTS.get(code)
+    if template is None:
+        return code.replace("_", " ") + (f": {evidence}" if evidence else "")
+    return template.format(e=evidence or "?")
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One named piece of evidence: `leans` is the verdict it argues for, None for context."""
+
+    code: str
+    evidence: str = ""
+    leans: Verdict | None = None
+
+    @property
+    def text(self) -> str:
+        return reason_text(self.code, self.evidence)
+
+    def record(self) -> HitReason:
+        return HitReason(self.code, self.evidence, self.leans.value if self.leans else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """What one request tells. `network` is the label of the configured range the client is
+    in (looked up by the caller, so judging stays pure); `headers` has lower-cased names."""
+
+    kind: Literal["click", "open"]
+    at: datetime
+    method: str = "GET"
+    user_agent: str = ""
+    client: IPAddress | None = None
+    network: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    index: int = 0
+    honeypot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The message's evidence at judging time; `others` may include later hits."""
+
+    accepted_at: datetime | None = None
+    others: Sequence[Hit] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    soon_after_delivery: timedelta = timedelta(seconds=30)
+    burst_window: timedelta = timedelta(seconds=10)
+    burst_links: int = 3
+    group_prefix_v4: int = 24
+    group_prefix_v6: int = 64
+    # Network labels (web.networks sources) and what they mean. Apple's egress ranges carry
+    # both MPP prefetches and iCloud Private Relay browsing, so only the bare MPP user agent
+    # from them is a machine.
+    apple_networks: frozenset[str] = frozenset({"apple-mpp", "apple"})
+    # Mail security services run here; a person's click comes from their own network.
+    scanner_networks: frozenset[str] = frozenset(
+        {"microsoft", "o365", "google", "proofpoint", "mimecast", "barracuda", "scanner"})
+    # Webmail image proxies live in their operator's ranges by design.
+    proxy_networks: frozenset[str] = frozenset({"google", "yahoo"})
+
+
+DEFAULT = Thresholds()
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    verdict: Verdict
+    reasons: tuple[Reason, ...] = ()
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(r.code for r in self.reasons)
+
+    def records(self) -> tuple[HitReason, ...]:
+        return tuple(r.record() for r in self.reasons)
+
+
+# --- user agents --------------------------------------------------------------------------
+# Matched on the lower-cased user agent, first table first. Sources: the vendors' own strings
+# (aka.ms/MicrosoftPreview, help.yahoo.com SLN28749, Barracuda campus "Unwanted link
+# clicks"), Litmus/SocketLabs notes on proxies, and the bots' documentation pages.
+_MACHINE_AGENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("headless_browser", ("headlesschrome", "phantomjs", "headlessfirefox")),
+    ("link_preview", (
+        "slackbot", "slack-imgproxy", "twitterbot", "facebookexternalhit", "facebot",
+        "whatsapp", "telegrambot", "discordbot", "skypeuripreview", "linkedinbot", "embedly",
+        "iframely", "redditbot", "pinterestbot", "applebot", "vkshare", "mastodon",
+        "google-pagerenderer")),
+    # Mail security gateways and link checkers that name themselves. Most (Safe Links,
+    # Proofpoint, Mimecast) send ordinary browser strings instead: networks, timing and
+    # bursts catch those.
+    ("scanner_user_agent", (
+        # MicrosoftPreview renders previews of links in Outlook and Teams mail.
+        "microsoftpreview", "bingpreview", "barracuda sentinel", "barracuda", "proofpoint",
+        "mimecast", "ironport", "trendmicro", "trend micro",
+        "symantec", "forcepoint", "sophos", "mcafee", "fireeye", "google-safety",
+        # Office apps probe a link before handing it to the browser.
+        "microsoft office existence discovery", "microsoft office protocol discovery")),
+    ("library_user_agent", (
+        "python-requests", "python-urllib", "python-httpx", "aiohttp", "curl/", "libcurl",
+        "wget/", "go-http-client", "java/", "okhttp", "apache-httpclient", "libwww-perl",
+        "lwp::", "node-fetch", "axios/", "undici", "guzzlehttp", "php/", "ruby", "faraday",
+        "httpie", "postmanruntime", "insomnia", "powershell", "winhttp", "scrapy", "reqwest",
+        "http.rb", "httpclient")),
+)
+# Outlook desktop fetches images as "Microsoft Office/16.0 (…; Microsoft Outlook 16.0…)" or
+# "Mozilla/4.0 (compatible; ms-office; MSOffice 16)": a mail client, though general crawler
+# lists flag it as a bot.
+_MAIL_AGENTS: tuple[tuple[str, str], ...] = (
+    ("microsoft outlook", "Microsoft Outlook"), ("microsoft office/", "Microsoft Office"),
+    ("ms-office", "Microsoft Outlook (ms-office)"), ("msoffice", "Microsoft Outlook"),
+    ("outlook-ios", "Outlook for iOS"), ("outlook-android", "Outlook for Android"),
+    ("thunderbird/", "Thunderbird"), ("em client", "eM Client"), ("mailbird", "Mailbird"),
+    ("postbox/", "Postbox"), ("airmail", "Airmail"), ("evolution/", "Evolution"),
+    ("claws mail", "Claws Mail"), ("seamonkey/", "SeaMonkey"), ("kmail", "KMail"),
+)
+_CRAWLER = re.compile(r"\b[\w-]*(?:bot|crawler|spider)\b|\+https?://")
+_NOT_CRAWLER = ("cubot",)  # a phone brand in Android user agents
+# Apple Mail's own fetch: a WebKit string with no browser product token ("Safari/").
+_APPLE_MAIL = re.compile(
+    r"^mozilla/5\.0 \((?:macintosh|iphone|ipad)[^)]*\) applewebkit/[\d.]+ \(khtml, like gecko\)"
+    r"(?: mobile/\w+)?$")
+_BROWSER_TOKEN = re.compile(r"(edg|edge|opr|firefox|fxios|crios|chrome|version|safari|trident)"
+                            r"/(\d+)")
+_BROWSER_NAMES = {"edg": "Edge", "edge": "Edge", "opr": "Opera", "firefox": "Firefox",
+                  "fxios": "Firefox", "crios": "Chrome", "chrome": "Chrome",
+                  "version": "Safari", "safari": "Safari", "trident": "Internet Explorer"}
+
+
+@lru_cache(maxsize=8192)
+def classify_agent(user_agent: str) -> tuple[str, str]:
+    """(category, evidence) for a user agent; cached because a few strings make most traffic.
+    Categories: empty, bare, gmail, yahoo, a machine reason code, mail, browser, other."""
+    ua = user_agent.strip()
+    if not ua:
+        return "empty", ""
+    low = ua.lower()
+    if low == "mozilla/5.0":
+        return "bare", "Mozilla/5.0"
+    if "googleimageproxy" in low:
+        return "gmail", "GoogleImageProxy"
+    if "yahoomailproxy" in low:
+        return "yahoo", "YahooMailProxy"
+    for code, tokens in _MACHINE_AGENTS:
+        for token in tokens:
+            if token in low:
+                return code, _original(ua, low, token)
+    for token, name in _MAIL_AGENTS:
+        if token in low:
+            return "mail", name
+    m = _CRAWLER.search(low)
+    if m and m.group(0) not in _NOT_CRAWLER:
+        return "crawler_user_agent", _original(ua, low, m.group(0))
+    if _APPLE_MAIL.match(low):
+        return "mail", "Apple Mail"
+    if low.startswith("mozilla/5.0 (") and any(
+            e in low for e in ("applewebkit/", "gecko/", "trident/")):
+        found = {name: int(ver) for name, ver in _BROWSER_TOKEN.findall(low)}
+        for token in ("edg", "edge", "opr", "firefox", "fxios", "crios", "chrome", "version",
+                      "safari", "trident"):
+            if token in found:
+                return "browser", f"{_BROWSER_NAMES[token]} {found[token]}"
+        return "browser", "in-app browser"
+    return "other", ua[:80]
+
+
+def _original(ua: str, low: str, token: str) -> str:
+    """The matched token as the client wrote it (lower() keeps positions for ASCII)."""
+    i = low.find(token)
+    return ua[i:i + len(token)].strip() if len(low) == len(ua) else token
+
+
+def _agent_reasons(hit: Hit, th: Thresholds) -> list[Reason]:
+    category, evidence = classify_agent(hit.user_agent)
+    if category == "empty":
+        return [Reason("empty_user_agent", "", M)]
+    if category == "bare":
+        if hit.network in th.apple_networks:
+            return [Reason("apple_mpp_prefetch", f"Mozilla/5.0 from {hit.network}", M)]
+        return [Reason("bare_user_agent", evidence)]
+    if category in ("gmail", "yahoo"):
+        if hit.kind == "open":
+            return [Reason(f"{category}_image_proxy", evidence, H)]
+        return [Reason("scanner_user_agent", evidence, M)]  # image proxies don't click
+    if category == "mail":
+        return [Reason("mail_client", evidence, H)]
+    if category == "browser":
+        out = [Reason("browser", evidence, H)]
+        if hit.network in th.apple_networks:
+            out.append(Reason("private_relay", hit.network or ""))
+        return out
+    if category == "other":
+        return [Reason("unrecognised_user_agent", evidence)]
+    return [Reason(category, evidence, M)]
+
+
+# --- intent, network, time, the message's other hits ---------------------------------------
+# Chrome sends Sec-Purpose (or legacy Purpose) "prefetch[;prerender]", Firefox sent
+# "X-moz: prefetch", Safari "X-Purpose: preview" (MDN Sec-Purpose; Chromium
+# prefetch_headers.cc).
+_INTENT_HEADERS = ("sec-purpose", "purpose", "x-purpose", "x-moz")
+_INTENT_WORDS = ("prefetch", "prerender", "preview", "instant")
+
+
+def _prefetch(headers: Mapping[str, str]) -> str | None:
+    if not headers:
+        return None
+    for name in _INTENT_HEADERS:
+        value = headers.get(name)
+        if value and (name == "x-moz" or any(w in value.lower() for w in _INTENT_WORDS)):
+            return f"{name}: {value[:40]}"
+    return None
+
+
+def group_key(hit: Hit, th: Thresholds = DEFAULT) -> object | None:
+    """What counts as one client or network: the configured range's label, else the /24 or
+    /64 the address is in (scanner farms rotate addresses within them)."""
+    if hit.network:
+        return hit.network
+    ip = hit.client
+    if ip is None:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.version == 4:
+        return 4, int(ip) >> (32 - th.group_prefix_v4)
+    return 6, int(ip) >> (128 - th.group_prefix_v6)
+
+
+def _burst(hit: Hit, key: object, others: Sequence[tuple[object, Hit]],
+           th: Thresholds) -> str | None:
+    """Evidence when `hit` lies in a window of `burst_window` holding `burst_links` distinct
+    links clicked from its group."""
+    w = th.burst_window
+    near = sorted(((o.at, o.index) for k, o in others
+                   if k == key and o.kind == "click" and abs(o.at - hit.at) <= w),
+                  key=lambda p: p[0])
+    if len(near) + 1 < th.burst_links:
+        return None
+    near.append((hit.at, hit.index))
+    near.sort(key=lambda p: p[0])
+    # Every window that holds the hit starts at a click no later than it (and, as `near` is
+    # within ±w of the hit, no earlier than w before it).
+    for start, _ in near:
+        if start > hit.at:
+            break
+        inside = [(t, i) for t, i in near if start <= t <= start + w]
+        links = {i for _, i in inside}
+        if len(links) >= th.burst_links:
+            span = (inside[-1][0] - inside[0][0]).total_seconds()
+            return f"{len(links)} links in {span:.1f} s"
+    return None
+
+
+def _judge(hit: Hit, key: object | None, others: Sequence[tuple[object, Hit]],
+           accepted_at: datetime | None, th: Thresholds) -> Judgement:
+    reasons: list[Reason] = []
+    if hit.honeypot:
+        reasons.append(Reason("honeypot", f"link {hit.index}", M))
+    if hit.method.upper() == "HEAD":
+        reasons.append(Reason("head_request", "HEAD", M))
+    intent = _prefetch(hit.headers)
+    if intent:
+        reasons.append(Reason("prefetch_header", intent, M))
+    agent = _agent_reasons(hit, th)
+    reasons.extend(agent)
+    net = hit.network
+    if net and net in th.scanner_networks and not (
+            net in th.proxy_networks and agent[0].code.endswith("_image_proxy")):
+        reasons.append(Reason("scanner_network", net, M))
+    if accepted_at is not None:
+        delta = (hit.at - accepted_at).total_seconds()
+        # A little before acceptance counts too: clocks differ between hosts, and inline
+        # gateways fetch before they answer 250.
+        if abs(delta) <= th.soon_after_delivery.total_seconds():
+            reasons.append(Reason("soon_after_delivery", f"{delta:+.0f} s", M))
+    if key is not None and others:
+        if not hit.honeypot:
+            for k, o in others:
+                if o.honeypot and k == key:
+                    reasons.append(Reason("honeypot_client", _describe(o), M))
+                    break
+        if hit.kind == "click":
+            burst = _burst(hit, key, others, th)
+            if burst:
+                reasons.append(Reason("burst", burst, M))
+    return _conclude(reasons)
+
+
+def _describe(hit: Hit) -> str:
+    return hit.network or (str(hit.client) if hit.client else "?")
+
+
+_RANK = {M: 0, H: 1, None: 2}
+
+
+def _conclude(reasons: list[Reason]) -> Judgement:
+    reasons.sort(key=lambda r: _RANK[r.leans])  # stable: machine reasons first, for views
+    if not reasons:
+        return Judgement(Verdict.UNKNOWN)
+    first = reasons[0].leans
+    return Judgement(first if first is not None else Verdict.UNKNOWN, tuple(reasons))
+
+
+def judge(hit: Hit, context: Context = Context(), thresholds: Thresholds = DEFAULT
+          ) -> Judgement:
+    """The verdict on one hit given what is known of its message now."""
+    key = group_key(hit, thresholds)
+    others = [(group_key(o, thresholds), o) for o in context.others if o is not hit]
+    return _judge(hit, key, others, context.accepted_at, thresholds)
+
+
+def rejudge(hits: Sequence[tuple[K, Hit]], accepted_at: datetime | None,
+            thresholds: Thresholds = DEFAULT) -> list[tuple[K, Judgement]]:
+    """Every hit of one message judged again with all the others as evidence (a burst
+    seen later marks its first click too). Same inputs, same answers, in input order."""
+    keyed = [(group_key(h, thresholds), h) for _, h in hits]
+    out = []
+    for n, (ident, hit) in enumerate(hits):
+        others = keyed[:n] + keyed[n + 1:]
+        out.append((ident, _judge(hit, keyed[n][0], others, accepted_at, thresholds)))
+    return out
+
+
+# --- adapters for the tracker and the store -------------------------------------------------
+def parse_client(text: str) -> IPAddress | None:
+    """A stored client: an address, or a network when [privacy] truncated it (its first
+    address groups the same at /24 and /64)."""
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_network(text, strict=False).network_address
+    except ValueError:
+        return None
+
+
+def hit_from_record(record: HitRecorded) -> Hit:
+    return Hit(
+        kind="open" if record.target == "open" else "click", at=record.at,
+        method=record.method, user_agent=record.user_agent,
+        client=parse_client(record.client), network=record.network or None,
+        headers=dict(record.headers), index=record.index, honeypot=record.honeypot)

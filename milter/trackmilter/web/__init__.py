@@ -1,0 +1,1 @@
+"""The tracker: the HTTP service answering tracking links and the open pixel."""

@@ -1,0 +1,108 @@
+"""Settings into verdicts: [verdict] thresholds, [networks] sources, the request-time judge
+and the store's reviser."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from trackmilter.config import ConfigError, load
+from trackmilter.model import HitRecorded
+from trackmilter.web.judging import networks_from, request_judge, reviser_from, thresholds_from
+
+DATA = Path(__file__).parent / "data"
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+def settings(tmp_path: Path, text: str) -> object:
+    p = tmp_path / "tm.toml"
+    p.write_text(text)
+    return load(p, environ={})
+
+
+def hit(n: int, seconds: float, *, ua: str = FIREFOX, client: str = "203.0.113.9",
+        target: str = "click", network: str = "") -> HitRecorded:
+    return HitRecorded(hit_id=f"h{n}", target=target, tracking_id="abcdefghijklmnop",
+                       at=T0 + timedelta(seconds=seconds), index=n, client=client,
+                       network=network, user_agent=ua)
+
+
+def test_thresholds_and_sources_from_toml(tmp_path: Path) -> None:
+    s = settings(tmp_path, f"""
+[verdict]
+burst_window = 5
+burst_links = 4
+scanner_networks = ["scanner"]
+[networks]
+sources = [
+  {{ label = "apple-mpp", format = "apple-csv", path = "{DATA / 'apple-egress.csv'}" }},
+  {{ label = "scanner", format = "cidr", path = "{DATA / 'scanners.cidr'}" }},
+  {{ label = "later", format = "cidr", path = "{tmp_path / 'later.cidr'}", url = "https://x.example/l" }},
+]
+""")
+    th = thresholds_from(s)  # type: ignore[arg-type]
+    assert th.burst_window == timedelta(seconds=5) and th.burst_links == 4
+    assert th.scanner_networks == frozenset({"scanner"})
+    nets = networks_from(s)  # type: ignore[arg-type]
+    assert nets is not None
+    assert nets.lookup(ipaddress.ip_address("172.224.226.5")) == "apple-mpp"
+    assert nets.lookup(ipaddress.ip_address("198.51.100.77")) == "scanner"
+    assert nets.lookup(ipaddress.ip_address("192.0.2.1")) is None
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    pytest.param('[networks]\nsources = [{ label = "x", format = "csv", path = "/x" }]',
+                 "[networks] sources: source 1: format must be one of", id="bad-format"),
+    pytest.param('[networks]\nsources = [{ label = "x", format = "cidr" }]',
+                 "source 1: path is required", id="no-path"),
+    pytest.param('[networks]\nsources = [{ label = "x", format = "cidr", path = "/x", y = 1 }]',
+                 "unknown key(s) y", id="unknown-key"),
+    pytest.param("[verdict]\ngroup_prefix_v4 = 33", "[verdict] group_prefix_v4", id="prefix"),
+    pytest.param("[verdict]\nburst_lnks = 3", "unknown key 'burst_lnks' in [verdict]",
+                 id="typo"),
+])
+def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings(tmp_path, text)
+    assert needle in str(info.value) and "tm.toml" in str(info.value)
+
+
+def test_sources_from_environment_as_json(tmp_path: Path) -> None:
+    env = {"TRACKMILTER_NETWORKS_SOURCES":
+           f'[{{"label": "scanner", "format": "cidr", "path": "{DATA / "scanners.cidr"}"}}]'}
+    s = load(None, environ=env)
+    assert [src.label for src in s.networks.sources] == ["scanner"]
+
+
+def test_malformed_list_stops_the_tracker(tmp_path: Path) -> None:
+    from trackmilter.web.networks import NetworkFileError
+
+    s = settings(tmp_path, f"""
+[networks]
+sources = [{{ label = "scanner", format = "cidr", path = "{DATA / 'scanners-bad.cidr'}" }}]
+""")
+    with pytest.raises(NetworkFileError, match="scanners-bad.cidr"):
+        networks_from(s)  # type: ignore[arg-type]
+
+
+def test_request_judge_and_reviser(tmp_path: Path) -> None:
+    s = load(None, environ={})
+    judge = request_judge(s)
+    verdict, reasons = judge(hit(1, 3600), [])
+    assert verdict == "human" and "browser" in [r.code for r in reasons]
+    mpp = hit(0, 5, ua="Mozilla/5.0", client="172.224.226.5", target="open",
+              network="apple-mpp")
+    verdict, reasons = judge(mpp, [])
+    assert verdict == "machine" and reasons[0].code == "apple_mpp_prefetch"
+    # A scanner sweeping three links within a second: the first looked human on its own;
+    # the reviser marks all three, and the delivery time adds its own reason.
+    sweep = [hit(1, 100), hit(2, 100.4), hit(3, 100.8)]
+    assert judge(sweep[0], [])[0] == "human"
+    revised = reviser_from(s)(sweep, T0 + timedelta(seconds=95))
+    assert [v for v, _ in revised] == ["machine"] * 3
+    codes = {r.code for _, rs in revised for r in rs}
+    assert {"burst", "soon_after_delivery"} <= codes

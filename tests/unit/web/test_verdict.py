@@ -1,0 +1,291 @@
+"""Verdicts on tracker hits: each reason alone, the combinations that matter, and re-judging a
+message when later hits reveal a burst or a honeypot."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from trackmilter.model import HitReason, HitRecorded
+from trackmilter.verdict import (
+    TEXTS,
+    Context,
+    Hit,
+    Judgement,
+    Reason,
+    Thresholds,
+    Verdict,
+    classify_agent,
+    hit_from_record,
+    judge,
+    reason_text,
+    rejudge,
+)
+
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)  # the remote server accepted the message
+LATER = T0 + timedelta(hours=2)
+
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/120.0.0.0 Safari/537.36")
+SAFARI = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like "
+          "Gecko) Version/17.1 Safari/605.1.15")
+GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+YAHOO = "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html"
+OUTLOOK = "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17029; Pro)"
+OUTLOOK_MSO = "Mozilla/4.0 (compatible; ms-office; MSOffice 16)"
+APPLE_MAIL = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+              "(KHTML, like Gecko) Mobile/15E148")
+THUNDERBIRD = "Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Thunderbird/115.6.0"
+
+
+def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+def hit(kind: str = "click", at: datetime = LATER, **kw: Any) -> Hit:
+    kw.setdefault("user_agent", CHROME)
+    kw.setdefault("client", ip("198.51.100.7"))
+    kw.setdefault("index", 1 if kind == "click" else 0)
+    return Hit(kind, at, **kw)  # type: ignore[arg-type]
+
+
+def s(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("h, accepted, verdict, codes", [
+    # Apple Mail Privacy Protection: the bare user agent, and only from Apple's ranges.
+    pytest.param(hit("open", user_agent="Mozilla/5.0", network="apple-mpp"), T0, "machine",
+                 ["apple_mpp_prefetch"], id="mpp-ua-from-apple-range"),
+    pytest.param(hit("open", user_agent="Mozilla/5.0"), T0, "unknown", ["bare_user_agent"],
+                 id="mpp-ua-from-elsewhere"),
+    pytest.param(hit("open", user_agent=APPLE_MAIL, network="apple-mpp"), T0, "human",
+                 ["mail_client"], id="apple-mail-own-fetch"),
+    pytest.param(hit(user_agent=SAFARI, network="apple-mpp"), T0, "human",
+                 ["browser", "private_relay"], id="safari-click-via-private-relay"),
+    # Webmail image proxies fetch on display: probably a person.
+    pytest.param(hit("open", user_agent=GMAIL, network="google"), T0, "human",
+                 ["gmail_image_proxy"], id="gmail-proxy-open"),
+    pytest.param(hit("open", user_agent=GMAIL), None, "human", ["gmail_image_proxy"],
+                 id="gmail-proxy-open-no-lists"),
+    pytest.param(hit("open", user_agent=YAHOO), T0, "human", ["yahoo_image_proxy"],
+                 id="yahoo-proxy-open"),
+    pytest.param(hit(user_agent=GMAIL, network="google"), T0, "machine",
+                 ["scanner_user_agent", "scanner_network"], id="image-proxy-does-not-click"),
+    pytest.param(hit("open", user_agent=GMAIL, network="microsoft"), T0, "machine",
+                 ["scanner_network", "gmail_image_proxy"], id="gmail-ua-from-microsoft"),
+    pytest.param(hit("open", user_agent=GMAIL, at=s(8)), T0, "machine",
+                 ["soon_after_delivery", "gmail_image_proxy"], id="gmail-proxy-within-seconds"),
+    # Real mail clients are people, whatever crawler lists say.
+    pytest.param(hit(user_agent=OUTLOOK), T0, "human", ["mail_client"], id="outlook-desktop-click"),
+    pytest.param(hit("open", user_agent=OUTLOOK_MSO), T0, "human", ["mail_client"],
+                 id="outlook-ms-office-open"),
+    pytest.param(hit("open", user_agent=THUNDERBIRD), T0, "human", ["mail_client"],
+                 id="thunderbird-open"),
+    pytest.param(hit("open", user_agent=APPLE_MAIL), T0, "human", ["mail_client"],
+                 id="apple-mail-open"),
+    # Browsers.
+    pytest.param(hit(), T0, "human", ["browser"], id="browser-click-two-hours-later"),
+    pytest.param(hit(), None, "human", ["browser"], id="browser-click-delivery-unknown"),
+    pytest.param(hit(user_agent="Mozilla/5.0 (Linux; Android 13; CUBOT X30) AppleWebKit/537.36 "
+                 "(KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36"), T0, "human",
+                 ["browser"], id="cubot-phone-is-not-a-bot"),
+    pytest.param(hit(user_agent="SomeApp/1.0"), T0, "unknown", ["unrecognised_user_agent"],
+                 id="unrecognised"),
+    # Scanners, time, network.
+    pytest.param(hit(at=s(4), network="microsoft"), T0, "machine",
+                 ["scanner_network", "soon_after_delivery", "browser"],
+                 id="safe-links-scan-after-delivery"),
+    pytest.param(hit(at=s(6)), T0, "machine", ["soon_after_delivery", "browser"],
+                 id="browser-ua-seconds-after-delivery"),
+    pytest.param(hit(at=s(-3)), T0, "machine", ["soon_after_delivery", "browser"],
+                 id="inline-gateway-before-the-250"),
+    pytest.param(hit(at=s(31)), T0, "human", ["browser"], id="just-outside-the-window"),
+    pytest.param(hit(network="proofpoint"), T0, "machine", ["scanner_network", "browser"],
+                 id="proofpoint-range-later"),
+    pytest.param(hit(user_agent="Barracuda Sentinel (EE)"), T0, "machine",
+                 ["scanner_user_agent"], id="barracuda-sentinel"),
+    pytest.param(hit(user_agent="Mozilla/5.0 (compatible; MicrosoftPreview/2.0; "
+                 "+https://aka.ms/MicrosoftPreview)"), T0, "machine", ["scanner_user_agent"],
+                 id="microsoft-preview"),
+    pytest.param(hit(user_agent="Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like "
+                 "Gecko) HeadlessChrome/120.0.0.0 Safari/537.36"), T0, "machine",
+                 ["headless_browser"], id="headless-chrome"),
+    pytest.param(hit(user_agent="python-requests/2.31.0"), T0, "machine",
+                 ["library_user_agent"], id="python-requests"),
+    pytest.param(hit(user_agent="curl/8.4.0"), T0, "machine", ["library_user_agent"], id="curl"),
+    pytest.param(hit(user_agent=""), T0, "machine", ["empty_user_agent"], id="empty-ua"),
+    pytest.param(hit(user_agent="Mozilla/5.0 (compatible; ExampleCrawler/1.0; "
+                 "+http://example.org/bot)"), T0, "machine", ["crawler_user_agent"],
+                 id="self-declared-crawler"),
+    # Method and intent.
+    pytest.param(hit(method="HEAD"), T0, "machine", ["head_request", "browser"], id="head"),
+    pytest.param(hit(headers={"sec-purpose": "prefetch"}), T0, "machine",
+                 ["prefetch_header", "browser"], id="sec-purpose-prefetch"),
+    pytest.param(hit(headers={"sec-purpose": "prefetch;prerender"}), T0, "machine",
+                 ["prefetch_header", "browser"], id="sec-purpose-prerender"),
+    pytest.param(hit(headers={"purpose": "prefetch"}), T0, "machine",
+                 ["prefetch_header", "browser"], id="legacy-purpose"),
+    pytest.param(hit(headers={"x-purpose": "preview"}), T0, "machine",
+                 ["prefetch_header", "browser"], id="safari-x-purpose-preview"),
+    pytest.param(hit(headers={"x-moz": "prefetch"}), T0, "machine",
+                 ["prefetch_header", "browser"], id="firefox-x-moz"),
+    pytest.param(hit(headers={"sec-fetch-mode": "navigate", "accept": "text/html"}), T0, "human",
+                 ["browser"], id="ordinary-navigation-headers"),
+    pytest.param(hit(honeypot=True, index=9), T0, "machine", ["honeypot", "browser"],
+                 id="honeypot"),
+])
+def test_judge_one_hit(h: Hit, accepted: datetime | None, verdict: str, codes: list[str]) -> None:
+    j = judge(h, Context(accepted))
+    assert (j.verdict, list(j.codes)) == (verdict, codes)
+
+
+@pytest.mark.parametrize("ua", [
+    pytest.param("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", id="slack"),
+    pytest.param("Twitterbot/1.0", id="twitter"),
+    pytest.param("facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+                 id="facebook"),
+    pytest.param("WhatsApp/2.23.20.0 A", id="whatsapp"),
+    pytest.param("TelegramBot (like TwitterBot)", id="telegram"),
+    pytest.param("Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)",
+                 id="discord"),
+    pytest.param("Mozilla/5.0 (Windows NT 6.1; WOW64) SkypeUriPreview Preview/0.5", id="skype"),
+    pytest.param("LinkedInBot/1.0 (compatible; Mozilla/5.0; Apache-HttpClient +http://www.linkedin.com)",
+                 id="linkedin"),
+])
+def test_link_previews_are_not_clicks(ua: str) -> None:
+    j = judge(hit(user_agent=ua))
+    assert (j.verdict, j.codes) == (Verdict.MACHINE, ("link_preview",))
+
+
+def clicks(*spec: tuple[float, int, str]) -> list[tuple[str, Hit]]:
+    return [(f"h{n}", hit(at=s(t), index=i, client=ip(c))) for n, (t, i, c) in enumerate(spec)]
+
+
+@pytest.mark.parametrize("hits, machine", [
+    pytest.param(clicks((100, 1, "192.0.2.10"), (101, 2, "192.0.2.11"), (102, 3, "192.0.2.12"),
+                        (103, 4, "192.0.2.13")), {"h0", "h1", "h2", "h3"},
+                 id="four-links-in-3s-from-one-24"),
+    pytest.param(clicks((100, 1, "192.0.2.10"), (102, 2, "192.0.2.10")), set(),
+                 id="two-links-is-a-person"),
+    pytest.param(clicks((100, 1, "192.0.2.10"), (115, 2, "192.0.2.10"), (130, 3, "192.0.2.10")),
+                 set(), id="three-links-slowly"),
+    pytest.param(clicks((100, 1, "192.0.2.10"), (100.5, 1, "192.0.2.10"), (101, 1, "192.0.2.10"),
+                        (101.5, 1, "192.0.2.10")), set(), id="same-link-repeated"),
+    pytest.param(clicks((100, 1, "192.0.2.10"), (101, 2, "198.51.100.10"), (102, 3, "203.0.113.1")),
+                 set(), id="different-networks"),
+    pytest.param(clicks((100, 1, "2001:db8:1:2::a"), (101, 2, "2001:db8:1:2::b"),
+                        (102, 3, "2001:db8:1:2::c")), {"h0", "h1", "h2"}, id="one-ipv6-64"),
+    pytest.param(clicks((100, 1, "2001:db8:1:2::a"), (101, 2, "2001:db8:1:3::a"),
+                        (102, 3, "2001:db8:1:4::a")), set(), id="different-ipv6-64s"),
+    pytest.param(clicks((50, 9, "192.0.2.10"), (100, 1, "192.0.2.10"), (104, 2, "192.0.2.10"),
+                        (109, 3, "192.0.2.10"), (500, 4, "192.0.2.10")),
+                 {"h1", "h2", "h3"}, id="only-the-burst-not-before-or-after"),
+    pytest.param([*clicks((100, 1, "192.0.2.10"), (101, 2, "192.0.2.10")),
+                  ("o", hit("open", at=s(100.5), client=ip("192.0.2.10")))], set(),
+                 id="opens-are-not-links"),
+])
+def test_burst_on_rejudge(hits: list[tuple[str, Hit]], machine: set[str]) -> None:
+    got = rejudge(hits, accepted_at=None)
+    assert [i for i, _ in got] == [i for i, _ in hits]
+    assert {i for i, j in got if j.verdict is Verdict.MACHINE} == machine
+    assert all("burst" in j.codes for i, j in got if i in machine)
+    assert all(j.verdict is Verdict.HUMAN for i, j in got if i not in machine)
+
+
+def test_burst_seen_later_marks_the_first_click() -> None:
+    hits = clicks((100, 1, "192.0.2.10"), (101, 2, "192.0.2.77"), (102, 3, "192.0.2.10"),
+                  (103, 4, "192.0.2.200"))
+    first = hits[0][1]
+    # At answer time only the first click was known: a person, as far as anyone knew.
+    assert judge(first, Context(T0)).verdict is Verdict.HUMAN
+    later = judge(first, Context(T0, [h for _, h in hits]))
+    assert later.verdict is Verdict.MACHINE
+    assert [r.evidence for r in later.reasons if r.code == "burst"] == ["4 links in 3.0 s"]
+
+
+def test_burst_groups_by_network_label() -> None:
+    hits = [(n, hit(at=s(100 + n), index=n, client=ip(a), network="corp-proxy"))
+            for n, a in enumerate(("192.0.2.1", "198.51.100.1", "203.0.113.1"))]
+    assert all(j.verdict is Verdict.MACHINE for _, j in rejudge(hits, None))
+
+
+def test_honeypot_marks_the_same_clients_other_hits() -> None:
+    hits = [
+        ("open", hit("open", at=s(200), client=ip("192.0.2.10"))),
+        ("first", hit(at=s(300), index=1, client=ip("192.0.2.10"))),
+        ("trap", hit(at=s(301), index=7, client=ip("192.0.2.11"), honeypot=True)),
+        ("person", hit(at=LATER, index=1, client=ip("203.0.113.5"))),
+    ]
+    got = dict(rejudge(hits, T0))
+    assert got["trap"].verdict is Verdict.MACHINE and "honeypot" in got["trap"].codes
+    for name in ("open", "first"):
+        assert got[name].verdict is Verdict.MACHINE
+        assert got[name].codes[0] == "honeypot_client"
+        assert got[name].reasons[0].evidence == "192.0.2.11"
+    assert got["person"] == Judgement(Verdict.HUMAN, (Reason("browser", "Chrome 120", Verdict.HUMAN),))
+
+
+def test_rejudge_is_deterministic_and_order_free() -> None:
+    hits = [*clicks((100, 1, "192.0.2.10"), (101, 2, "192.0.2.11"), (102, 3, "192.0.2.12"),
+                    (7000, 1, "203.0.113.9")),
+            ("mpp", hit("open", at=s(900), user_agent="Mozilla/5.0", network="apple-mpp"))]
+    expected = dict(rejudge(hits, T0))
+    shuffled = hits[:]
+    random.Random(4).shuffle(shuffled)
+    assert dict(rejudge(shuffled, T0)) == expected
+    assert dict(rejudge(hits, T0)) == expected
+
+
+def test_thresholds_are_honoured() -> None:
+    strict = Thresholds(soon_after_delivery=timedelta(seconds=60), burst_links=2,
+                        burst_window=timedelta(seconds=3), group_prefix_v4=16)
+    assert judge(hit(at=s(45)), Context(T0), strict).verdict is Verdict.MACHINE
+    two = clicks((100, 1, "192.0.2.10"), (102, 2, "192.0.200.1"))
+    assert {j.verdict for _, j in rejudge(two, None, strict)} == {Verdict.MACHINE}
+    assert {j.verdict for _, j in rejudge(two, None)} == {Verdict.HUMAN}
+
+
+def test_every_reason_has_an_honest_sentence() -> None:
+    for code in TEXTS:
+        text = reason_text(code, "x")
+        assert text and "{" not in text and text[0].isupper(), code
+    r = Reason("apple_mpp_prefetch", "Mozilla/5.0 from apple-mpp", Verdict.MACHINE)
+    assert r.text.startswith("Apple Mail Privacy Protection prefetch")
+    assert "whether or not it is read" in r.text
+    assert reason_text("some_future_code", "42") == "some future code: 42"
+    assert r.record() == HitReason("apple_mpp_prefetch", "Mozilla/5.0 from apple-mpp", "machine")
+    assert Reason("private_relay", "apple-mpp").record().leans == ""
+
+
+@pytest.mark.parametrize("ua, category, evidence", [
+    pytest.param(CHROME, "browser", "Chrome 120", id="chrome"),
+    pytest.param(SAFARI, "browser", "Safari 17", id="safari"),
+    pytest.param(CHROME + " Edg/120.0.2210.91", "browser", "Edge 120", id="edge"),
+    pytest.param("Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+                 "browser", "Firefox 121", id="firefox"),
+    pytest.param(OUTLOOK, "mail", "Microsoft Outlook", id="outlook"),
+    pytest.param("Outlook-iOS/709.2226530.prod.iphone (4.2350.0)", "mail", "Outlook for iOS",
+                 id="outlook-ios"),
+    pytest.param("Microsoft Office Existence Discovery", "scanner_user_agent",
+                 "Microsoft Office Existence Discovery", id="office-link-probe"),
+    pytest.param("  Mozilla/5.0 ", "bare", "Mozilla/5.0", id="bare-with-spaces"),
+])
+def test_classify_agent(ua: str, category: str, evidence: str) -> None:
+    assert classify_agent(ua) == (category, evidence)
+
+
+def test_hit_from_stored_record() -> None:
+    rec = HitRecorded(hit_id="a", target="open", tracking_id="t", at=T0, client="192.0.2.0/24",
+                      network="apple-mpp", user_agent="Mozilla/5.0",
+                      headers=(("sec-purpose", "prefetch"),))
+    h = hit_from_record(rec)
+    assert (h.kind, h.client, h.network, dict(h.headers)) == (
+        "open", ip("192.0.2.0"), "apple-mpp", {"sec-purpose": "prefetch"})
+    assert judge(h).codes == ("prefetch_header", "apple_mpp_prefetch")
+    assert hit_from_record(HitRecorded(hit_id="b", target="click", tracking_id="t", at=T0)
+                           ).client is None
