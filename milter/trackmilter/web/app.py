@@ -102,6 +102,7 @@ class TrackerApp:
         ipv6_prefix: int = 128,
         name: str = "",
         clock: Callable[[], datetime] = utcnow,
+        note: Callable[[str], None] | None = None,
     ) -> None:
         prefix = urlsplit(base_url).path.rstrip("/")
         self._click = prefix + "/c/"
@@ -117,6 +118,7 @@ class TrackerApp:
         self._v4, self._v6 = ipv4_prefix, ipv6_prefix
         self._name = name
         self._clock = clock
+        self._note = note  # the revisor: judge this message again once its hits are stored
         self._recent = _Recent()
         self._log = get_logger(component="web")
 
@@ -213,6 +215,8 @@ class TrackerApp:
             honeypot=hit.honeypot, verdict=verdict, reasons=reasons,
         )
         self._sink.submit(stored)
+        if self._note is not None:
+            self._note(tid)
         m = self._metrics
         m.child(m.hits, target, verdict).inc()
         for r in reasons:

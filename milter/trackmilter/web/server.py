@@ -14,6 +14,7 @@ from trackmilter.metrics import Metrics
 from trackmilter.tokens import Signer
 from trackmilter.web.app import TrackerApp
 from trackmilter.web.forwarded import ClientResolver
+from trackmilter.web.revisor import Revisor
 
 
 class StartupError(Exception):
@@ -38,8 +39,8 @@ def claim_spool(base: Path) -> tuple[Path, int]:
     raise StartupError(f"no free spool directory under {base}")
 
 
-def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any]:
-    """The app, its writer and store (the caller closes both)."""
+def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any, Revisor]:
+    """The app, its writer, store and revisor (the caller closes them)."""
     from trackmilter.store import SQLStore
     from trackmilter.store.writer import BatchWriter
     from trackmilter.web.judging import networks_from, request_judge, reviser_from
@@ -55,15 +56,16 @@ def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any]:
     writer = BatchWriter(store, spool, metrics, max_batch=s.batch_size,
                          flush_interval=s.flush_interval, retry_interval=s.retry_interval,
                          logger=log)
+    revisor = Revisor(store, metrics, log)
     w = settings.web
     app = TrackerApp(
         base_url=t.base_url, signer=signer, sink=writer, metrics=metrics,
         judge=request_judge(settings), resolver=ClientResolver(w.trusted_proxies),
         networks=networks_from(settings), ready=lambda: bool(writer.healthy),
         ipv4_prefix=settings.privacy.ipv4_prefix, ipv6_prefix=settings.privacy.ipv6_prefix,
-        name=w.name,
+        name=w.name, note=revisor.note,
     )
-    return app, writer, store
+    return app, writer, store, revisor
 
 
 def run(settings: Settings) -> int:
@@ -72,7 +74,7 @@ def run(settings: Settings) -> int:
 
     log = get_logger(component="web")
     metrics = Metrics()
-    app, writer, store = build(settings, metrics)
+    app, writer, store, revisor = build(settings, metrics)
     host, _, port = settings.web.listen.rpartition(":")
     config = uvicorn.Config(
         app, host=host.strip("[]"), port=int(port), lifespan="on", access_log=False,
@@ -85,6 +87,8 @@ def run(settings: Settings) -> int:
     try:
         uvicorn.Server(config).run()
     finally:
+        writer.flush(timeout=10.0)
+        revisor.close(timeout=10.0)
         writer.close(timeout=10.0)
         store.close()
         log.info("web_stopped")

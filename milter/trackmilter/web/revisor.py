@@ -1,0 +1,98 @@
+"""Revise verdicts once a message's hits are stored: the evidence the answer could not wait
+for (the delivery time, hits answered by other tracker processes) is in the database."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from trackmilter.model import utcnow
+
+# A message is revised when its hits have been quiet for SETTLE seconds (a burst is over
+# and the writer has stored it), but at least every MAX_DELAY seconds while it is hammered.
+SETTLE = 2.0
+MAX_DELAY = 30.0
+# Hits older than this are not loaded for a revision: a burst or the delivery time only
+# matter within seconds; a honeypot marks the client's other hits within this horizon.
+HORIZON = timedelta(hours=1)
+
+
+class RevisingStore(Protocol):
+    def revise_hits(self, tracking_ids: Sequence[str], since: datetime | None = None) -> int: ...
+
+
+class Revisor:
+    """One daemon thread per tracker process. ``note`` is O(1) and never blocks on I/O."""
+
+    def __init__(self, store: RevisingStore, metrics: Any, log: Any, *,
+                 settle: float = SETTLE, max_delay: float = MAX_DELAY,
+                 clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], datetime] = utcnow, start: bool = True) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._log = log
+        self._settle, self._max_delay = settle, max_delay
+        self._clock, self._now = clock, now
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending: dict[str, tuple[float, float]] = {}  # tid -> (first, last) note time
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="trackmilter-revisor",
+                                        daemon=True)
+        if start:
+            self._thread.start()
+
+    def note(self, tracking_id: str) -> None:
+        now = self._clock()
+        with self._lock:
+            first = self._pending.get(tracking_id, (now, now))[0]
+            self._pending[tracking_id] = (first, now)
+
+    def due(self) -> list[str]:
+        now = self._clock()
+        with self._lock:
+            ready = [tid for tid, (first, last) in self._pending.items()
+                     if now - last >= self._settle or now - first >= self._max_delay]
+            for tid in ready:
+                del self._pending[tid]
+        return ready
+
+    def run_once(self) -> int:
+        """Revise every message that is due; return how many verdicts changed."""
+        tids = self.due()
+        if not tids:
+            return 0
+        try:
+            changed = self._store.revise_hits(tids, since=self._now() - HORIZON)
+        except Exception as e:  # noqa: BLE001 - a revision may wait; the thread must not die
+            self._log.warning("verdict_revision_failed", error=str(e), messages=len(tids))
+            with self._lock:  # try again on a later pass
+                now = self._clock()
+                for tid in tids:
+                    self._pending.setdefault(tid, (now, now))
+            return 0
+        if changed:
+            self._metrics.verdict_revisions.inc(changed)
+            self._log.info("verdicts_revised", messages=len(tids), changed=changed)
+        return changed
+
+    def close(self, timeout: float = 10.0) -> None:
+        """A last pass for what is pending (the writer must have been flushed first)."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        with self._lock:
+            for tid in self._pending:
+                self._pending[tid] = (-1e18, -1e18)  # due now
+        self.run_once()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(min(self._settle, 1.0))
+            if self._stopping:
+                return
+            self.run_once()
