@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
-import ipaddress
 import signal
 import sys
-from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
-from datetime import datetime
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
-from typing import Protocol, TypeVar
+from typing import Any, Protocol
 
 from trackmilter.config import Settings
 from trackmilter.logging import get_logger
-from trackmilter.maillog.follow import FileFollower, read_stream
+from trackmilter.maillog.follow import FileFollower, load_consumer_state, read_stream
 from trackmilter.maillog.parse import LineParser
-from trackmilter.maillog.records import Delivery, Flavor, LogRecord, MessageExpired, MessageRemoved
+from trackmilter.maillog.records import (
+    Delivery,
+    Flavor,
+    MessageExpired,
+    MessageRemoved,
+    RecordType,
+)
+from trackmilter.maillog.tracker import MAX_REMEMBERED, Tracker, TrackerStateError, received_ids
 from trackmilter.metrics import Metrics
-from trackmilter.model import DeliveryObserved, DeliveryStatus, Event
+from trackmilter.model import Event
 
-# Queue ids remembered for re-injection chains and for deferred recipients; the oldest
-# are forgotten first, so memory stays bounded whatever the log holds.
-MAX_REMEMBERED = 100_000
+__all__ = [
+    "KINDS",
+    "MAX_REMEMBERED",
+    "Tracker",
+    "TrackerStateError",
+    "bad_line_logger",
+    "consume",
+    "follow_file",
+    "restore_tracker",
+    "run",
+]
 
-KINDS = frozenset({Delivery, MessageExpired, MessageRemoved})
-V = TypeVar("V")
+# How much of a line that could not be handled goes into the log.
+MAX_LOGGED_CHARS = 300
+
+KINDS: frozenset[RecordType] = frozenset({Delivery, MessageExpired, MessageRemoved})
 
 
 class _Stopped(Exception):
@@ -35,94 +51,53 @@ class Sink(Protocol):
     def submit(self, event: Event) -> None: ...
 
 
-def _loopback(relay: str) -> bool:
-    """`127.0.0.1[127.0.0.1]:10025`, `localhost[::1]:10025` -> True."""
-    inside = relay.partition("[")[2].partition("]")[0]
-    # String tests first: ipaddress costs more than the rest of the line's handling.
-    if inside.startswith("127."):
-        return True
-    if ":" not in inside:
-        return False
-    try:
-        return ipaddress.ip_address(inside).is_loopback
-    except ValueError:
-        return False
+class FlushingSink(Sink, Protocol):
+    def flush(self, timeout: float | None = None) -> bool: ...
 
 
-class Tracker:
-    """Turns log records into per-recipient events, with the state the log spreads over
-    several lines: re-injection chains and recipients still waiting for a retry.
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_LOGGED_CHARS else text[:MAX_LOGGED_CHARS] + "…"
 
-    - A content filter hands mail back as a new queue id (`250 2.0.0 Ok: queued as NEW`
-      from a loopback relay): deliveries under NEW belong to the queue id the milter saw.
-    - Postfix 3.7 logs `status=expired, returned to sender` once per message, not per
-      recipient: the recipients whose last attempt was deferred are the expired ones.
-    """
 
-    def __init__(self, mta: str, limit: int = MAX_REMEMBERED) -> None:
-        self.mta = mta
-        self._limit = limit
-        self._origin: OrderedDict[str, str] = OrderedDict()
-        self._deferred: OrderedDict[str, dict[str, Delivery]] = OrderedDict()
+def bad_line_logger(log: Any) -> Callable[[str, Exception], None]:
+    """A `LineParser` on_error that logs the line (cut short) and the error, once per line."""
 
-    def events(self, record: LogRecord) -> Iterator[DeliveryObserved]:
-        if isinstance(record, Delivery):
-            yield from self._delivery(record)
-        elif isinstance(record, MessageExpired):
-            yield from self._expired(record)
-        elif isinstance(record, MessageRemoved):
-            self._deferred.pop(record.queue_id, None)
+    def report(line: str, exc: Exception) -> None:
+        log.warning("maillog_line_failed", stage="parse", line=_cut(line), error=_cut(repr(exc)))
 
-    def origin(self, queue_id: str) -> str:
-        return self._origin.get(queue_id, queue_id)
-
-    def _delivery(self, d: Delivery) -> Iterator[DeliveryObserved]:
-        new = d.queued_as
-        if new is not None and _loopback(d.relay):
-            self._remember(self._origin, new, self.origin(d.queue_id))
-        waiting = self._deferred.get(d.queue_id)
-        for rcpt in d.recipients:
-            if d.status is DeliveryStatus.DEFERRED:
-                if waiting is None:
-                    waiting = {}
-                    self._remember(self._deferred, d.queue_id, waiting)
-                waiting[rcpt] = d
-            elif waiting is not None:
-                waiting.pop(rcpt, None)
-            yield self._event(d, rcpt, d.status, d.dsn, d.reply, d.time)
-
-    def _expired(self, e: MessageExpired) -> Iterator[DeliveryObserved]:
-        for rcpt, last in self._deferred.pop(e.queue_id, {}).items():
-            # The last deferral's reply is the reason it never went through.
-            yield self._event(last, rcpt, DeliveryStatus.EXPIRED, last.dsn, last.reply, e.time)
-
-    def _event(self, d: Delivery, rcpt: str, status: DeliveryStatus, dsn: str, text: str,
-               at: datetime) -> DeliveryObserved:
-        return DeliveryObserved(
-            queue_id=self.origin(d.queue_id), recipient=rcpt, status=status, at=at, dsn=dsn,
-            relay=d.relay, text=text, orig_to=d.orig_to or "", mta=self.mta,
-        )
-
-    def _remember(self, table: OrderedDict[str, V], key: str, value: V) -> None:
-        table[key] = value
-        table.move_to_end(key)
-        if len(table) > self._limit:
-            table.popitem(last=False)
+    return report
 
 
 def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
-            metrics: Metrics) -> int:
-    """Parse a block of whole lines and submit the events it holds; return how many."""
+            metrics: Metrics, log: Any = None) -> int:
+    """Parse a block of whole lines and submit the events it holds; return how many.
+
+    A record the tracker or the sink fails on is logged and counted as unparsed, and
+    the rest of the block goes on: a line that stopped the follower would stop it again
+    after every restart, since the position does not move past it.
+    """
     metrics.maillog_lines.inc(block.count("\n"))
+    if parser.flavor == "postfix":
+        # The whole block's first: a `client=` line a little after the hand-off that
+        # created it (lines of several processes interleave) still counts.
+        tracker.received(received_ids(block))
     counts: Counter[str] = Counter()
     submit = sink.submit
     outcome_lines = 0
     for record in parser.scan(block):
+        try:
+            events = tracker.events(record)
+            for ev in events:
+                submit(ev)
+        except Exception as exc:  # noqa: BLE001 - one record must not stop the follower
+            (log or get_logger(component="maillog")).warning(
+                "maillog_line_failed", stage="track", record=_cut(repr(record)),
+                error=_cut(repr(exc)))  # fmt: skip
+            continue
         if isinstance(record, (Delivery, MessageExpired)):
             outcome_lines += 1
-        for ev in tracker.events(record):
+        for ev in events:
             counts[ev.status] += 1
-            submit(ev)
     for status, n in counts.items():  # once per block, not per line
         metrics.child(metrics.maillog_deliveries, str(status)).inc(n)
     # Every outcome line carries "status=" (Postfix) or "stat=" (Sendmail): those that
@@ -135,12 +110,45 @@ def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
     return sum(counts.values())
 
 
-def _blocks(settings: Settings, stop: list[bool]) -> Iterable[str]:
-    m = settings.maillog
-    if m.path == "-":
-        return read_stream(sys.stdin.buffer)  # type: ignore[arg-type]
-    follower = FileFollower(m.path, state_path=m.state_file, poll_interval=m.poll_interval)
-    return follower.follow(lambda: stop[0])
+def restore_tracker(tracker: Tracker, state_file: Path, log: Any) -> bool:
+    """Restore what the last run saved with its position; a missing or damaged state
+    is logged and the tracker starts empty. True when a state was restored."""
+    try:
+        data = load_consumer_state(state_file)
+        if data is None:
+            return False
+        tracker.restore(data)
+    except ValueError as exc:  # TrackerStateError, JSON, unreadable file
+        log.warning("maillog_state_unreadable", state_file=str(state_file), error=_cut(str(exc)))
+        return False
+    return True
+
+
+def follow_file(follower: FileFollower, parser: LineParser, tracker: Tracker,
+                sink: FlushingSink, metrics: Metrics, log: Any,
+                should_stop: Callable[[], bool], flush_timeout: float = 30.0) -> None:
+    """Read blocks until `should_stop()`; after each, save the position and the tracker's
+    state, but only once the sink has stored (or spooled) the block's events.
+
+    A flush that does not finish leaves the saved position where it was: the next
+    successful flush covers this block's events too, and a crash in between reads it again.
+    """
+    try:
+        while not should_stop():
+            block = follower.poll()
+            if not block:
+                follower.sleep(follower.poll_interval)
+                continue
+            consume(block, parser, tracker, sink, metrics, log)
+            if not sink.flush(timeout=flush_timeout):
+                log.warning("maillog_flush_incomplete", timeout=flush_timeout)
+                continue
+            try:
+                follower.commit(tracker.dump())
+            except OSError as exc:
+                log.warning("maillog_state_not_saved", error=str(exc))
+    finally:
+        follower.close()
 
 
 def run(settings: Settings) -> int:
@@ -171,15 +179,20 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     flavor: Flavor = "sendmail" if m.format == "sendmail" else "postfix"
-    parser = LineParser(flavor, kinds=KINDS)
+    parser = LineParser(flavor, kinds=KINDS, on_error=bad_line_logger(log))
     tracker = Tracker(m.mta_name)
     log.info("maillog_starting", path=m.path, format=m.format, state_file=str(m.state_file))
     try:
-        for block in _blocks(settings, stop):
-            consume(block, parser, tracker, writer, metrics)
-            # The follower saves its position when asked for the next block: what this
-            # block said must be in the database or the spool first.
-            writer.flush(timeout=30.0)
+        if reading_stdin:
+            for block in read_stream(sys.stdin.buffer):  # type: ignore[arg-type]
+                consume(block, parser, tracker, writer, metrics, log)
+                if not writer.flush(timeout=30.0):
+                    log.warning("maillog_flush_incomplete", timeout=30.0)
+        else:
+            restore_tracker(tracker, m.state_file, log)
+            follower = FileFollower(m.path, state_path=m.state_file,
+                                    poll_interval=m.poll_interval)
+            follow_file(follower, parser, tracker, writer, metrics, log, lambda: stop[0])
     except _Stopped:
         pass
     finally:

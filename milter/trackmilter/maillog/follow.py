@@ -6,7 +6,9 @@ block, so a crash re-reads at most the block in hand and never skips one. A file
 known by device, inode and a hash of its first bytes: a rename (logrotate's default)
 is drained to its end before the new file is opened; copytruncate is seen as the file
 growing shorter or its first bytes changing; a file replaced while we were stopped is
-looked for next to the log (`maillog.1`) so its tail is not lost.
+looked for next to the log (`maillog.1`) so its tail is not lost. A consumer that keeps
+state of its own across lines saves it in the same file as the position, in one atomic
+write, so that after a crash the two always describe the same point of the log.
 """
 
 from __future__ import annotations
@@ -20,10 +22,18 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["FileFollower", "Position", "load_position", "read_stream", "save_position"]
+__all__ = [
+    "FileFollower",
+    "Position",
+    "load_consumer_state",
+    "load_position",
+    "read_stream",
+    "save_position",
+]
 
 HEAD_BYTES = 256  # enough to tell two log files apart: the first line carries a timestamp
 CHUNK_BYTES = 1 << 20
+CONSUMER_KEY = "consumer"  # the consumer's own state, beside the position's fields
 
 
 @dataclass(frozen=True)
@@ -46,11 +56,36 @@ def load_position(path: Path) -> Position | None:
         return None
 
 
-def save_position(path: Path, position: Position) -> None:
-    """Write the position atomically: a crash leaves the old state or the new one."""
+def load_consumer_state(path: Path) -> object:
+    """What the consumer saved with the position (None when nothing was saved).
+
+    Raises ValueError when the file is there but cannot be read back as what
+    `save_position` writes: the caller decides whether to start afresh.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
+    data = json.loads(text)  # JSONDecodeError is a ValueError
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds {type(data).__name__}, not an object")
+    return data.get(CONSUMER_KEY)
+
+
+def save_position(path: Path, position: Position, consumer: str | None = None) -> None:
+    """Write the position atomically: a crash leaves the old state or the new one.
+
+    `consumer` is the consumer's own state as JSON text, already encoded (it may be large
+    and unchanged since the last save; the caller can keep the text).
+    """
+    text = json.dumps(asdict(position))
+    if consumer is not None:
+        text = f'{text[:-1]}, "{CONSUMER_KEY}": {consumer}}}'
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w") as f:
-        json.dump(asdict(position), f)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -186,11 +221,12 @@ class FileFollower:
                 return self.poll()
         return data.decode("utf-8", "replace")
 
-    def commit(self) -> None:
-        """Save the position after the lines returned so far (they have been handled)."""
+    def commit(self, consumer: str | None = None) -> None:
+        """Save the position after the lines returned so far (they have been handled),
+        with the consumer's state (JSON text) as it is after those lines."""
         file = self._old or self._current
         if self.state_path is not None and file is not None:
-            save_position(self.state_path, file.position())
+            save_position(self.state_path, file.position(), consumer)
 
     def close(self) -> None:
         for file in (self._old, self._current):

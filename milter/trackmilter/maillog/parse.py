@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator
-from datetime import datetime
+from datetime import datetime, tzinfo
 from itertools import repeat
 
 from trackmilter.maillog import postfix, sendmail
@@ -19,6 +19,8 @@ from trackmilter.maillog.stamps import parse_rfc3339, parse_syslog_stamp
 __all__ = ["LineParser", "local_now", "parse_line"]
 
 Clock = Callable[[], datetime]
+# Told about a line whose record could not be built (the line, the exception).
+ErrorHandler = Callable[[str, Exception], None]
 Builder = Callable[[re.Match[str], Callable[[str], datetime | None]], LogRecord | None]
 
 _FLAVORS: dict[str, tuple[re.Pattern[str], Builder, dict[RecordType, tuple[str, ...]]]] = {
@@ -32,6 +34,10 @@ def local_now() -> datetime:
     return datetime.now().astimezone()
 
 
+# `zone` not given: the reference's zone when there is a reference, else the system's.
+_FROM_REFERENCE = object()
+
+
 class LineParser:
     """Parses the log of one MTA flavor; keep one per log stream.
 
@@ -39,7 +45,13 @@ class LineParser:
     `OUTCOMES` lets `scan` skip every other line without looking at it.
     Year-less stamps are placed relative to `reference` when given (tests, replaying an
     old file), else relative to `clock()`, read only when a new stamp is seen: the last
-    stamp is cached, as a busy log repeats the same second over many lines.
+    stamp is cached, as a busy log repeats the same second over many lines. Stamps
+    without a zone are read in `zone`: by default the reference's zone when a reference
+    is given, else the system's local time with the offset of each line's own date
+    (a log read in winter still holds summer's lines); None asks for the latter.
+    A line whose record cannot be built (a parser bug, a shape the pattern lets through)
+    gives no record, like any line we do not know, and is passed to `on_error`: a
+    follower must not stop for ever on one line it would meet again after a restart.
     """
 
     def __init__(
@@ -49,6 +61,8 @@ class LineParser:
         reference: datetime | None = None,
         clock: Clock = local_now,
         kinds: Collection[RecordType] | None = None,
+        on_error: ErrorHandler | None = None,
+        zone: tzinfo | None | object = _FROM_REFERENCE,
     ) -> None:
         try:
             self._pattern, self._build, triggers = _FLAVORS[flavor]
@@ -62,6 +76,14 @@ class LineParser:
         self._all_kinds = self.kinds >= triggers.keys()
         self._reference = reference
         self._clock = clock
+        self._zone: tzinfo | None
+        if zone is _FROM_REFERENCE:
+            self._zone = reference.tzinfo if reference is not None else None
+        elif zone is None or isinstance(zone, tzinfo):
+            self._zone = zone
+        else:
+            raise TypeError(f"zone must be a tzinfo or None, not {zone!r}")
+        self.on_error = on_error
         self._last: tuple[str, datetime | None] = ("", None)
 
     def parse(self, line: str) -> LogRecord | None:
@@ -104,18 +126,23 @@ class LineParser:
         return starts
 
     def _record(self, m: re.Match[str]) -> LogRecord | None:
-        r = self._build(m, self._time)
+        try:
+            r = self._build(m, self._time)
+        except Exception as exc:  # noqa: BLE001 - one bad line must not stop the stream
+            if self.on_error is not None:
+                self.on_error(m.group(0), exc)
+            return None
         return r if self._all_kinds or type(r) in self.kinds else None
 
     def _time(self, stamp: str) -> datetime | None:
         last_stamp, last_time = self._last
         if stamp == last_stamp:
             return last_time
-        reference = self._reference or self._clock()
         if stamp[:1].isdigit():
-            when = parse_rfc3339(stamp, reference)
+            when = parse_rfc3339(stamp, self._zone)
         else:
-            when = parse_syslog_stamp(stamp, reference)
+            reference = self._reference or self._clock()
+            when = parse_syslog_stamp(stamp, reference, self._zone, after=last_time)
         self._last = (stamp, when)
         return when
 

@@ -51,7 +51,10 @@ PATTERN = re.compile(
     # the text in parentheses is free-form and may hold parentheses and commas itself.
     r"to=<(?P<to>[^>\r\n]*)>, (?:orig_to=<(?P<orig_to>[^>\r\n]*)>, )?"
     r"relay=(?P<relay>[^,\r\n]*), (?:\w+=[^,\r\n]*, )*?"
-    r"delay=(?P<delay>[\d.]+), (?:delays=(?P<delays>[\d./]+), )?"
+    # A number, not any run of digits and dots: `float("1..2")` would raise on a line
+    # that some relay or log rewriter mangled, and the follower would stop on it.
+    r"delay=(?P<delay>\d+(?:\.\d+)?), "
+    r"(?:delays=(?P<delays>\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?){3}), )?"
     r"dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), status=(?P<status>sent|deferred|bounced|expired)\b"
     r"(?: \(?(?P<reply>[^\r\n]*))?"
     # qmgr

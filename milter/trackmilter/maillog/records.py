@@ -52,6 +52,18 @@ class Delivery:
     reply: str
 
     @property
+    def transport(self) -> str:
+        """The delivery agent that logged it: `smtp`, `lmtp`, `local`, `virtual`, `pipe`,
+        `discard`, `error`, ... (Postfix), or Sendmail's program name.
+
+        `relay` alone cannot tell acceptance by a remote server from our own MTA's doing:
+        discard(8) and error(8) both log `relay=none`, pipe(8) the master.cf service name.
+        The last part of the program name: `postfix/submission/smtpd` (a master.cf
+        service name, Postfix >= 3.3) and `postfix-out/smtp` (a syslog_name) alike.
+        """
+        return self.program.rpartition("/")[2]
+
+    @property
     def queued_as(self) -> str | None:
         """The queue id the next hop gave the message (`250 2.0.0 Ok: queued as ID`).
 

@@ -12,6 +12,7 @@ import pytest
 from trackmilter.maillog.follow import (
     FileFollower,
     Position,
+    load_consumer_state,
     load_position,
     read_stream,
     save_position,
@@ -238,3 +239,32 @@ def test_from_end_only_for_a_log_that_is_already_there(log: Path) -> None:
     assert drain(f) == ""
     append(log, "first\n")
     assert drain(f) == "first\n"
+
+
+def test_consumer_state_is_saved_with_the_position_in_one_file(state: Path) -> None:
+    """The tracker's state and the position describe the same line: one atomic write."""
+    position = Position(device=1, inode=2, offset=3, head_len=3, head="ab")
+    save_position(state, position, '{"version":1,"local":["A"]}')
+    assert load_position(state) == position
+    assert load_consumer_state(state) == {"version": 1, "local": ["A"]}
+    assert sorted(p.name for p in state.parent.iterdir()) == [state.name]
+    save_position(state, position)
+    assert load_consumer_state(state) is None
+    assert load_consumer_state(state.with_name("missing")) is None
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]"])
+def test_unreadable_consumer_state_is_an_error_for_the_caller(state: Path, content: str) -> None:
+    state.write_text(content)
+    with pytest.raises(ValueError):
+        load_consumer_state(state)
+
+
+def test_commit_saves_the_consumer_state(log: Path, state: Path) -> None:
+    append(log, "a1\n")
+    f = FileFollower(log, state_path=state)
+    assert f.poll() == "a1\n"
+    f.commit('{"n": 1}')
+    assert load_consumer_state(state) == {"n": 1}
+    f.close()
+    assert drain(FileFollower(log, state_path=state)) == ""

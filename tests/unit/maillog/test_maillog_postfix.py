@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -286,10 +288,12 @@ def test_no_prefix_of_a_real_line_raises() -> None:
     lines = set()
     for name in EXPECTED_COUNTS:
         lines.update((DATA / name).read_text().splitlines())
-    parser = LineParser(reference=REF)
+    failures: list[tuple[str, Exception]] = []
+    parser = LineParser(reference=REF, on_error=lambda line, exc: failures.append((line, exc)))
     for line in lines:
         for end in range(len(line)):
             parser.parse(line[:end])
+    assert failures == []
 
 
 def test_content_filter_chain_leads_back_to_the_original_queue_id() -> None:
@@ -336,3 +340,68 @@ def test_default_clock_gives_an_aware_local_time() -> None:
     assert isinstance(record, MessageRemoved)
     assert record.time.utcoffset() is not None
     assert record.time <= datetime.now(UTC) + timedelta(days=1)
+
+
+MALFORMED_DELAYS = [
+    pytest.param("delay=1..2, delays=0/0/0/1", id="delay-two-dots"),
+    pytest.param("delay=., delays=0/0/0/1", id="delay-dot"),
+    pytest.param("delay=1., delays=0/0/0/1", id="delay-trailing-dot"),
+    pytest.param("delay=1, delays=0/0/0/1..2", id="delays-two-dots"),
+    pytest.param("delay=1, delays=0/0/0", id="delays-three-parts"),
+    pytest.param("delay=1, delays=////", id="delays-slashes"),
+]
+
+
+@pytest.mark.parametrize("delays", MALFORMED_DELAYS)
+def test_malformed_delay_is_no_record_not_an_exception(delays: str) -> None:
+    """`delay=1..2` matched `[\\d.]+`, then float() raised: the follower died on that line
+    for ever (a restart reads it again)."""
+    line = H + f"postfix/smtp[1]: ABC: to=<a@b>, relay=x, {delays}, dsn=2.0.0, status=sent (250 ok)"
+    failures: list[Exception] = []
+    parser = LineParser(reference=REF, on_error=lambda _line, exc: failures.append(exc))
+    assert parser.parse(line) is None
+    assert list(parser.scan(line + "\n")) == []
+    assert failures == []
+
+
+def test_a_builder_exception_skips_the_line_and_is_reported() -> None:
+    """Whatever a builder raises on (a bug, a shape the pattern lets through), the other
+    lines of the block still give their records."""
+    good = H + "postfix/qmgr[1]: GOOD: removed"
+    bad = H + "postfix/qmgr[1]: BAD: removed"
+    failures: list[tuple[str, Exception]] = []
+    parser = LineParser(reference=REF, on_error=lambda line, exc: failures.append((line, exc)))
+    build = parser._build
+
+    def fragile(m: re.Match[str], time_of: Callable[[str], datetime | None]) -> LogRecord | None:
+        if "BAD" in m.group(0):
+            raise ValueError("boom")
+        return build(m, time_of)
+
+    parser._build = fragile
+    records = list(parser.scan(f"{bad}\n{good}\n{bad}\n"))
+    assert [r.queue_id for r in records if isinstance(r, MessageRemoved)] == ["GOOD"]
+    assert [line for line, _ in failures] == [bad, bad]
+    assert parser.parse(bad) is None
+
+
+TRANSPORTS = [
+    pytest.param("postfix/discard[6922]: 5641020E1A0: to=<d@discard.test>, relay=none, delay=0.04, delays=0.01/0.02/0/0, dsn=2.0.0, status=sent (silently dropped)", "discard", "none", id="discard"),
+    pytest.param("postfix/pipe[6920]: 5330920E1A5: to=<p@pipe.test>, relay=mypipe, delay=0.04, delays=0.01/0.03/0/0.01, dsn=2.0.0, status=sent (delivered via mypipe service)", "pipe", "mypipe", id="pipe"),
+    pytest.param("postfix/virtual[6914]: 4B14720E1A0: to=<carol@virt.test>, relay=virtual, delay=0.04, delays=0/0.03/0/0, dsn=2.0.0, status=sent (delivered to maildir)", "virtual", "virtual", id="virtual"),
+    pytest.param("postfix/local[6913]: 49DF320E19F: to=<alice@local.test>, relay=local, delay=0.1, delays=0/0.04/0/0.06, dsn=2.0.0, status=sent (delivered to mailbox)", "local", "local", id="local"),
+    pytest.param("postfix/error[7549]: 31E3220E2B9: to=<other@err.test>, relay=none, delay=0.05, delays=0.03/0.01/0/0.01, dsn=5.1.1, status=bounced (this domain is gone)", "error", "none", id="error"),
+    pytest.param("postfix-out/smtp[1]: ABC: to=<a@b>, relay=mx[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 ok)", "smtp", "mx[192.0.2.1]:25", id="syslog-name"),
+    pytest.param("postfix/relay/smtp[1]: ABC: to=<a@b>, relay=mx[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 ok)", "smtp", "mx[192.0.2.1]:25", id="service-name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("message", "transport", "relay"), TRANSPORTS)
+def test_transport_tells_our_own_mta_from_a_remote_server(
+    message: str, transport: str, relay: str
+) -> None:
+    """relay=none is both the discard agent dropping mail and the error agent: the
+    delivery agent says which, so a view need not call it "accepted by the remote server none"."""
+    record = parse(H + message)
+    assert isinstance(record, Delivery)
+    assert (record.transport, record.relay) == (transport, relay)
