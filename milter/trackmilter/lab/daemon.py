@@ -48,12 +48,21 @@ def write_config(
     lines = []
     for name, values in sections.items():
         lines.append(f"[{name}]")
-        # JSON string/number/bool/list literals are valid TOML for these simple values.
-        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
+        lines.extend(f"{k} = {_toml(v)}" for k, v in values.items())
         lines.append("")
     path = workdir / "trackmilter.toml"
     path.write_text("\n".join(lines))
     return path
+
+
+def _toml(value: Any) -> str:
+    """A TOML literal: JSON's strings, numbers, booleans and arrays are valid TOML; tables
+    are written inline."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def command(config: Path, *args: str, python: str = sys.executable) -> list[str]:

@@ -1,0 +1,229 @@
+"""Integration: real Postfix + the milter + `trackmilter web` over real HTTP.
+
+A message goes through Postfix; its rewritten links and pixel are taken from what the fake
+MX received and requested as a person and as the machines that fetch mail links do,
+through X-Forwarded-For from a trusted proxy (loopback). `trackmilter status --json` must
+show each hit with the right verdict and reasons.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trackmilter.lab import FakeMX, PostfixInstance, free_port, send
+from trackmilter.lab.daemon import BASE_URL, command, milter_process, wait_status, write_config
+from trackmilter.lab.webproc import WebProcess, request, web_process
+
+DATA = Path(__file__).resolve().parents[1] / "unit" / "web" / "data"
+TOKEN_RE = re.compile(re.escape(BASE_URL) + r"(/[co]/[A-Za-z0-9_-]+)")
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/120.0.0.0 Safari/537.36")
+GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+HTML = """<html><body><p>Hello Bob,</p>
+<p><a href="https://shop.example.org/offer?id=1&amp;src=mail">Our offer</a></p>
+<p><a href="https://shop.example.org/account">Your account</a></p>
+<p><a href="https://blog.example.org/news">News</a></p>
+</body></html>
+"""
+
+
+@dataclass
+class Rig:
+    postfix: PostfixInstance
+    mx: FakeMX
+    web: WebProcess
+    config: Path
+
+    def send(self, to: str = "bob@example.net") -> tuple[str, list[str], str]:
+        """Send the newsletter; return (tracking id, click paths in order, pixel path)."""
+        msg = EmailMessage()
+        msg["From"] = "Shop <news@example.com>"
+        msg["To"] = to
+        msg["Subject"] = "This week"
+        msg.set_content("Plain: https://shop.example.org/offer\n")
+        msg.add_alternative(HTML, subtype="html", cte="quoted-printable")
+        before = len(self.mx.messages)
+        assert send("127.0.0.1", self.postfix.smtp_port, "news@example.com", [to],
+                    msg.as_bytes(policy=email.policy.SMTP)) == {}
+        got = self.mx.wait_for_count(before + 1, timeout=30)[-1]
+        parsed = email.message_from_bytes(got.data, policy=email.policy.default)
+        html = parsed.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
+        paths = TOKEN_RE.findall(html)
+        clicks = [p for p in paths if p.startswith("/c/")]
+        opens = [p for p in paths if p.startswith("/o/")]
+        assert len(opens) == 1, html
+        return parsed["X-Trackmilter-ID"], clicks, opens[0]
+
+    def get(self, path: str, client: str, ua: str | None, method: str = "GET",
+            **headers: str) -> tuple[int, dict[str, str], bytes]:
+        h = {"X-Forwarded-For": client, **{k.replace("_", "-"): v for k, v in headers.items()}}
+        if ua is not None:
+            h["User-Agent"] = ua
+        return request(self.web.port, path, method=method, headers=h)
+
+    def status(self, tid: str, pred: Callable[[list[dict[str, Any]]], bool]
+               ) -> dict[str, Any]:
+        return wait_status(self.config, tid, pred, timeout=30)[0]
+
+
+def _config(tmp_path: Path, sock: Path, port: int, **verdict: Any) -> Path:
+    return write_config(tmp_path / "tm", sock, extra={
+        "tracking": {"honeypot": True},
+        "web": {"listen": f"127.0.0.1:{port}", "trusted_proxies": ["127.0.0.1/32"],
+                "name": "tracker.lab"},
+        "networks": {"sources": [
+            {"label": "apple-mpp", "format": "apple-csv", "path": str(DATA / "apple-egress.csv")},
+            {"label": "scanner", "format": "cidr", "path": str(DATA / "scanners.cidr")},
+        ]},
+        **({"verdict": verdict} if verdict else {}),
+        "maillog": {"state_file": str(tmp_path / "tm" / "maillog.state"), "metrics_listen": "",
+                    "mta_name": "lab.example", "poll_interval": 0.1},
+    })
+
+
+@pytest.fixture
+def rig_factory(fake_mx: FakeMX, postfix_lab: Any, socket_dir: Path, tmp_path: Path
+                ) -> Iterator[Callable[..., Rig]]:
+    stops: list[Callable[[], Any]] = []
+
+    def make(**verdict: Any) -> Rig:
+        sock = socket_dir / "trackmilter.sock"
+        port = free_port()
+        cfg = _config(tmp_path, sock, port, **verdict)
+        milter = milter_process(cfg, sock).start()
+        stops.append(milter.stop)
+        postfix = postfix_lab(milter=milter.spec)
+        web = web_process(cfg, port).start()
+        stops.append(web.stop)
+        return Rig(postfix, fake_mx, web, cfg)
+
+    yield make
+    for stop in reversed(stops):
+        stop()
+
+
+def by_client(view: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for h in view["hits"]:
+        out.setdefault(h["client"], []).append(h)
+    return out
+
+
+def codes(h: dict[str, Any]) -> set[str]:
+    return {r["code"] for r in h["reasons"]}
+
+
+def test_people_and_machines_get_the_right_verdicts(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+    tid, clicks, pixel = rig.send()
+    assert len(clicks) == 4  # three links and the hidden one (index 0, placed with the pixel)
+
+    # The hidden honeypot link is not displayed; real links in order follow it.
+    honeypot, offer, account, news = clicks[-1], clicks[0], clicks[1], clicks[2]
+    status, headers, _ = rig.get(offer, "203.0.113.50", FIREFOX, Accept="text/html")
+    assert status == 302
+    assert headers["location"] == "https://shop.example.org/offer?id=1&src=mail"
+
+    assert rig.get(pixel, "172.224.226.5", "Mozilla/5.0")[0] == 200  # Apple MPP prefetch
+    status, headers, body = rig.get(pixel, "66.249.84.10", GMAIL)
+    assert status == 200 and headers["content-type"] == "image/gif" and body[:6] == b"GIF89a"
+
+    # A link scanner in a listed scanner network follows every link, the hidden one too.
+    for path in (offer, account, news, honeypot):
+        assert rig.get(path, "198.51.100.20", CHROME)[0] == 302
+    # A link checker asks with HEAD.
+    assert rig.get(news, "192.0.2.77", "curl/8.5.0", method="HEAD")[0] == 302
+    # Forged or mutated tokens get a plain 404 and are not recorded.
+    forged = offer[:-4] + ("AAAA" if not offer.endswith("AAAA") else "BBBB")
+    assert rig.get(forged, "203.0.113.50", FIREFOX)[0] == 404
+    assert rig.get("/c/%0d%0aLocation:%20https://evil.example/", "203.0.113.50",
+                   FIREFOX)[0] == 404
+
+    expected_hits = 1 + 2 + 4 + 1
+
+    def settled(views: list[dict[str, Any]]) -> bool:
+        if not views or len(views[0]["hits"]) != expected_hits:
+            return False
+        sweep = [h for h in views[0]["hits"] if h["client"] == "198.51.100.20"]
+        return all(len(h["history"]) >= 1 for h in views[0]["hits"]) and all(
+            "burst" in codes(h) for h in sweep)
+
+    view = rig.status(tid, settled)
+    hits = by_client(view)
+
+    (person,) = hits["203.0.113.50"]
+    assert (person["target"], person["index"], person["verdict"]) == ("click", 1, "human")
+    assert "browser" in codes(person)
+    assert person["url"] == "https://shop.example.org/offer?id=1&src=mail"
+
+    (mpp,) = hits["172.224.226.5"]
+    assert (mpp["target"], mpp["verdict"], mpp["network"]) == ("open", "machine", "apple-mpp")
+    assert "apple_mpp_prefetch" in codes(mpp)
+
+    (gmail,) = hits["66.249.84.10"]
+    assert (gmail["target"], gmail["verdict"]) == ("open", "human")
+    assert "gmail_image_proxy" in codes(gmail)
+
+    sweep = hits["198.51.100.20"]
+    assert sorted(h["index"] for h in sweep) == [0, 1, 2, 3]
+    assert {h["verdict"] for h in sweep} == {"machine"}
+    assert all({"scanner_network", "burst"} <= codes(h) for h in sweep)
+    assert all("honeypot_client" in codes(h) for h in sweep if h["index"] != 0)
+    assert "honeypot" in codes(next(h for h in sweep if h["index"] == 0))
+
+    (checker,) = hits["192.0.2.77"]
+    assert checker["verdict"] == "machine" and checker["method"] == "HEAD"
+    assert {"head_request", "library_user_agent"} <= codes(checker)
+
+    eng = view["engagement"]
+    assert eng["attributed_to"] == "bob@example.net"
+    assert eng["clicks"] == {"human": 1, "machine": 5, "unknown": 0}
+    assert eng["opens"] == {"human": 1, "machine": 1, "unknown": 0}
+    assert "clicked — human" in eng["summary"]
+    text = subprocess.run(command(rig.config, "status", tid), capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+    assert "opened — machine (Apple Mail Privacy Protection prefetch" in text
+    assert "attributed to bob@example.net" in text
+
+
+def test_a_click_seconds_after_delivery_is_revised_to_machine(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(soon_after_delivery=30)
+    follower_log = rig.config.parent / "maillog-follower.log"
+    with open(follower_log, "wb") as out:
+        follower = subprocess.Popen(command(rig.config, "maillog", str(rig.postfix.log_path)),
+                                    stdout=out, stderr=subprocess.STDOUT)
+    try:
+        tid, clicks, _ = rig.send()
+
+        def delivered(views: list[dict[str, Any]]) -> bool:
+            return bool(views) and any(e["kind"] == "delivery" and e["status"] == "sent"
+                                       for e in views[0]["events"])
+
+        rig.status(tid, delivered)
+        # Looks like a person on its own (a browser), but comes seconds after the remote
+        # server accepted the message: what a gateway scanning on arrival does.
+        assert rig.get(clicks[0], "203.0.113.60", FIREFOX)[0] == 302
+
+        def revised(views: list[dict[str, Any]]) -> bool:
+            return bool(views and views[0]["hits"]) and views[0]["hits"][0]["verdict"] == "machine"
+
+        (h,) = rig.status(tid, revised)["hits"]
+        assert "soon_after_delivery" in codes(h)
+        assert [v["verdict"] for v in h["history"]] == ["human", "machine"]
+        assert [v["cause"] for v in h["history"]] == ["request", "revision"]
+    finally:
+        follower.send_signal(signal.SIGTERM)
+        follower.wait(30)
