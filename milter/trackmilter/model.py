@@ -183,6 +183,8 @@ class DeliveryObserved(_Stored):
     text: str = ""  # the parenthesised explanation, verbatim
     orig_to: str = ""
     mta: str = ""  # which MTA host logged it
+    delivered_to: str = ""  # the final address when an alias rewrote the recipient
+    transport: str = ""  # the delivery agent: smtp, lmtp, local, virtual, pipe, discard, error
 
     kind = "delivery"
 

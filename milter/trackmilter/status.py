@@ -17,6 +17,14 @@ _DELIVERY = {
     "bounced": "bounced: refused by {relay}; not delivered",
     "expired": "expired: the MTA gave up retrying; not delivered",
 }
+# Our own MTA's delivery agents: nothing crossed to another server.
+_LOCAL_DELIVERED = {"sent": "delivered locally by our MTA ({relay})",
+                    "bounced": "refused by our MTA's local delivery ({relay}); not delivered"}
+_LOCAL = {
+    "discard": {"sent": "discarded by our MTA (not delivered)"},
+    "local": _LOCAL_DELIVERED, "virtual": _LOCAL_DELIVERED, "pipe": _LOCAL_DELIVERED,
+    "error": {"bounced": "refused by our MTA (error transport); not delivered"},
+}
 # Reports that came back as mail (through the milter).
 _DSN = {
     "failed": "bounce report (DSN) from {source}: not delivered",
@@ -41,8 +49,15 @@ def describe_event(ev: Mapping[str, Any]) -> str:
     if kind == "inline":
         text = _INLINE.get(status, status)
     elif kind == "delivery":
-        relay = ((ev.get("data") or {}).get("relay") or "the next hop").strip()
-        text = _DELIVERY.get(status, status).format(relay=relay)
+        data = ev.get("data") or {}
+        relay = (data.get("relay") or "the next hop").strip()
+        local = _LOCAL.get(str(data.get("transport") or ""))
+        if local and status in local:
+            text = local[status].format(relay=relay)
+        else:
+            text = _DELIVERY.get(status, status).format(relay=relay)
+        if data.get("delivered_to"):
+            text += f" [delivered to {data['delivered_to']}]"
     elif kind == "dsn":
         data = ev.get("data") or {}
         text = _DSN.get(status, f"DSN from {{source}}: {status}").format(
@@ -137,6 +152,9 @@ def state(events: Iterable[Mapping[str, Any]]) -> str:
         or (latest.get("data") or {}).get("reason") == "expired"
     ):
         return "expired"  # failed on a temporary error: the reporting MTA gave up retrying
+    transport = str((latest.get("data") or {}).get("transport") or "")
+    if latest.get("kind") == "delivery" and latest.get("status") == "sent" and transport in _LOCAL:
+        return "discarded" if transport == "discard" else "delivered_locally"
     return _STATES.get((str(latest.get("kind")), str(latest.get("status"))), "unknown")
 
 

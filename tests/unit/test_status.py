@@ -128,3 +128,59 @@ def test_state_is_the_deciding_evidence_and_receipts_do_not_count() -> None:
     b, c = m["recipients"]
     assert b["state"] == "bounced" and b["now"].startswith("bounced after the remote server")
     assert (c["state"], c["now"]) == ("unknown", "no evidence yet: unknown")
+
+
+def _local(transport: str, relay: str, status: str = "sent", **data: str) -> dict[str, Any]:
+    return {"kind": "delivery", "recipient": "b@example.net", "status": status, "at": "t3",
+            "code": "2.0.0", "text": "delivered", "data": {"relay": relay,
+                                                            "transport": transport, **data}}
+
+
+def test_our_own_delivery_agents_are_not_a_remote_server() -> None:
+    from trackmilter.status import annotate
+
+    for transport, relay, words, st in [
+        ("discard", "none", "discarded by our MTA (not delivered)", "discarded"),
+        ("local", "local", "delivered locally by our MTA (local)", "delivered_locally"),
+        ("virtual", "virtual", "delivered locally by our MTA (virtual)", "delivered_locally"),
+    ]:
+        events = [*_msg()["events"], _local(transport, relay)]
+        text = render([_msg(events=events)])
+        assert words in text and "remote server" not in text, transport
+        (m,) = annotate([_msg(events=events)])
+        assert m["recipients"][0]["state"] == st
+
+
+def test_alias_expansion_names_the_final_address() -> None:
+    events = [*_msg()["events"],
+              _local("smtp", "mx.example.net[192.0.2.9]:25", delivered_to="real@example.net")]
+    assert "[delivered to real@example.net]" in render([_msg(events=events)])
+
+
+def test_hits_are_shown_with_verdicts_and_never_as_reads() -> None:
+    from trackmilter.status import annotate
+
+    hits = [
+        {"target": "open", "at": "t4", "index": 0, "url": "", "client": "17.58.0.1",
+         "verdict": "machine", "history": [{"verdict": "machine"}],
+         "reasons": [{"code": "apple_mpp_prefetch", "evidence": "Mozilla/5.0",
+                      "leans": "machine"}]},
+        {"target": "click", "at": "t5", "index": 2, "url": "https://x.example/", "client": "",
+         "verdict": "machine", "history": [{"verdict": "human"}, {"verdict": "machine"}],
+         "reasons": [{"code": "burst", "evidence": "3 links in 2.0 s", "leans": "machine"}]},
+    ]
+    one = _msg(recipients=[{"address": "b@example.net", "outcome": "accepted"}],
+               hits=hits, pixel=True, rewritten=True)
+    (m,) = annotate([one])
+    assert m["engagement"]["attributed_to"] == "b@example.net"
+    assert m["engagement"]["opens"] == {"human": 0, "machine": 1, "unknown": 0}
+    assert "opened — machine only (not a person)" in m["engagement"]["summary"]
+    text = render([m])
+    assert "opened — machine (Apple Mail Privacy Protection prefetch" in text
+    assert "clicked link 2 (https://x.example/) — machine (" in text
+    assert "[revised; first judged human]" in text
+    assert " read" not in text.replace("whether or not it is read", "")
+    (none,) = annotate([_msg(pixel=True, rewritten=True)])
+    assert none["engagement"]["attributed_to"] is None
+    assert "no open signal (images blocked or plain text): unknown" in (
+        none["engagement"]["summary"])

@@ -141,7 +141,7 @@ class Tracker:
                 self._dump = None
             if not handed_back:
                 out.append(self._event(d.queue_id, to, orig_to, d.relay, d.status, d.dsn,
-                                       d.reply, d.time))
+                                       d.reply, d.time, d.transport))
         return out
 
     def _expired(self, e: MessageExpired) -> list[DeliveryObserved]:
@@ -156,12 +156,13 @@ class Tracker:
         ]
 
     def _event(self, queue_id: str, to: str, orig_to: str, relay: str, status: DeliveryStatus,
-               dsn: str, text: str, at: datetime) -> DeliveryObserved:
+               dsn: str, text: str, at: datetime, transport: str = "") -> DeliveryObserved:
         # The recipient is the address the client gave, which is what the milter recorded:
         # orig_to when the MTA rewrote it (an alias, virtual_alias_maps), else to.
         return DeliveryObserved(
             queue_id=self.origin(queue_id), recipient=orig_to or to, status=status, at=at,
             dsn=dsn, relay=relay, text=text, orig_to=orig_to, mta=self.mta,
+            delivered_to=to if orig_to and to != orig_to else "", transport=transport,
         )  # fmt: skip
 
     def _remember(self, table: OrderedDict[str, V], key: str, value: V) -> None:

@@ -281,12 +281,19 @@ class _Batch:
         queue_id = ev.queue_id[:MAX_INDEXED_CHARS]
         # The same log line read twice (a restart before the follower saved its position)
         # is the same event; a new attempt has a new time.
+        # An alias expanding to two addresses gives two lines for one recipient.
+        final = f":{ev.delivered_to.lower()}" if ev.delivered_to else ""
         key = _bounded_key(
-            f"{DELIVERY_KIND}:{ev.mta}:{queue_id}:{address}:{ev.status}:{ev.at.isoformat()}"
+            f"{DELIVERY_KIND}:{ev.mta}:{queue_id}:{address}{final}:{ev.status}:"
+            f"{ev.at.isoformat()}"
         )
         data = {"queue_id": queue_id, "relay": ev.relay}
         if ev.orig_to:
             data["orig_to"] = ev.orig_to
+        if ev.delivered_to:
+            data["delivered_to"] = ev.delivered_to
+        if ev.transport:
+            data["transport"] = ev.transport
         self.events[key] = {
             "recipient": address,
             "kind": DELIVERY_KIND,

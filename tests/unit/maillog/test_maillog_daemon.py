@@ -467,3 +467,11 @@ def test_a_state_file_of_the_previous_version_keeps_its_position(tmp_path: Path)
     state.write_text('{"device": 1, "inode": 2, "offset": 3, "head_len": 3, "head": "ab"}')
     assert not restore_tracker(Tracker("lab"), state, RecordingLog())
     assert load_position(state) is not None
+
+
+def test_events_keep_the_final_address_and_the_delivery_agent() -> None:
+    events, _ = run(ALIAS)
+    assert all(e.delivered_to and e.delivered_to != e.recipient for e in events)
+    assert len({e.delivered_to for e in events}) == 2
+    assert {e.transport for e in events} <= {"smtp", "error", "discard", "local", "virtual"}
+    assert all(e.transport for e in events)
