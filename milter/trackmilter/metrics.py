@@ -81,7 +81,7 @@ class Metrics:
         self.reports_skipped = Counter(
             "trackmilter_reports_skipped_total",
             "Possible reports not decoded, by reason (not_a_report, too_large, queue_full, "
-            "error)",
+            "error, shutdown)",
             ["reason"],
             registry=r,
         )

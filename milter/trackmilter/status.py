@@ -33,6 +33,17 @@ _DSN = {
     "relayed": "DSN from {source}: relayed onward to a system that sends no reports",
     "expanded": "DSN from {source}: delivered and forwarded to further addresses",
 }
+# RFC 8098 disposition types: only "displayed" is what people call a read receipt.
+_MDN = {
+    "displayed": "read receipt (MDN: displayed): the recipient's mail client says it showed "
+    "the message; not proof that anyone read it",
+    "deleted": "the recipient's mail client reports the message deleted (MDN: deleted), "
+    "perhaps unread",
+    "dispatched": "the recipient's mail system reports it dispatched (MDN: dispatched): "
+    "printed, faxed or forwarded, not necessarily displayed",
+    "processed": "the recipient's mail system reports it processed (MDN: processed), "
+    "without displaying it",
+}
 # Which evidence settles a recipient's current state: a later retry never undoes an answer,
 # and a bounce after "sent" (a DSN that came back) still wins because it is later.
 _FINAL = {"sent", "bounced", "expired"}
@@ -65,8 +76,8 @@ def describe_event(ev: Mapping[str, Any]) -> str:
         if status == "failed" and data.get("reason"):
             text += f"; reason {data['reason']}, {'hard' if data.get('hardbounce') else 'soft'}"
     elif kind == "mdn":
-        text = (f"the recipient's mail client sent a read receipt ({status or 'no disposition'});"
-                " not proof that anyone read it")
+        text = _MDN.get(status, "the recipient's mail system sent a disposition notification "
+                        f"(MDN: {status or 'no disposition'})")
     elif kind == "arf":
         text = f"complaint: the recipient's provider reports it as {status or 'abuse'} (ARF)"
     else:

@@ -84,9 +84,14 @@ def test_reports_say_what_they_prove() -> None:
     text = render([_msg(events=events)])
     assert ("bounce report (DSN) from mx.example.net: not delivered; reason mailboxfull, soft "
             "(5.2.2 mailbox full)") in text
-    assert "sent a read receipt (displayed); not proof that anyone read it" in text
+    assert ("read receipt (MDN: displayed): the recipient's mail client says it showed the "
+            "message; not proof that anyone read it") in text
     # The receipt is not settling evidence: the DSN after the 250 is where it stands.
     assert "now: bounced after the remote server had accepted it: bounce report (DSN)" in text
+    deleted = {**mdn, "status": "deleted"}
+    text = render([_msg(events=[*_msg()["events"], deleted])])
+    assert "reports the message deleted (MDN: deleted), perhaps unread" in text
+    assert "read receipt" not in text
 
 
 def test_evidence_for_an_unknown_address_is_shown() -> None:

@@ -89,31 +89,64 @@ class ReportQueue:
     behind, reports are counted and dropped rather than delaying mail."""
 
     def __init__(self, decode: Decoder, sink: Sink, metrics: Metrics, log: Any,
-                 maxsize: int = 1000) -> None:
+                 maxsize: int = 1000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self._decode, self._sink, self._metrics, self._log = decode, sink, metrics, log
         self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize)
+        # Memory is bounded by bytes too: a thousand reports of 1 MiB would be a gigabyte.
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._bytes_lock = threading.Lock()
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name="trackmilter-reports",
                                         daemon=True)
         self._thread.start()
 
     def submit(self, raw: bytes, *, queue_id: str, message_id: str, at: datetime,
                mta: str, verp: tuple[str, str] | None = None) -> None:
+        with self._bytes_lock:
+            if self._bytes + len(raw) > self._max_bytes:
+                self._metrics.child(self._metrics.reports_skipped, "queue_full").inc()
+                return
+            self._bytes += len(raw)
         try:
             self._jobs.put_nowait(_Job(raw, queue_id, message_id, at, mta, verp))
         except queue.Full:
+            self._release(len(raw))
             self._metrics.child(self._metrics.reports_skipped, "queue_full").inc()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Decode what is queued (up to ``timeout``), then stop the worker."""
+        """Decode what is queued (up to ``timeout``), then stop the worker; what is left
+        undecoded is counted and logged (the messages themselves were delivered)."""
         try:
             self._jobs.put(None, timeout=timeout)
         except queue.Full:
-            return
+            pass
         self._thread.join(timeout)
+        self._closing = True
+        left = 0
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                left += 1
+        if left:
+            self._metrics.child(self._metrics.reports_skipped, "shutdown").inc(left)
+            self._log.warning("reports_abandoned", count=left, reason="shutdown timeout")
+
+    def _release(self, n: int) -> None:
+        with self._bytes_lock:
+            self._bytes -= n
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            self._handle(job)
+            if self._closing:
+                return
+            try:
+                self._handle(job)
+            finally:
+                self._release(len(job.raw))
 
     def _handle(self, job: _Job) -> None:
         m = self._metrics

@@ -46,6 +46,7 @@ DELIVERY_KIND = "delivery"
 # A log line may be stamped a little before the milter's clock says the message started
 # (two hosts, two clocks, or the log's one-second resolution).
 CLOCK_SLACK = timedelta(minutes=5)
+STAMP_RESOLUTION = timedelta(seconds=1)
 
 
 def normalize_address(address: str) -> str:
@@ -418,13 +419,13 @@ def _placeholder(dialect: Dialect) -> str:
     raise StoreError(f"unsupported DBAPI paramstyle {dialect.paramstyle}")  # pragma: no cover
 
 
-_UPSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], _Upsert] = {}
+_UPSERTS: dict[tuple[type[Dialect], str, tuple[str, ...], tuple[str, ...]], _Upsert] = {}
 
 
 def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """Insert or update ``rows`` (dicts with the same keys) in one executemany."""
     columns = tuple(rows[0])
-    cache_key = (conn.dialect.name, table.name, columns, tuple(keys))
+    cache_key = (type(conn.dialect), table.name, columns, tuple(keys))
     stmt = _UPSERTS.get(cache_key)
     if stmt is None:
         stmt = _UPSERTS[cache_key] = _Upsert(conn.dialect, table, columns, keys)
@@ -468,7 +469,9 @@ def _messages_for_deliveries(
     for qid, mta, at, key in deliveries:
         ours = [(started, mid) for started, m_mta, mid in candidates.get(qid, ())
                 if not (mta and m_mta and m_mta != mta)]
-        before = [c for c in ours if c[0] <= at]
+        # Syslog stamps have whole seconds: a line stamped 12:00:05 may be about a message
+        # that started at 12:00:05.3.
+        before = [c for c in ours if c[0] < at + STAMP_RESOLUTION]
         if before:
             found[key] = max(before)[1]
             continue

@@ -335,3 +335,30 @@ def test_ordinary_inbound_mail_is_not_offered_to_the_decoder(sink: ListSink) -> 
 def test_client_envid_is_recorded(sink: ListSink) -> None:
     run(make_deps(sink), HTML_MSG, mail_params=("RET=HDRS", "ENVID=batch+2D7"))
     assert sink.events[0].envelope_id == "batch-7"
+
+
+def test_report_queue_is_bounded_by_bytes_and_counts_what_it_drops(sink: ListSink) -> None:
+    import threading
+    from datetime import UTC, datetime
+
+    from trackmilter.mta.reports import ReportQueue
+
+    deps = make_deps(sink)
+    gate = threading.Event()
+    decoded: list[int] = []
+
+    def slow(raw: bytes) -> None:
+        gate.wait(10)
+        decoded.append(len(raw))
+        return None
+
+    q = ReportQueue(slow, sink, deps.metrics, deps.log, max_bytes=2500)
+    at = datetime(2026, 11, 27, tzinfo=UTC)
+    for _ in range(4):  # 1000 bytes each: the worker holds one, the queue two more
+        q.submit(b"x" * 1000, queue_id="Q", message_id="", at=at, mta="m")
+    skipped = deps.metrics.registry.get_sample_value(
+        "trackmilter_reports_skipped_total", {"reason": "queue_full"})
+    assert skipped == 2
+    gate.set()
+    q.close()
+    assert decoded == [1000, 1000]

@@ -62,3 +62,20 @@ def test_same_line_twice_is_one_event(store: SQLStore, db_url: str) -> None:
     store.write([later])
     [m] = store.lookup("4Q1")
     assert [e.status for e in m.events if e.kind == "delivery"] == ["deferred", "deferred"]
+
+
+def test_whole_second_stamp_ties_to_the_message_started_within_that_second(
+        store: SQLStore) -> None:
+    # An old message with the same (reused) queue id, and the new one started at :05.300;
+    # the log stamps its delivery 12:xx:05 (no fraction): it is the new message's.
+    old = make_message(1, tracking_id="t000000000000001", queue_id="4REUSE")
+    new = make_message(2, tracking_id="t000000000000002", queue_id="4REUSE",
+                       started=T0 + timedelta(hours=3, seconds=5, milliseconds=300))
+    store.write([old, new])
+    stamp = T0 + timedelta(hours=3, seconds=5)
+    store.write([DeliveryObserved("4REUSE", "bob@example.com", DeliveryStatus.SENT, stamp,
+                                  dsn="2.0.0", relay="mx.example.net[192.0.2.9]:25",
+                                  mta=new.mta)])
+    by_tid = {m.tracking_id: m for m in store.lookup("4REUSE")}
+    assert sorted(e.kind for e in by_tid["t000000000000002"].events) == ["delivery", "inline"]
+    assert [e.kind for e in by_tid["t000000000000001"].events] == ["inline"]
