@@ -40,6 +40,8 @@ def hit_row(ev: HitRecorded) -> dict[str, Any]:
         "headers": dict(ev.headers) or None,
         "honeypot": bool(ev.honeypot),
         "tracker": ev.tracker,
+        "request_verdict": ev.verdict,
+        "request_reasons": reasons_json(ev.reasons),
         "verdict": ev.verdict,
         "reasons": reasons_json(ev.reasons),
     }
@@ -56,28 +58,14 @@ def reasons_from_json(data: Any) -> tuple[HitReason, ...]:
                            str(r.get("leans", ""))) for r in data if isinstance(r, dict))
 
 
-def write_hits(conn: Connection, batch: Sequence[HitRecorded]) -> list[str]:
-    """Insert the hits not stored yet, each with its first verdict; return their messages'
-    tracking ids (whose verdicts may now deserve a revision)."""
-    fresh: dict[str, HitRecorded] = {}
-    for ev in batch:
-        fresh.setdefault(ev.hit_id[:64], ev)
-    for chunk in _chunks(list(fresh)):
-        for (hit_id,) in conn.execute(select(hits.c.hit_id).where(hits.c.hit_id.in_(chunk))):
-            fresh.pop(hit_id, None)  # a spool replay: stored before
-    if not fresh:
-        return []
-    conn.execute(insert(hits), [hit_row(ev) for ev in fresh.values()])
-    ids: dict[str, int] = {}
-    for chunk in _chunks(list(fresh)):
-        query = select(hits.c.hit_id, hits.c.id).where(hits.c.hit_id.in_(chunk))
-        ids.update((h, i) for h, i in conn.execute(query))
-    conn.execute(insert(hit_verdicts), [
-        {"hit": ids[h], "at": ev.at, "verdict": ev.verdict,
-         "reasons": reasons_json(ev.reasons), "cause": "request"}
-        for h, ev in fresh.items() if h in ids
-    ])
-    return sorted({ev.tracking_id.lower()[:32] for ev in fresh.values()})
+def write_hits(conn: Connection, batch: Sequence[HitRecorded]) -> None:
+    """Insert the hits, each with the verdict it was answered with; a hit already stored (a
+    spool replay) is left as it is, revisions included. One statement, no read-back: the
+    tracker's writer runs beside the requests it must not slow down."""
+    from trackmilter.store.sql import upsert
+
+    rows = {ev.hit_id[:64]: hit_row(ev) for ev in batch}
+    upsert(conn, hits, list(rows.values()), ["hit_id"], update=False)
 
 
 def revise(conn: Connection, tracking_ids: Sequence[str], reviser: Reviser, now: datetime,
@@ -145,6 +133,9 @@ def hit_views(conn: Connection, tracking_ids: Sequence[str]) -> dict[str, list[H
                  .order_by(hits.c.at, hits.c.id))
         rows.extend(conn.execute(query))
     history: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        history[r.id].append({"at": r.at.isoformat(), "verdict": r.request_verdict,
+                              "reasons": r.request_reasons or [], "cause": "request"})
     for chunk in _chunks([r.id for r in rows]):
         query = (select(hit_verdicts).where(hit_verdicts.c.hit.in_(chunk))
                  .order_by(hit_verdicts.c.id))

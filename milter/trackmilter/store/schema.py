@@ -172,7 +172,10 @@ hits = Table(
     Column("headers", JSONData, nullable=True),
     Column("honeypot", Boolean, nullable=False, server_default="0"),
     Column("tracker", Text, nullable=False, server_default=""),
-    # The current verdict; hit_verdicts keeps how it came to be.
+    # The verdict given when the hit was answered (never changes) and the current one;
+    # hit_verdicts keeps every revision in between.
+    Column("request_verdict", String(16), nullable=False),
+    Column("request_reasons", JSONData, nullable=True),
     Column("verdict", String(16), nullable=False),
     Column("reasons", JSONData, nullable=True),
     Index(None, "hit_id", unique=True),
@@ -188,6 +191,6 @@ hit_verdicts = Table(
     Column("at", UTCDateTime, nullable=False),  # when this verdict was given
     Column("verdict", String(16), nullable=False),
     Column("reasons", JSONData, nullable=True),
-    Column("cause", String(32), nullable=False),  # request | revision
+    Column("cause", String(32), nullable=False),  # revision
     Index(None, "hit"),
 )

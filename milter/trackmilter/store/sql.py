@@ -376,7 +376,7 @@ class _Upsert:
     """
 
     def __init__(self, dialect: Dialect, table: Table, columns: Sequence[str],
-                 keys: Sequence[str]) -> None:
+                 keys: Sequence[str], update: bool = True) -> None:
         self.columns = tuple(columns)
         mark = _placeholder(dialect)
         prep = dialect.identifier_preparer
@@ -385,7 +385,7 @@ class _Upsert:
         updates = ", ".join(
             f"{prep.quote(c)} = excluded.{prep.quote(c)}" for c in self.columns if c not in keys
         )
-        action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+        action = f"DO UPDATE SET {updates}" if updates and update else "DO NOTHING"
         self.sql = (
             f"INSERT INTO {prep.format_table(table)} ({cols}) VALUES ({marks}) "
             f"ON CONFLICT ({', '.join(prep.quote(k) for k in keys)}) {action}"
@@ -419,17 +419,24 @@ def _placeholder(dialect: Dialect) -> str:
     raise StoreError(f"unsupported DBAPI paramstyle {dialect.paramstyle}")  # pragma: no cover
 
 
-_UPSERTS: dict[tuple[type[Dialect], str, tuple[str, ...], tuple[str, ...]], _Upsert] = {}
+_UPSERTS: dict[tuple[type[Dialect], str, tuple[str, ...], tuple[str, ...], bool], _Upsert] = {}
 
 
-def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
-    """Insert or update ``rows`` (dicts with the same keys) in one executemany."""
+def upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: list[str],
+           *, update: bool = True) -> None:
+    """Insert ``rows`` (dicts with the same keys) in one executemany; a row whose ``keys``
+    exist already is updated, or left alone with ``update=False``."""
+    if not rows:
+        return
     columns = tuple(rows[0])
-    cache_key = (type(conn.dialect), table.name, columns, tuple(keys))
+    cache_key = (type(conn.dialect), table.name, columns, tuple(keys), update)
     stmt = _UPSERTS.get(cache_key)
     if stmt is None:
-        stmt = _UPSERTS[cache_key] = _Upsert(conn.dialect, table, columns, keys)
+        stmt = _UPSERTS[cache_key] = _Upsert(conn.dialect, table, columns, keys, update)
     stmt.run(conn, rows)
+
+
+_upsert = upsert
 
 
 def _message_ids(conn: Connection, tracking_ids: list[str]) -> dict[str, int]:

@@ -19,7 +19,6 @@ from trackmilter.verdict import (
     Reason,
     Thresholds,
     Verdict,
-    classify_agent,
     hit_from_record,
     judge,
     reason_text,
@@ -260,23 +259,6 @@ def test_every_reason_has_an_honest_sentence() -> None:
     assert reason_text("some_future_code", "42") == "some future code: 42"
     assert r.record() == HitReason("apple_mpp_prefetch", "Mozilla/5.0 from apple-mpp", "machine")
     assert Reason("private_relay", "apple-mpp").record().leans == ""
-
-
-@pytest.mark.parametrize("ua, category, evidence", [
-    pytest.param(CHROME, "browser", "Chrome 120", id="chrome"),
-    pytest.param(SAFARI, "browser", "Safari 17", id="safari"),
-    pytest.param(CHROME + " Edg/120.0.2210.91", "browser", "Edge 120", id="edge"),
-    pytest.param("Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
-                 "browser", "Firefox 121", id="firefox"),
-    pytest.param(OUTLOOK, "mail", "Microsoft Outlook", id="outlook"),
-    pytest.param("Outlook-iOS/709.2226530.prod.iphone (4.2350.0)", "mail", "Outlook for iOS",
-                 id="outlook-ios"),
-    pytest.param("Microsoft Office Existence Discovery", "scanner_user_agent",
-                 "Microsoft Office Existence Discovery", id="office-link-probe"),
-    pytest.param("  Mozilla/5.0 ", "bare", "Mozilla/5.0", id="bare-with-spaces"),
-])
-def test_classify_agent(ua: str, category: str, evidence: str) -> None:
-    assert classify_agent(ua) == (category, evidence)
 
 
 def test_hit_from_stored_record() -> None:

@@ -38,6 +38,8 @@ def upgrade() -> None:
         sa.Column("headers", JSONData, nullable=True),
         sa.Column("honeypot", sa.Boolean, nullable=False, server_default="0"),
         sa.Column("tracker", sa.Text, nullable=False, server_default=""),
+        sa.Column("request_verdict", sa.String(16), nullable=False),
+        sa.Column("request_reasons", JSONData, nullable=True),
         sa.Column("verdict", sa.String(16), nullable=False),
         sa.Column("reasons", JSONData, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_hits"),
