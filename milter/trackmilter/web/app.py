@@ -121,13 +121,29 @@ class TrackerApp:
         self._note = note  # the revisor: judge this message again once its hits are stored
         self._recent = _Recent()
         self._log = get_logger(component="web")
+        # Called at lifespan shutdown (the server stops this worker): flush and close.
+        self.on_shutdown: Callable[[], None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, send)
         elif kind == "lifespan":
-            await _lifespan(receive, send)
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.on_shutdown is not None:
+                    try:
+                        self.on_shutdown()
+                    except Exception as e:  # noqa: BLE001 - still report the shutdown
+                        self._log.error("web_shutdown_failed", error=repr(e))
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     async def _http(self, scope: Scope, send: Send) -> None:
         path: str = scope["path"]
@@ -226,13 +242,3 @@ class TrackerApp:
             reasons=[r.code for r in reasons], client=stored.client, network=network or None,
             user_agent=ua[:200], method=method, hit_id=hit.hit_id,
         )
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

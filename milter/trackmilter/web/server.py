@@ -68,28 +68,72 @@ def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any, R
     return app, writer, store, revisor
 
 
-def run(settings: Settings) -> int:
-    """Serve until SIGTERM/SIGINT; then write (or spool) every hit answered."""
-    import uvicorn
+def worker_app() -> TrackerApp:
+    """Granian's factory, called in every worker process: settings from the same file and
+    environment as the parent, a writer, spool directory and revisor of its own."""
+    from trackmilter import config as cfgmod
+    from trackmilter import logging as tmlog
 
-    log = get_logger(component="web")
+    path = os.environ.get(CONFIG_ENV)
+    settings = cfgmod.load(Path(path) if path else None)
+    tmlog.configure(settings.log.format, settings.log.level)
     metrics = Metrics()
     app, writer, store, revisor = build(settings, metrics)
-    host, _, port = settings.web.listen.rpartition(":")
-    config = uvicorn.Config(
-        app, host=host.strip("[]"), port=int(port), lifespan="on", access_log=False,
-        log_config=None, proxy_headers=False, server_header=False, date_header=True,
-        loop="auto", http="auto",
-    )
-    log.info("web_starting", listen=settings.web.listen, base_url=settings.tracking.base_url,
-             trusted_proxies=[str(n) for n in settings.web.trusted_proxies],
-             key_ids=list(app.key_ids), config=settings.source)
-    try:
-        uvicorn.Server(config).run()
-    finally:
+    log = get_logger(component="web")
+
+    def shutdown() -> None:
+        # Hits answered are written, or spooled, before the worker exits.
         writer.flush(timeout=10.0)
         revisor.close(timeout=10.0)
         writer.close(timeout=10.0)
         store.close()
-        log.info("web_stopped")
+        log.info("web_worker_stopped", pid=os.getpid())
+
+    app.on_shutdown = shutdown
+    log.info("web_worker_started", pid=os.getpid(), key_ids=list(app.key_ids))
+    return app
+
+
+# The config file path handed to the workers (they load it, and the environment, again):
+# the variable `trackmilter --config` reads too.
+CONFIG_ENV = "TRACKMILTER_CONFIG"
+
+
+def run(settings: Settings) -> int:
+    """Serve with granian (ASGI, [web] workers processes) until SIGTERM/SIGINT; each worker
+    writes or spools every hit it answered before it exits."""
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.log import LogLevels
+
+    log = get_logger(component="web")
+    # Fail here, with the reason, rather than in every worker: key file, base URL, lists.
+    build_check(settings)
+    host, _, port = settings.web.listen.rpartition(":")
+    if settings.source != "<defaults>":
+        os.environ[CONFIG_ENV] = settings.source
+    log.info("web_starting", listen=settings.web.listen, base_url=settings.tracking.base_url,
+             workers=settings.web.workers,
+             trusted_proxies=[str(n) for n in settings.web.trusted_proxies],
+             config=settings.source)
+    server = Granian(
+        "trackmilter.web.server:worker_app", factory=True, address=host.strip("[]"),
+        port=int(port), interface=Interfaces.ASGI, workers=settings.web.workers,
+        loop=Loops.uvloop, http=HTTPModes.http1, websockets=False, backlog=2048,
+        log_level=LogLevels.warning, respawn_failed_workers=True,
+    )
+    server.serve()
+    log.info("web_stopped")
     return 0
+
+
+def build_check(settings: Settings) -> None:
+    """What every worker will need, checked once in the parent."""
+    from trackmilter.web.judging import networks_from
+
+    if not settings.tracking.base_url:
+        raise StartupError("[tracking] base_url is empty: the tracker has no URLs to answer")
+    if settings.web.workers < 1:
+        raise StartupError(f"[web] workers = {settings.web.workers}: at least 1")
+    Signer.from_file(settings.tracking.secret_file)
+    networks_from(settings)

@@ -1,0 +1,83 @@
+"""Integration: `trackmilter web` as a real process (granian, two workers) over HTTP: every
+hit answered is stored, even when the process is stopped at once; with the database gone,
+redirects still work and hits wait in the spool until it is back."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trackmilter.lab import free_port, wait_until
+from trackmilter.lab.daemon import command, write_config
+from trackmilter.lab.webproc import WebProcess, request, web_process
+from trackmilter.model import new_tracking_id
+from trackmilter.tokens import Signer
+
+UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> Iterator[tuple[WebProcess, Path, Signer]]:
+    import subprocess
+
+    port = free_port()
+    cfg = write_config(tmp_path / "tm", tmp_path / "unused.sock", extra={
+        "web": {"listen": f"127.0.0.1:{port}", "workers": 2}})
+    subprocess.run(command(cfg, "db", "upgrade"), check=True, capture_output=True, timeout=60)
+    web = web_process(cfg, port).start()
+    try:
+        yield web, cfg, Signer.from_file(cfg.parent / "secret")
+    finally:
+        web.stop()
+
+
+def stored(cfg: Path) -> int:
+    with sqlite3.connect(cfg.parent / "trackmilter.db") as db:
+        return int(db.execute("SELECT count(*) FROM hits").fetchone()[0])
+
+
+def test_every_answered_hit_is_stored_when_stopped_at_once(
+        tracker: tuple[WebProcess, Path, Signer]) -> None:
+    web, cfg, signer = tracker
+    tid = new_tracking_id()
+    answered = 0
+    for i in range(1, 201):
+        status, headers, _ = request(web.port, f"/c/{signer.sign_click(tid, i, f'https://x.example/{i}')}",
+                                     headers={"User-Agent": UA})
+        assert status == 302 and headers["location"] == f"https://x.example/{i}"
+        answered += 1
+    assert web.stop() == 0
+    assert stored(cfg) == answered
+
+
+def test_database_gone_redirects_still_work_and_hits_are_spooled(
+        tracker: tuple[WebProcess, Path, Signer]) -> None:
+    web, cfg, signer = tracker
+    db = cfg.parent / "trackmilter.db"
+    aside = db.with_suffix(".away")
+    tid = new_tracking_id()
+    wait_until(lambda: request(web.port, "/readyz")[0] == 200, 10, what="ready")
+    db.rename(aside)  # the store no longer finds its schema: writes fail, hits go to the spool
+    try:
+        for i in range(1, 21):
+            token = signer.sign_click(tid, i, f"https://x.example/{i}")
+            assert request(web.port, f"/c/{token}", headers={"User-Agent": UA})[0] == 302
+        wait_until(lambda: request(web.port, "/readyz")[0] == 503, 20, what="not ready")
+        spooled = list((cfg.parent / "spool").glob("web-*/*"))
+        assert any(p.suffix != ".lock" and p.stat().st_size > 0 for p in spooled), spooled
+    finally:
+        # SQLite keeps the file it opened: restore it under a stopped tracker, as an
+        # administrator would restore a database, and start a new one.
+        web.stop()
+        if db.exists():
+            db.unlink()
+        aside.rename(db)
+    assert stored(cfg) == 0
+    again = web_process(cfg, web.port).start()
+    try:
+        wait_until(lambda: stored(cfg) == 20, 30, what="spooled hits replayed")
+    finally:
+        again.stop()
