@@ -24,7 +24,7 @@ from enum import StrEnum
 from typing import Literal, TypeVar
 
 from trackmilter.agents import classify_agent as classify_agent  # re-exported for callers
-from trackmilter.model import HitReason, HitRecorded
+from trackmilter.model import HitReason
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 K = TypeVar("K")
@@ -302,6 +302,13 @@ def judge(hit: Hit, context: Context = Context(), thresholds: Thresholds = DEFAU
     return _judge(hit, key, others, context.accepted_at, thresholds)
 
 
+def judge_keyed(hit: Hit, others: Sequence[tuple[object, Hit]], accepted_at: datetime | None,
+                thresholds: Thresholds = DEFAULT) -> Judgement:
+    """`judge` for a caller that keeps (group_key, hit) pairs of the message's other hits
+    (the tracker does, so a busy message does not cost a key per hit per request)."""
+    return _judge(hit, group_key(hit, thresholds), others, accepted_at, thresholds)
+
+
 def rejudge(hits: Sequence[tuple[K, Hit]], accepted_at: datetime | None,
             thresholds: Thresholds = DEFAULT) -> list[tuple[K, Judgement]]:
     """Every hit of one message judged again with all the others as evidence (a burst
@@ -312,23 +319,3 @@ def rejudge(hits: Sequence[tuple[K, Hit]], accepted_at: datetime | None,
         others = keyed[:n] + keyed[n + 1:]
         out.append((ident, _judge(hit, keyed[n][0], others, accepted_at, thresholds)))
     return out
-
-
-# --- adapters for the tracker and the store -------------------------------------------------
-def parse_client(text: str) -> IPAddress | None:
-    """A stored client: an address, or a network when [privacy] truncated it (its first
-    address groups the same at /24 and /64)."""
-    if not text:
-        return None
-    try:
-        return ipaddress.ip_network(text, strict=False).network_address
-    except ValueError:
-        return None
-
-
-def hit_from_record(record: HitRecorded) -> Hit:
-    return Hit(
-        kind="open" if record.target == "open" else "click", at=record.at,
-        method=record.method, user_agent=record.user_agent,
-        client=parse_client(record.client), network=record.network or None,
-        headers=dict(record.headers), index=record.index, honeypot=record.honeypot)

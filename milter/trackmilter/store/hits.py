@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, func, insert, select, update
 
 from trackmilter.model import HitReason, HitRecorded
 from trackmilter.store.schema import events, hit_verdicts, hits, messages
@@ -19,9 +19,10 @@ from trackmilter.store.views import HitView
 Judgement = tuple[str, tuple[HitReason, ...]]
 Reviser = Callable[[Sequence[HitRecorded], "datetime | None"], Sequence[Judgement]]
 
-# Hits of one message loaded for a revision: a burst or a honeypot needs the recent ones,
-# and a message with more hits than this is being hammered by a machine anyway.
-REVISION_WINDOW = 500
+# Hits of one message judged again in a revision, the latest: a burst or the delivery time
+# concern the recent ones, and a message with more hits than this in one revision is being
+# hammered by a machine anyway. Bounded in SQL: a revision holds the write lock.
+REVISION_WINDOW = 50
 CHUNK = 500
 
 
@@ -76,14 +77,18 @@ def revise(conn: Connection, tracking_ids: Sequence[str], reviser: Reviser, now:
     accepted = _accepted_at(conn, tracking_ids)
     by_tid: dict[str, list[Any]] = defaultdict(list)
     for chunk in _chunks(list(tracking_ids)):
-        query = select(hits).where(hits.c.tracking_id.in_(chunk))
+        latest = func.row_number().over(
+            partition_by=hits.c.tracking_id, order_by=(hits.c.at.desc(), hits.c.id.desc()))
+        inner = select(hits, latest.label("rn")).where(hits.c.tracking_id.in_(chunk))
         if since is not None:
-            query = query.where(hits.c.at >= since)
-        for row in conn.execute(query.order_by(hits.c.tracking_id, hits.c.at, hits.c.id)):
+            inner = inner.where(hits.c.at >= since)
+        sub = inner.subquery()
+        query = (select(sub).where(sub.c.rn <= REVISION_WINDOW)
+                 .order_by(sub.c.tracking_id, sub.c.at, sub.c.id))
+        for row in conn.execute(query):
             by_tid[row.tracking_id].append(row)
     changed = 0
     for tid, rows in by_tid.items():
-        rows = rows[-REVISION_WINDOW:]
         judged = reviser([_hit(r) for r in rows], accepted.get(tid))
         for row, (verdict, reasons) in zip(rows, judged, strict=True):
             data = reasons_json(reasons)

@@ -3,6 +3,8 @@ network lists, hits as the verdict module takes them, and the store's reviser.""
 
 from __future__ import annotations
 
+import ipaddress
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import cast
@@ -10,16 +12,18 @@ from typing import cast
 from trackmilter.config import Settings
 from trackmilter.model import HitReason, HitRecorded
 from trackmilter.verdict import (
-    Context,
+    Hit,
+    IPAddress,
     Thresholds,
-    hit_from_record,
-    judge,
+    group_key,
+    judge_keyed,
     reason_text,
     rejudge,
 )
 from trackmilter.web.networks import Format, NetworkSet, NetworkSource
 
-__all__ = ["networks_from", "reason_text", "request_judge", "reviser_from", "thresholds_from"]
+__all__ = ["hit_from_record", "networks_from", "parse_client", "reason_text", "request_judge",
+           "reviser_from", "thresholds_from"]
 
 Judged = tuple[str, tuple[HitReason, ...]]
 
@@ -48,16 +52,34 @@ def networks_from(settings: Settings) -> NetworkSet | None:
     return NetworkSet.load(sources, missing_ok=True) if sources else None
 
 
+# Other hits of a message this process remembers for the verdict at answer time (a burst
+# across processes is found by the store's revision).
+# Enough to see a burst of burst_links links as it happens; the store's revision sees more.
+RECENT_PER_MESSAGE = 8
+RECENT_MESSAGES = 50_000
+
+
 class RequestJudge:
     """The verdict when a hit is answered: the request and this process's recent hits of
-    the same message (the delivery time is the store's to add, in a revision)."""
+    the same message (the delivery time is the store's to add, in a revision). Not
+    thread-safe: one per event loop."""
 
     def __init__(self, thresholds: Thresholds) -> None:
         self._th = thresholds
+        self._recent: OrderedDict[str, deque[tuple[object, Hit]]] = OrderedDict()
 
-    def __call__(self, hit: HitRecorded, others: Sequence[HitRecorded]) -> Judged:
-        ctx = Context(None, [hit_from_record(o) for o in others])
-        j = judge(hit_from_record(hit), ctx, self._th)
+    def __call__(self, hit: HitRecorded, client: IPAddress | None = None) -> Judged:
+        tid = hit.tracking_id
+        h = hit_from_record(hit, client)
+        recent = self._recent.get(tid)
+        j = judge_keyed(h, recent or (), None, self._th)
+        if recent is None:
+            recent = self._recent[tid] = deque(maxlen=RECENT_PER_MESSAGE)
+            if len(self._recent) > RECENT_MESSAGES:
+                self._recent.popitem(last=False)
+        else:
+            self._recent.move_to_end(tid)
+        recent.append((group_key(h, self._th), h))
         return str(j.verdict), j.records()
 
 
@@ -80,3 +102,28 @@ def request_judge(settings: Settings) -> RequestJudge:
 
 def reviser_from(settings: Settings) -> Reviser:
     return Reviser(thresholds_from(settings))
+
+
+def parse_client(text: str) -> IPAddress | None:
+    """A stored client: an address, or a network when [privacy] truncated it (its first
+    address groups the same at /24 and /64)."""
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.ip_network(text, strict=False).network_address
+    except ValueError:
+        return None
+
+
+def hit_from_record(record: HitRecorded, client: IPAddress | None = None) -> Hit:
+    """`client`: the address already parsed (the tracker has it), else read from the record."""
+    return Hit(
+        kind="open" if record.target == "open" else "click", at=record.at,
+        method=record.method, user_agent=record.user_agent,
+        client=client if client is not None else parse_client(record.client),
+        network=record.network or None,
+        headers=dict(record.headers), index=record.index, honeypot=record.honeypot)

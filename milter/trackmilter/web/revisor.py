@@ -6,18 +6,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
-from trackmilter.model import utcnow
+from trackmilter.model import Event, HitRecorded
+from trackmilter.store.views import MessageView
 
 # A message is revised when its hits have been quiet for SETTLE seconds (a burst is over
 # and the writer has stored it), but at least every MAX_DELAY seconds while it is hammered.
 SETTLE = 2.0
 MAX_DELAY = 30.0
-# Hits older than this are not loaded for a revision: a burst or the delivery time only
-# matter within seconds; a honeypot marks the client's other hits within this horizon.
-HORIZON = timedelta(hours=1)
 
 
 class RevisingStore(Protocol):
@@ -29,13 +27,13 @@ class Revisor:
 
     def __init__(self, store: RevisingStore, metrics: Any, log: Any, *,
                  settle: float = SETTLE, max_delay: float = MAX_DELAY,
-                 clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = utcnow, start: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, start: bool = True) -> None:
         self._store = store
         self._metrics = metrics
         self._log = log
         self._settle, self._max_delay = settle, max_delay
-        self._clock, self._now = clock, now
+        self._clock = clock
+        self._failing = False
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pending: dict[str, tuple[float, float]] = {}  # tid -> (first, last) note time
@@ -66,14 +64,19 @@ class Revisor:
         if not tids:
             return 0
         try:
-            changed = self._store.revise_hits(tids, since=self._now() - HORIZON)
+            # The latest hits of each message (store.hits.REVISION_WINDOW), however old:
+            # hits replayed after an outage are judged too.
+            changed = self._store.revise_hits(tids)
         except Exception as e:  # noqa: BLE001 - a revision may wait; the thread must not die
-            self._log.warning("verdict_revision_failed", error=str(e), messages=len(tids))
+            if not self._failing:  # once per outage, not every pass
+                self._log.warning("verdict_revision_failed", error=str(e), messages=len(tids))
+            self._failing = True
             with self._lock:  # try again on a later pass
                 now = self._clock()
                 for tid in tids:
                     self._pending.setdefault(tid, (now, now))
             return 0
+        self._failing = False
         if changed:
             self._metrics.verdict_revisions.inc(changed)
             self._log.info("verdicts_revised", messages=len(tids), changed=changed)
@@ -96,3 +99,28 @@ class Revisor:
             if self._stopping:
                 return
             self.run_once()
+
+
+class NotingStore:
+    """The store as the writer sees it: after a batch is written (a replay from the spool
+    too), its hits' messages are due for a revision — not before, when the revision would
+    find nothing."""
+
+    def __init__(self, store: Any, revisor: Revisor) -> None:
+        self._store = store
+        self._revisor = revisor
+
+    def write(self, events: Sequence[Event]) -> None:
+        self._store.write(events)
+        for tid in {e.tracking_id for e in events if isinstance(e, HitRecorded)}:
+            self._revisor.note(tid)
+
+    def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]:
+        result: list[MessageView] = self._store.lookup(ident, limit=limit)
+        return result
+
+    def ping(self) -> None:
+        self._store.ping()
+
+    def close(self) -> None:
+        self._store.close()

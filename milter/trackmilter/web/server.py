@@ -14,7 +14,7 @@ from trackmilter.metrics import Metrics
 from trackmilter.tokens import Signer
 from trackmilter.web.app import TrackerApp
 from trackmilter.web.forwarded import ClientResolver
-from trackmilter.web.revisor import Revisor
+from trackmilter.web.revisor import NotingStore, Revisor
 
 
 class StartupError(Exception):
@@ -53,17 +53,17 @@ def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any, R
     store = SQLStore(settings.database.url, reviser=reviser_from(settings))
     s = settings.store
     spool, _lock = claim_spool(s.spool_dir)
-    writer = BatchWriter(store, spool, metrics, max_batch=s.batch_size,
+    revisor = Revisor(store, metrics, log)
+    writer = BatchWriter(NotingStore(store, revisor), spool, metrics, max_batch=s.batch_size,
                          flush_interval=s.flush_interval, retry_interval=s.retry_interval,
                          logger=log)
-    revisor = Revisor(store, metrics, log)
     w = settings.web
     app = TrackerApp(
         base_url=t.base_url, signer=signer, sink=writer, metrics=metrics,
         judge=request_judge(settings), resolver=ClientResolver(w.trusted_proxies),
         networks=networks_from(settings), ready=lambda: bool(writer.healthy),
         ipv4_prefix=settings.privacy.ipv4_prefix, ipv6_prefix=settings.privacy.ipv6_prefix,
-        name=w.name, note=revisor.note,
+        name=w.name,
     )
     return app, writer, store, revisor
 

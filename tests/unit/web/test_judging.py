@@ -92,16 +92,18 @@ sources = [{{ label = "scanner", format = "cidr", path = "{DATA / 'scanners-bad.
 def test_request_judge_and_reviser(tmp_path: Path) -> None:
     s = load(None, environ={})
     judge = request_judge(s)
-    verdict, reasons = judge(hit(1, 3600), [])
+    verdict, reasons = judge(hit(1, 3600))
     assert verdict == "human" and "browser" in [r.code for r in reasons]
     mpp = hit(0, 5, ua="Mozilla/5.0", client="172.224.226.5", target="open",
               network="apple-mpp")
-    verdict, reasons = judge(mpp, [])
+    verdict, reasons = judge(mpp)
     assert verdict == "machine" and reasons[0].code == "apple_mpp_prefetch"
     # A scanner sweeping three links within a second: the first looked human on its own;
-    # the reviser marks all three, and the delivery time adds its own reason.
+    # the third is a burst already when answered (this process saw the other two); the
+    # reviser marks all three, and the delivery time adds its own reason.
     sweep = [hit(1, 100), hit(2, 100.4), hit(3, 100.8)]
-    assert judge(sweep[0], [])[0] == "human"
+    fresh = request_judge(s)
+    assert [fresh(h)[0] for h in sweep] == ["human", "human", "machine"]
     revised = reviser_from(s)(sweep, T0 + timedelta(seconds=95))
     assert [v for v, _ in revised] == ["machine"] * 3
     codes = {r.code for _, rs in revised for r in rs}

@@ -38,7 +38,7 @@ class Log:
 def make(now: list[float]) -> tuple[Revisor, Store, Metrics]:
     store, metrics = Store(), Metrics(CollectorRegistry())
     r = Revisor(store, metrics, Log(), settle=2.0, max_delay=30.0, clock=lambda: now[0],
-                now=lambda: datetime(2026, 11, 27, tzinfo=UTC), start=False)
+                start=False)
     return r, store, metrics
 
 
@@ -86,3 +86,32 @@ def test_close_revises_what_is_pending() -> None:
     r.note("a")
     r.close()
     assert store.calls == [["a"]]
+
+
+def test_noting_store_notes_only_after_a_successful_write() -> None:
+    from trackmilter.model import HitRecorded
+    from trackmilter.web.revisor import NotingStore
+
+    class Inner:
+        fail = True
+
+        def write(self, events: Any) -> None:
+            if self.fail:
+                raise RuntimeError("database down")
+
+    now = [0.0]
+    r, store, _ = make(now)
+    inner = Inner()
+    noting = NotingStore(inner, r)
+    hit = HitRecorded(hit_id="h1", target="click", tracking_id="abcdefghijklmnop",
+                      at=datetime(2026, 11, 27, tzinfo=UTC))
+    try:
+        noting.write([hit])
+    except RuntimeError:
+        pass
+    now[0] = 10.0
+    assert r.run_once() == 0 and store.calls == []  # the writer spooled it: nothing to revise
+    inner.fail = False
+    noting.write([hit])  # the replay
+    now[0] = 20.0
+    assert r.run_once() == 1 and store.calls == [["abcdefghijklmnop"]]

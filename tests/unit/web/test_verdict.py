@@ -19,11 +19,11 @@ from trackmilter.verdict import (
     Reason,
     Thresholds,
     Verdict,
-    hit_from_record,
     judge,
     reason_text,
     rejudge,
 )
+from trackmilter.web.judging import hit_from_record
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)  # the remote server accepted the message
 LATER = T0 + timedelta(hours=2)
