@@ -100,6 +100,8 @@ class WebSettings:
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
     )
+    # The one header the trusted proxy sets: x-forwarded-for (nginx's usual) or forwarded.
+    forwarded_header: str = "x-forwarded-for"
     # Which tracker host answered, stored with every hit.
     name: str = field(default_factory=_socket.getfqdn)
 
@@ -394,6 +396,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "listen": _listen,
             "workers": _int,
             "trusted_proxies": _networks,
+            "forwarded_header": _choice("x-forwarded-for", "forwarded"),
             "name": _str,
         },
     ),

@@ -130,10 +130,17 @@ class Signer:
 
     def verify(self, token: str) -> TokenData:
         """Return the token's data, or raise :class:`InvalidToken` (never anything else)."""
+        # Exactly what _sign produces, nothing that merely decodes to the same bytes: no
+        # padding, no characters outside the alphabet (which a lenient decoder skips), no
+        # spare bits set in the last character.
+        if not _TOKEN.fullmatch(token) or len(token) % 4 == 1:
+            raise InvalidToken("not base64url")
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError) as exc:
             raise InvalidToken("not base64url") from exc
+        if base64.urlsafe_b64encode(raw).rstrip(b"=") != token.encode("ascii"):
+            raise InvalidToken("not canonical base64url")
         if len(raw) < _HEADER + 1 + MAC_BYTES:
             raise InvalidToken("too short")
         body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
@@ -191,6 +198,7 @@ class MessageSigner:
 # Printable ASCII without space, quotes or angle brackets: nothing that can break out of a
 # Location header or an HTML attribute.
 _SAFE_URL = re.compile(r"https?://[!#-;=?-~]+")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 _STRIP = "".join(chr(c) for c in range(0x21))
 _TABNL = str.maketrans("", "", "\t\r\n")
 
@@ -207,12 +215,18 @@ def canonical_url(url: str) -> str:
     """The URL a browser would request for an href, as printable ASCII.
 
     Follows the WHATWG URL parser where it matters for safety: leading/trailing C0 controls
-    and spaces are stripped, tabs and newlines removed; the host is IDNA-encoded; other
-    non-ASCII, spaces, quotes and angle brackets are percent-encoded (UTF-8).
+    and spaces are stripped, tabs and newlines removed, backslashes before the query read as
+    slashes; a non-ASCII host is refused (left untracked); other non-ASCII, spaces, quotes
+    and angle brackets are percent-encoded (UTF-8).
     """
     if _PLAIN_URL.fullmatch(url):
         return url
     cleaned = url.strip(_STRIP).translate(_TABNL)
+    # Browsers read a backslash as a slash in http(s) URLs before the query: without this,
+    # `http://good.example\@evil.example/` would be signed for evil.example while the
+    # sender's link (in a browser) goes to good.example.
+    cut = min((i for i in (cleaned.find("?"), cleaned.find("#")) if i >= 0), default=len(cleaned))
+    cleaned = cleaned[:cut].replace("\\", "/") + cleaned[cut:]
     try:
         parts = urlsplit(cleaned)
     except ValueError as exc:
@@ -221,13 +235,11 @@ def canonical_url(url: str) -> str:
     if scheme not in ("http", "https") or not parts.hostname:
         raise UnsignableURL(f"not an absolute http(s) URL: {url!r}")
     netloc = parts.netloc
-    if not netloc.isascii():
-        host = parts.hostname
-        try:
-            ahost = host.encode("idna").decode("ascii")
-        except UnicodeError as exc:
-            raise UnsignableURL(f"host cannot be IDNA-encoded: {host!r}") from exc
-        netloc = netloc.replace(host, ahost) if host in netloc else ahost
+    if not parts.hostname.isascii():
+        # Python's idna codec follows IDNA 2003 (faß.de -> fass.de) where browsers follow
+        # UTS 46 (xn--fa-hia.de): signing our guess could send the reader to another host.
+        # Such a link is left as the sender wrote it.
+        raise UnsignableURL(f"internationalised host, left untracked: {parts.hostname!r}")
     safe = "!#$%&'()*+,-./:;=?@[]_~"  # keep existing %XX escapes as they are
     rebuilt = urlunsplit(
         (

@@ -12,7 +12,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -79,7 +79,8 @@ class TrackerApp:
         name: str = "",
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        prefix = urlsplit(base_url).path.rstrip("/")
+        # The ASGI path is percent-decoded: so must the prefix be.
+        prefix = unquote(urlsplit(base_url).path.rstrip("/"))
         self._click = prefix + "/c/"
         self._open = prefix + "/o/"
         self._signer = signer
@@ -140,10 +141,11 @@ class TrackerApp:
             body = generate_latest(self._metrics.registry)
         else:
             status, headers, body = _NOT_FOUND
+        length = str(len(body)).encode()
         if method == "HEAD":
-            body = b""
+            body = b""  # the length is still that of the GET answer (RFC 9110 §9.3.2)
         await send({"type": "http.response.start", "status": status,
-                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                    "headers": [*headers, (b"content-length", length)]})
         await send({"type": "http.response.body", "body": body})
 
     def _hit(self, scope: Scope, token: str, method: str, want: Kind
@@ -175,17 +177,20 @@ class TrackerApp:
                 url: str) -> None:
         ua = ""
         forwarded = xff = None
-        kept: list[tuple[str, str]] = []
+        kept: dict[str, str] = {}
         for name, value in scope["headers"]:
             if name == b"user-agent":
                 ua = value.decode("latin-1")
             elif name in EVIDENCE_HEADERS:
                 text = value.decode("latin-1")
-                kept.append((name.decode("latin-1"), text[:512]))
+                key = name.decode("latin-1")
+                # One value per name, bounded: evidence, not a place to store megabytes.
+                if key not in kept:
+                    kept[key] = text[:512]
                 if name == b"forwarded":
-                    forwarded = text
+                    forwarded = text if forwarded is None else f"{forwarded}, {text}"
                 elif name == b"x-forwarded-for":
-                    xff = text
+                    xff = text if xff is None else f"{xff}, {text}"
         peer = scope.get("client")
         ip = self._resolver.client(peer[0] if peer else None, forwarded, xff)
         network = (self._networks.lookup(ip) or "") if self._networks and ip else ""
@@ -193,7 +198,7 @@ class TrackerApp:
         hit = HitRecorded(
             hit_id=next(self._ids), target=target, tracking_id=tid, at=at, index=index,
             url=url, client=str(ip) if ip else "", network=network, method=method,
-            user_agent=ua[:1024], headers=tuple(kept), tracker=self._name,
+            user_agent=ua[:1024], headers=tuple(kept.items()), tracker=self._name,
             # Link 0 is the hidden link the milter adds with [tracking] honeypot: no person
             # sees it, so whoever follows it is a machine.
             honeypot=target == "click" and index == 0,

@@ -42,9 +42,12 @@ class ClientResolver:
     address that is not one of our proxies is the client. Leftmost values are whatever
     the client chose to send and prove nothing."""
 
-    def __init__(self, trusted: Sequence[Network]) -> None:
+    def __init__(self, trusted: Sequence[Network], header: str = "x-forwarded-for") -> None:
         self._v4 = tuple(n for n in trusted if n.version == 4)
         self._v6 = tuple(n for n in trusted if n.version == 6)
+        # Only the one header the proxy sets: a proxy that replaces X-Forwarded-For passes a
+        # client's own Forwarded header through, and reading it would let clients choose.
+        self.header = header
 
     @lru_cache(maxsize=4096)  # noqa: B019 - one resolver per process, bounded cache
     def trusted(self, ip: IPAddress) -> bool:
@@ -58,11 +61,11 @@ class ClientResolver:
         ip = parse_ip(peer) if peer else None
         if ip is None or not self.trusted(ip):
             return ip
-        if forwarded:
-            chain = _forwarded_for(forwarded)
-        elif x_forwarded_for:
-            chain = x_forwarded_for.split(",")
+        if self.header == "forwarded":
+            chain = _forwarded_for(forwarded) if forwarded else []
         else:
+            chain = x_forwarded_for.split(",") if x_forwarded_for else []
+        if not chain:
             return ip
         for item in reversed(chain):
             hop = parse_ip(item)
@@ -79,6 +82,8 @@ def truncate(ip: IPAddress | None, v4_prefix: int, v6_prefix: int) -> str:
     """The address as stored: whole, or its network (`192.0.2.0/24`) under [privacy]."""
     if ip is None:
         return ""
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # an IPv4 client on a dual-stack socket is an IPv4 client
     prefix = v4_prefix if ip.version == 4 else v6_prefix
     if prefix >= ip.max_prefixlen:
         return str(ip)

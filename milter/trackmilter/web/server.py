@@ -60,7 +60,7 @@ def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any, R
     w = settings.web
     app = TrackerApp(
         base_url=t.base_url, signer=signer, sink=writer, metrics=metrics,
-        judge=request_judge(settings), resolver=ClientResolver(w.trusted_proxies),
+        judge=request_judge(settings), resolver=ClientResolver(w.trusted_proxies, w.forwarded_header),
         networks=networks_from(settings), ready=lambda: bool(writer.healthy),
         ipv4_prefix=settings.privacy.ipv4_prefix, ipv6_prefix=settings.privacy.ipv6_prefix,
         name=w.name,

@@ -186,9 +186,13 @@ def test_other_methods_are_refused_and_not_recorded() -> None:
     pytest.param("127.0.0.1", [("X-Forwarded-For", "203.0.113.9, 127.0.0.2")], "203.0.113.9",
                  id="two-trusted-hops"),
     pytest.param("127.0.0.1", [("Forwarded", 'for="[2001:db8::7]:4711";proto=https')],
-                 "2001:db8::7", id="forwarded-ipv6"),
-    pytest.param("127.0.0.1", [("Forwarded", "for=unknown")], "127.0.0.1",
-                 id="forwarded-unknown"),
+                 "127.0.0.1", id="forwarded-not-read-by-default"),
+    pytest.param("127.0.0.1", [("X-Forwarded-For", "198.51.100.77"),
+                               ("Forwarded", "for=17.58.1.2")], "198.51.100.77",
+                 id="client-forwarded-header-passed-through-is-ignored"),
+    pytest.param("127.0.0.1", [("X-Forwarded-For", "203.0.113.9"),
+                               ("X-Forwarded-For", "127.0.0.3")], "203.0.113.9",
+                 id="repeated-header-lines-are-one-list"),
     pytest.param("127.0.0.1", [], "127.0.0.1", id="proxy-without-header"),
     pytest.param("127.0.0.1", [("X-Forwarded-For", "17.58.1.2")], "17.58.1.2",
                  id="apple-range-through-proxy"),
@@ -230,3 +234,36 @@ def test_recording_failure_still_redirects() -> None:
 def test_resolver_ipv4_mapped_peer_is_trusted() -> None:
     r = ClientResolver([ipaddress.ip_network("127.0.0.0/8")])
     assert str(r.client("::ffff:127.0.0.1", None, "203.0.113.1")) == "203.0.113.1"
+
+
+@pytest.mark.parametrize(("headers", "client"), [
+    pytest.param([("Forwarded", 'for="[2001:db8::7]:4711";proto=https')], "2001:db8::7",
+                 id="ipv6"),
+    pytest.param([("Forwarded", "for=unknown")], "127.0.0.1", id="unknown"),
+    pytest.param([("Forwarded", "for=203.0.113.5"), ("X-Forwarded-For", "17.58.1.2")],
+                 "203.0.113.5", id="x-forwarded-for-ignored"),
+])
+def test_forwarded_header_when_configured(headers: list[tuple[str, str]], client: str) -> None:
+    app, sink, _, _ = make_app()
+    app._resolver = ClientResolver([ipaddress.ip_network("127.0.0.0/8")], "forwarded")  # noqa: SLF001
+    call(app, f"/c/{click_token()}", peer="127.0.0.1", headers=headers)
+    assert sink.events[0].client == client
+
+
+def test_mapped_ipv4_is_truncated_as_ipv4() -> None:
+    mapped = ipaddress.ip_address("::ffff:203.0.113.7")
+    assert truncate(mapped, 24, 48) == "203.0.113.0/24"
+    assert truncate(mapped, 32, 48) == "203.0.113.7"
+
+
+def test_head_pixel_gives_the_get_length_and_evidence_headers_are_bounded() -> None:
+    app, sink, _, _ = make_app()
+    status, headers, body = call(app, f"/o/{Signer([KEY]).sign_open(TID)}", method="HEAD",
+                                 headers=[("Accept", "x" * 5000), ("Accept", "y" * 5000)])
+    assert status == 200 and body == b"" and headers["content-length"] == "43"
+    assert dict(sink.events[0].headers) == {"accept": "x" * 512}
+
+
+def test_percent_encoded_base_path() -> None:
+    app, sink, _, _ = make_app(base_url="https://example.com/a%20b")
+    assert call(app, f"/a b/c/{click_token()}")[0] == 302
