@@ -73,6 +73,28 @@ class StoreSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     listen: str = "127.0.0.1:9494"
+    # Recipient domains counted on their own in delivery metrics (label provider); every
+    # other domain is "other", so the label set stays small.
+    providers: tuple[str, ...] = ("gmail.com", "googlemail.com", "outlook.com", "hotmail.com",
+                                  "live.com", "yahoo.com", "icloud.com", "me.com", "aol.com",
+                                  "gmx.de", "web.de", "orange.fr", "mail.ru", "yandex.ru")
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    url: str
+    secret_file: Path
+    events: tuple[str, ...] = ("delivery", "report", "hit")
+
+
+@dataclass(frozen=True)
+class WebhooksSettings:
+    # Where events are POSTed (JSON, HMAC-SHA256 signed with the endpoint's secret).
+    endpoints: tuple[WebhookEndpoint, ...] = ()
+    timeout: float = 10.0
+    max_attempts: int = 12
+    backoff_initial: float = 5.0  # seconds; doubles per attempt
+    backoff_max: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +187,7 @@ class Settings:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     verdict: VerdictSettings = field(default_factory=VerdictSettings)
     networks: NetworksSettings = field(default_factory=NetworksSettings)
+    webhooks: WebhooksSettings = field(default_factory=WebhooksSettings)
     source: str = "<defaults>"
 
 
@@ -317,6 +340,41 @@ def _network_sources(v: Any) -> tuple[NetworkSourceSettings, ...]:
     return tuple(out)
 
 
+WEBHOOK_EVENTS = ("delivery", "report", "hit")
+
+
+def _webhook_endpoints(v: Any) -> tuple[WebhookEndpoint, ...]:
+    """A list of tables {url, secret_file, events?}; from the environment, JSON."""
+    if isinstance(v, str):
+        try:
+            v = json.loads(v) if v.strip() else []
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected a JSON list of endpoints: {exc}") from exc
+    if not isinstance(v, list):
+        raise ValueError("expected a list of {url, secret_file, events} tables")
+    out = []
+    for n, item in enumerate(v, 1):
+        if not isinstance(item, dict):
+            raise ValueError(f"endpoint {n}: expected a table, got {type(item).__name__}")
+        unknown = set(item) - {"url", "secret_file", "events"}
+        if unknown:
+            raise ValueError(f"endpoint {n}: unknown key(s) {', '.join(sorted(unknown))}")
+        try:
+            url, secret = _str(item["url"]), _str(item["secret_file"])
+        except KeyError as exc:
+            raise ValueError(f"endpoint {n}: {exc.args[0]} is required") from exc
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"endpoint {n}: url must be http(s)://host/..., got {url!r}")
+        events = _strlist(item.get("events", list(WEBHOOK_EVENTS)))
+        bad = set(events) - set(WEBHOOK_EVENTS)
+        if bad:
+            raise ValueError(f"endpoint {n}: unknown event kind(s) {', '.join(sorted(bad))}; "
+                             f"known: {', '.join(WEBHOOK_EVENTS)}")
+        out.append(WebhookEndpoint(url, Path(secret), events))
+    return tuple(out)
+
+
 def _db_url(v: Any) -> str:
     s = _str(v)
     if not (s.startswith("sqlite:") or s.startswith("postgresql")):
@@ -378,7 +436,17 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "retry_interval": _float,
         },
     ),
-    "metrics": (MetricsSettings, {"listen": _listen}),
+    "metrics": (MetricsSettings, {"listen": _listen, "providers": _domains}),
+    "webhooks": (
+        WebhooksSettings,
+        {
+            "endpoints": _webhook_endpoints,
+            "timeout": _float,
+            "max_attempts": _int,
+            "backoff_initial": _float,
+            "backoff_max": _float,
+        },
+    ),
     "maillog": (
         MaillogSettings,
         {

@@ -11,6 +11,8 @@ from trackmilter import __version__
 # Milter callbacks should take well under a millisecond; Postfix's default
 # milter_command_timeout is 30 s, so the top buckets show trouble long before that.
 CALLBACK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5)
+# Delivery delays: from a local hand-off (ms) to a message retried for days.
+DELAY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400)
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
@@ -101,6 +103,23 @@ class Metrics:
             "Per-recipient delivery outcomes read from the MTA log (also for mail the milter "
             "never saw)",
             ["status"],
+            registry=r,
+        )
+
+        # delivery (what the next hop answered, from the MTA's log)
+        self.delivery_outcomes = Counter(
+            "trackmilter_delivery_outcomes_total",
+            "Per-recipient delivery outcomes by status (Postfix's vocabulary: sent, deferred, "
+            "bounced, expired), enhanced status code and recipient provider ([metrics] "
+            "providers; every other domain is 'other')",
+            ["status", "dsn", "provider"],
+            registry=r,
+        )
+        self.delivery_delay = Histogram(
+            "trackmilter_delivery_delay_seconds",
+            "Time from arrival to this delivery attempt's outcome (Postfix's delay=), by status",
+            ["status"],
+            buckets=DELAY_BUCKETS,
             registry=r,
         )
 

@@ -68,8 +68,14 @@ def bad_line_logger(log: Any) -> Callable[[str, Exception], None]:
     return report
 
 
+def provider_of(address: str, providers: frozenset[str]) -> str:
+    """The recipient's domain when it is one of [metrics] providers, else "other"."""
+    domain = address.rpartition("@")[2].lower().rstrip(">")
+    return domain if domain in providers else "other"
+
+
 def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
-            metrics: Metrics, log: Any = None) -> int:
+            metrics: Metrics, log: Any = None, providers: frozenset[str] = frozenset()) -> int:
     """Parse a block of whole lines and submit the events it holds; return how many.
 
     A record the tracker or the sink fails on is logged and counted as unparsed, and
@@ -82,6 +88,7 @@ def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
         # created it (lines of several processes interleave) still counts.
         tracker.received(received_ids(block))
     counts: Counter[str] = Counter()
+    outcomes: Counter[tuple[str, str, str]] = Counter()
     submit = sink.submit
     outcome_lines = 0
     for record in parser.scan(block):
@@ -96,10 +103,16 @@ def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
             continue
         if isinstance(record, (Delivery, MessageExpired)):
             outcome_lines += 1
+        if isinstance(record, Delivery) and record.delay is not None and events:
+            metrics.child(metrics.delivery_delay, str(record.status)).observe(record.delay)
         for ev in events:
             counts[ev.status] += 1
+            outcomes[(str(ev.status), ev.dsn or "",
+                      provider_of(ev.delivered_to or ev.recipient, providers))] += 1
     for status, n in counts.items():  # once per block, not per line
         metrics.child(metrics.maillog_deliveries, str(status)).inc(n)
+    for labels, n in outcomes.items():
+        metrics.child(metrics.delivery_outcomes, *labels).inc(n)
     # Every outcome line carries "status=" (Postfix) or "stat=" (Sendmail): those that
     # gave no record are malformed or of a shape we do not know; counted, never fatal.
     if parser.flavor == "sendmail":  # "stat=queued" is an arrival, not an outcome
@@ -126,7 +139,8 @@ def restore_tracker(tracker: Tracker, state_file: Path, log: Any) -> bool:
 
 def follow_file(follower: FileFollower, parser: LineParser, tracker: Tracker,
                 sink: FlushingSink, metrics: Metrics, log: Any,
-                should_stop: Callable[[], bool], flush_timeout: float = 30.0) -> None:
+                should_stop: Callable[[], bool], flush_timeout: float = 30.0,
+                providers: frozenset[str] = frozenset()) -> None:
     """Read blocks until `should_stop()`; after each, save the position and the tracker's
     state, but only once the sink has stored (or spooled) the block's events.
 
@@ -139,7 +153,7 @@ def follow_file(follower: FileFollower, parser: LineParser, tracker: Tracker,
             if not block:
                 follower.sleep(follower.poll_interval)
                 continue
-            consume(block, parser, tracker, sink, metrics, log)
+            consume(block, parser, tracker, sink, metrics, log, providers)
             if not sink.flush(timeout=flush_timeout):
                 log.warning("maillog_flush_incomplete", timeout=flush_timeout)
                 continue
@@ -184,18 +198,20 @@ def run(settings: Settings) -> int:
     flavor: Flavor = "sendmail" if m.format == "sendmail" else "postfix"
     parser = LineParser(flavor, kinds=KINDS, on_error=bad_line_logger(log))
     tracker = Tracker(m.mta_name)
+    providers = frozenset(settings.metrics.providers)
     log.info("maillog_starting", path=m.path, format=m.format, state_file=str(m.state_file))
     try:
         if reading_stdin:
             for block in read_stream(sys.stdin.buffer):  # type: ignore[arg-type]
-                consume(block, parser, tracker, writer, metrics, log)
+                consume(block, parser, tracker, writer, metrics, log, providers)
                 if not writer.flush(timeout=30.0):
                     log.warning("maillog_flush_incomplete", timeout=30.0)
         else:
             restore_tracker(tracker, m.state_file, log)
             follower = FileFollower(m.path, state_path=m.state_file,
                                     poll_interval=m.poll_interval)
-            follow_file(follower, parser, tracker, writer, metrics, log, lambda: stop[0])
+            follow_file(follower, parser, tracker, writer, metrics, log, lambda: stop[0],
+                        providers=providers)
     except _Stopped:
         pass
     finally:

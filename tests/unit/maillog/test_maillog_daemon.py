@@ -475,3 +475,38 @@ def test_events_keep_the_final_address_and_the_delivery_agent() -> None:
     assert len({e.delivered_to for e in events}) == 2
     assert {e.transport for e in events} <= {"smtp", "error", "discard", "local", "virtual"}
     assert all(e.transport for e in events)
+
+
+def test_outcome_metrics_by_status_dsn_and_provider() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from trackmilter.maillog.daemon import Tracker, consume, provider_of
+    from trackmilter.maillog.parse import LineParser
+
+    assert provider_of("Bob@GMAIL.com", frozenset({"gmail.com"})) == "gmail.com"
+    assert provider_of("bob@corp.example", frozenset({"gmail.com"})) == "other"
+    block = (
+        "Nov 27 00:01:19 lab postfix/smtp[1]: 4AAA: to=<a@gmail.com>, relay=mx[192.0.2.1]:25, "
+        "delay=1.5, delays=0.1/0.1/0.3/1, dsn=2.0.0, status=sent (250 2.0.0 ok)\n"
+        "Nov 27 00:01:20 lab postfix/smtp[1]: 4AAB: to=<b@corp.example>, relay=mx[192.0.2.2]:25, "
+        "delay=3, delays=0.1/0.1/0.3/2.5, dsn=5.1.1, status=bounced (550 5.1.1 unknown)\n"
+    )
+    metrics = Metrics(CollectorRegistry())
+    sink = ListSinkForMetrics()
+    consume(block, LineParser("postfix", kinds=KINDS), Tracker("lab"), sink, metrics,
+            providers=frozenset({"gmail.com"}))
+    get = metrics.registry.get_sample_value
+    assert get("trackmilter_delivery_outcomes_total",
+               {"status": "sent", "dsn": "2.0.0", "provider": "gmail.com"}) == 1
+    assert get("trackmilter_delivery_outcomes_total",
+               {"status": "bounced", "dsn": "5.1.1", "provider": "other"}) == 1
+    assert get("trackmilter_delivery_delay_seconds_count", {"status": "bounced"}) == 1
+    assert get("trackmilter_delivery_delay_seconds_sum", {"status": "sent"}) == 1.5
+
+
+class ListSinkForMetrics:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def submit(self, event: object) -> None:
+        self.events.append(event)
