@@ -232,6 +232,59 @@ def status(ctx: click.Context, as_json: bool, ident: str) -> None:
         ctx.exit(3)
 
 
+def _since(value: str) -> int:
+    """"7d", "12h", "30m" or a plain number of days -> seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60}
+    v = value.strip().lower()
+    try:
+        if v and v[-1] in units:
+            return int(float(v[:-1]) * units[v[-1]])
+        return int(float(v) * 86400)
+    except ValueError:
+        raise click.BadParameter(f"expected e.g. 7d, 12h or 30m, got {value!r}") from None
+
+
+@main.command()
+@click.option("--since", default="7d", show_default=True, help="How far back: 7d, 12h, 30m.")
+@click.option("--sender", default="", help="Only messages from this envelope sender.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def report(ctx: click.Context, since: str, sender: str, as_json: bool) -> None:
+    """Counts and rates over the messages of a period, each with its denominator."""
+    from datetime import timedelta
+
+    from trackmilter.model import utcnow
+    from trackmilter.report import Tally, as_dict, render
+    from trackmilter.status import annotate
+    from trackmilter.store import SQLStore, StoreError
+
+    ctx.ensure_object(dict)["cli"] = True
+    settings = _settings(ctx)
+    start = utcnow() - timedelta(seconds=_since(since))
+    tally = Tally()
+    try:
+        store = SQLStore(settings.database.url)
+        try:
+            total = store.count_messages(start, sender)
+            with click.progressbar(length=total, label="scanning", file=sys.stderr,
+                                   show_pos=True) as bar:
+                for views in store.scan(start, sender):
+                    for m in annotate([v.to_dict() for v in views]):
+                        tally.add(m)
+                    bar.update(len(views))
+        finally:
+            store.close()
+    except StoreError as exc:
+        click.echo(f"trackmilter report: {exc}", err=True)
+        ctx.exit(1)
+    if as_json:
+        click.echo(json.dumps({"since": start.isoformat(), "sender": sender or None,
+                               **as_dict(tally)}, indent=2, sort_keys=True))
+    else:
+        who = f" from <{sender}>" if sender else ""
+        click.echo(render(tally, f"messages{who} since {start.isoformat(timespec='seconds')}"))
+
+
 DECODE_FIELDS = ("file", "kind", "recipient", "action", "status", "replycode", "reason",
                  "hardbounce", "feedback_type")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -154,6 +154,43 @@ class SQLStore:
                 return _views(conn, rows)
         except exc.SQLAlchemyError as e:
             raise translate(e, self._url) from e
+
+    def count_messages(self, since: datetime, sender: str = "") -> int:
+        """How many messages `scan` will go through (for a progress bar)."""
+        from sqlalchemy import func
+
+        query = select(func.count()).select_from(messages).where(messages.c.started_at >= since)
+        if sender:
+            query = query.where(messages.c.sender == sender)
+        try:
+            with self._engine.connect() as conn:
+                self._ensure_schema(conn)
+                return int(conn.execute(query).scalar() or 0)
+        except exc.SQLAlchemyError as e:
+            raise translate(e, self._url) from e
+
+    def scan(self, since: datetime, sender: str = "", chunk: int = 200
+             ) -> Iterator[list[MessageView]]:
+        """Every message started at or after `since` (from `sender`, if given), as views,
+        `chunk` at a time in id order: a report over weeks never holds them all."""
+        last = 0
+        while True:
+            query = (select(messages).where(messages.c.started_at >= since,
+                                            messages.c.id > last)
+                     .order_by(messages.c.id).limit(chunk))
+            if sender:
+                query = query.where(messages.c.sender == sender)
+            try:
+                with self._engine.connect() as conn:
+                    self._ensure_schema(conn)
+                    rows = conn.execute(query).all()
+                    views = _views(conn, rows)
+            except exc.SQLAlchemyError as e:
+                raise translate(e, self._url) from e
+            if not rows:
+                return
+            last = rows[-1].id
+            yield views
 
     def purge(self, before: datetime) -> dict[str, int]:
         """Delete what is older than ``before`` (retention): messages with their recipients,

@@ -1,0 +1,163 @@
+"""`trackmilter report`: counts and rates over many messages, each with its denominator and
+a footnote on what it can and cannot mean."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trackmilter.status import state
+
+# The recipient states of status.state, grouped as the report counts them.
+_REMOTE = {"sent"}
+_FAILED = {"bounced", "expired"}
+
+
+@dataclass
+class Tally:
+    """What the messages of one report add up to (fed one message dict at a time)."""
+
+    messages: int = 0
+    outgoing: int = 0
+    recipients: int = 0
+    refused_inline: int = 0
+    states: Counter[str] = field(default_factory=Counter)
+    hard: int = 0
+    soft: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    codes: Counter[str] = field(default_factory=Counter)
+    complaints: int = 0
+    read_receipts: int = 0
+    pixel_messages: int = 0
+    tracked_messages: int = 0
+    opens: Counter[str] = field(default_factory=Counter)  # verdict -> messages
+    clicks: Counter[str] = field(default_factory=Counter)  # verdict -> messages
+    open_hits: Counter[str] = field(default_factory=Counter)
+    click_hits: Counter[str] = field(default_factory=Counter)
+
+    def add(self, m: Mapping[str, Any]) -> None:
+        self.messages += 1
+        if m.get("direction") == "outgoing":
+            self.outgoing += 1
+        events = list(m.get("events", ()))
+        for r in m.get("recipients", ()):
+            if r.get("outcome") == "refused":
+                self.refused_inline += 1
+                continue
+            self.recipients += 1
+            mine = [ev for ev in events if ev.get("recipient") == r["address"]]
+            st = state(mine)
+            self.states[st] += 1
+            if st in _FAILED:
+                self._failure(mine)
+        for ev in events:
+            if ev.get("kind") == "arf":
+                self.complaints += 1
+            elif ev.get("kind") == "mdn" and ev.get("status") == "displayed":
+                self.read_receipts += 1
+        if m.get("pixel"):
+            self.pixel_messages += 1
+        if m.get("rewritten"):
+            self.tracked_messages += 1
+        self._hits(m.get("hits", ()))
+
+    def _failure(self, events: list[Mapping[str, Any]]) -> None:
+        failing = [ev for ev in events if ev.get("kind") in ("delivery", "dsn")
+                   and ev.get("status") in ("bounced", "expired", "failed")]
+        if not failing:
+            return
+        last = failing[-1]
+        data = last.get("data") or {}
+        code = str(last.get("code") or "")
+        hard = bool(data.get("hardbounce")) if last.get("kind") == "dsn" else code.startswith("5")
+        if hard:
+            self.hard += 1
+        else:
+            self.soft += 1
+        self.reasons[str(data.get("reason") or ("expired" if last.get("status") == "expired"
+                                                else "unknown"))] += 1
+        if code:
+            self.codes[code] += 1
+
+    def _hits(self, hits: Iterable[Mapping[str, Any]]) -> None:
+        best: dict[str, str] = {}
+        for h in hits:
+            target, verdict = str(h.get("target")), str(h.get("verdict") or "unknown")
+            (self.open_hits if target == "open" else self.click_hits)[verdict] += 1
+            # A message counts once per target, under its most telling verdict.
+            rank = {"human": 2, "unknown": 1, "machine": 0}
+            if rank.get(verdict, 1) > rank.get(best.get(target, ""), -1):
+                best[target] = verdict
+        for target, verdict in best.items():
+            (self.opens if target == "open" else self.clicks)[verdict] += 1
+
+
+def _pct(n: int, d: int) -> str:
+    return f"{n:>7}  {100 * n / d:5.1f} % of {d}" if d else f"{n:>7}  (no denominator)"
+
+
+FOOTNOTES = [
+    "accepted by the remote server: the next server answered 2xx; not proof of inbox "
+    "placement (spam folder, a later silent drop).",
+    "bounced: refused by the remote server, or a bounce report (DSN) came back; hard = a "
+    "permanent failure (5.x.x), soft = temporary failures that expired.",
+    "complaints: ARF reports from providers' feedback loops; most providers send none, so "
+    "zero is not proof of zero complaints.",
+    "opened / clicked: messages with at least one hit, by their most telling verdict "
+    "(human > unknown > machine). 'machine' hits (Apple Mail Privacy Protection, link "
+    "scanners) say nothing about a person; no hit is 'unknown', never 'unread': images may "
+    "be blocked and plain-text readers load no pixel. Hits are per message: the links of "
+    "a message are shared by all its recipients.",
+]
+
+
+def render(t: Tally, title: str) -> str:
+    lines = [title, ""]
+    r = t.recipients
+    lines += [
+        f"messages              {t.messages:>7}  ({t.outgoing} outgoing)",
+        f"recipients            {r:>7}  accepted by our MTA ({t.refused_inline} refused in-line)",
+        "",
+        "delivery (per recipient accepted by our MTA)",
+        f"  accepted by the remote server  {_pct(t.states['sent'], r)}",
+        f"  delivered locally / discarded  {_pct(t.states['delivered_locally'] + t.states['discarded'], r)}",
+        f"  deferred (still trying)        {_pct(t.states['deferred'], r)}",
+        f"  bounced                        {_pct(t.states['bounced'], r)}",
+        f"  expired                        {_pct(t.states['expired'], r)}",
+        f"  no delivery evidence yet       {_pct(t.states['accepted'] + t.states['unknown'], r)}",
+    ]
+    failed = t.hard + t.soft
+    if failed:
+        lines.append(f"  failures: {t.hard} hard, {t.soft} soft; top reasons: "
+                     + ", ".join(f"{k} {v}" for k, v in t.reasons.most_common(5))
+                     + "; top codes: " + ", ".join(f"{k} {v}" for k, v in t.codes.most_common(5)))
+    lines += [
+        f"  complaints (ARF)               {_pct(t.complaints, r)}",
+        f"  read receipts (MDN displayed)  {_pct(t.read_receipts, r)}",
+        "",
+        f"engagement (per message; {t.pixel_messages} with an open pixel, {t.tracked_messages} "
+        "with tracked links)",
+    ]
+    for name, per_msg, hits, denom in (("opened ", t.opens, t.open_hits, t.pixel_messages),
+                                       ("clicked", t.clicks, t.click_hits, t.tracked_messages)):
+        for verdict in ("human", "unknown", "machine"):
+            lines.append(f"  {name} — {verdict:8} {_pct(per_msg[verdict], denom)}"
+                         f"   ({hits[verdict]} hits)")
+    lines += ["", "notes:"] + [f"  {n}. {text}" for n, text in enumerate(FOOTNOTES, 1)]
+    return "\n".join(lines)
+
+
+def as_dict(t: Tally) -> dict[str, Any]:
+    return {
+        "messages": t.messages, "outgoing": t.outgoing, "recipients": t.recipients,
+        "refused_inline": t.refused_inline, "states": dict(t.states),
+        "failures": {"hard": t.hard, "soft": t.soft, "reasons": dict(t.reasons),
+                     "codes": dict(t.codes)},
+        "complaints": t.complaints, "read_receipts": t.read_receipts,
+        "pixel_messages": t.pixel_messages, "tracked_messages": t.tracked_messages,
+        "opened": dict(t.opens), "clicked": dict(t.clicks),
+        "open_hits": dict(t.open_hits), "click_hits": dict(t.click_hits),
+        "notes": FOOTNOTES,
+    }
