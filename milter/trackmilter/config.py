@@ -124,6 +124,8 @@ class WebSettings:
     )
     # The one header the trusted proxy sets: x-forwarded-for (nginx's usual) or forwarded.
     forwarded_header: str = "x-forwarded-for"
+    # Bearer tokens for the read-only JSON API under /api/v1/ (one per line); "" = no API.
+    api_token_file: str = ""
     # Which tracker host answered, stored with every hit.
     name: str = field(default_factory=_socket.getfqdn)
 
@@ -465,6 +467,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "workers": _int,
             "trusted_proxies": _networks,
             "forwarded_header": _choice("x-forwarded-for", "forwarded"),
+            "api_token_file": _str,
             "name": _str,
         },
     ),

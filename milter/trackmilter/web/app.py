@@ -20,6 +20,8 @@ from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.model import HitReason, HitRecorded, utcnow
 from trackmilter.tokens import InvalidToken, Kind, Signer
+from trackmilter.web.api import PREFIX as API_PREFIX
+from trackmilter.web.api import Api
 from trackmilter.web.forwarded import ClientResolver, IPAddress, truncate
 
 Scope = Mapping[str, Any]
@@ -78,6 +80,7 @@ class TrackerApp:
         ipv6_prefix: int = 128,
         name: str = "",
         clock: Callable[[], datetime] = utcnow,
+        api: Api | None = None,
     ) -> None:
         # The ASGI path is percent-decoded: so must the prefix be.
         prefix = unquote(urlsplit(base_url).path.rstrip("/"))
@@ -94,6 +97,7 @@ class TrackerApp:
         self._v4, self._v6 = ipv4_prefix, ipv6_prefix
         self._name = name
         self._clock = clock
+        self._api = api  # None: /api/v1/ is not served ([web] api_token_file empty)
         self._log = get_logger(component="web")
         # Hit ids: unique per process start (random prefix) and per hit (a counter); a
         # getrandom() call per hit showed as a tenth of the tracker's CPU.
@@ -136,6 +140,8 @@ class TrackerApp:
             status = 200 if ok else 503
             headers = [(b"content-type", b"text/plain")]
             body = b"ready\n" if ok else b"store unavailable: hits are being spooled\n"
+        elif path.startswith(API_PREFIX) and self._api is not None:
+            status, headers, body = await self._api.handle(scope, path, method)
         elif path == "/metrics":
             status, headers = 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())]
             body = generate_latest(self._metrics.registry)

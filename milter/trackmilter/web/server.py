@@ -12,6 +12,7 @@ from trackmilter.config import Settings
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.tokens import Signer
+from trackmilter.web.api import Api, load_tokens
 from trackmilter.web.app import TrackerApp
 from trackmilter.web.forwarded import ClientResolver
 from trackmilter.web.revisor import NotingStore, Revisor
@@ -58,12 +59,13 @@ def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any, R
                          flush_interval=s.flush_interval, retry_interval=s.retry_interval,
                          logger=log)
     w = settings.web
+    api = Api(store, load_tokens(Path(w.api_token_file))) if w.api_token_file else None
     app = TrackerApp(
         base_url=t.base_url, signer=signer, sink=writer, metrics=metrics,
         judge=request_judge(settings), resolver=ClientResolver(w.trusted_proxies, w.forwarded_header),
         networks=networks_from(settings), ready=lambda: bool(writer.healthy),
         ipv4_prefix=settings.privacy.ipv4_prefix, ipv6_prefix=settings.privacy.ipv6_prefix,
-        name=w.name,
+        name=w.name, api=api,
     )
     return app, writer, store, revisor
 
@@ -137,3 +139,8 @@ def build_check(settings: Settings) -> None:
         raise StartupError(f"[web] workers = {settings.web.workers}: at least 1")
     Signer.from_file(settings.tracking.secret_file)
     networks_from(settings)
+    if settings.web.api_token_file:
+        try:
+            load_tokens(Path(settings.web.api_token_file))
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"[web] api_token_file: {exc}") from exc

@@ -1,0 +1,161 @@
+"""The read-only JSON API (`/api/v1/...`): what `trackmilter status` and `report` show, for
+services that send mail for others. Bearer tokens; database work off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote
+
+from trackmilter.model import utcnow
+from trackmilter.report import Tally, as_dict
+from trackmilter.status import annotate
+from trackmilter.store.views import MessageView
+
+PREFIX = "/api/v1/"
+Response = tuple[int, list[tuple[bytes, bytes]], bytes]
+_JSON = (b"content-type", b"application/json")
+_NO_STORE = (b"cache-control", b"no-store")
+MAX_SINCE_DAYS = 366
+
+
+class ApiError(Exception):
+    """A request the API answers with a 4xx and a JSON error."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ReadStore(Protocol):
+    def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]: ...
+
+
+def load_tokens(path: Path) -> tuple[bytes, ...]:
+    """One token per line; blank lines and # comments ignored. At least 24 characters."""
+    tokens = tuple(
+        line.strip().encode() for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#"))
+    if not tokens:
+        raise ValueError(f"{path}: no API token")
+    short = [n for n, t in enumerate(tokens, 1) if len(t) < 24]
+    if short:
+        raise ValueError(f"{path}: token {short[0]} is shorter than 24 characters")
+    return tokens
+
+
+def _json(status: int, data: Any) -> Response:
+    return status, [_JSON, _NO_STORE], json.dumps(data, indent=1, sort_keys=True).encode()
+
+
+def _since(value: str) -> timedelta:
+    units = {"d": 86400, "h": 3600, "m": 60}
+    v = value.strip().lower() or "7d"
+    try:
+        seconds = float(v[:-1]) * units[v[-1]] if v[-1] in units else float(v) * 86400
+    except (ValueError, KeyError):
+        raise ApiError(400, f"since: expected e.g. 7d, 12h or 30m, got {value!r}") from None
+    if not 0 < seconds <= MAX_SINCE_DAYS * 86400:
+        raise ApiError(400, f"since: between 1 minute and {MAX_SINCE_DAYS} days")
+    return timedelta(seconds=seconds)
+
+
+class Api:
+    """Routes: messages/{ident} (tracking id, Message-ID, queue id or recipient), report,
+    openapi.json (the latter without a token)."""
+
+    def __init__(self, store: Any, tokens: tuple[bytes, ...]) -> None:
+        self._store = store
+        self._tokens = tokens
+
+    def _authorised(self, scope: Any) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                given = value[7:].strip()
+                ok = False
+                for token in self._tokens:  # every token compared: no timing on which
+                    ok = hmac.compare_digest(given, token) or ok
+                return ok
+        return False
+
+    async def handle(self, scope: Any, path: str, method: str) -> Response:
+        route = path[len(PREFIX):]
+        if route == "openapi.json":
+            return _json(200, OPENAPI)
+        if method not in ("GET", "HEAD"):
+            return 405, [(b"allow", b"GET, HEAD"), _JSON], b'{"error": "method not allowed"}'
+        if not self._authorised(scope):
+            return (401, [_JSON, (b"www-authenticate", b'Bearer realm="trackmilter"')],
+                    b'{"error": "a valid bearer token is required"}')
+        try:
+            if route.startswith("messages/") and len(route) > len("messages/"):
+                ident = unquote(route[len("messages/"):])
+                found = await asyncio.to_thread(self._messages, ident)
+                if not found:
+                    raise ApiError(404, f"nothing recorded for {ident!r}")
+                return _json(200, found)
+            if route == "report":
+                query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                since = _since(query.get("since", ["7d"])[0])
+                sender = query.get("sender", [""])[0]
+                return _json(200, await asyncio.to_thread(self._report, since, sender))
+            raise ApiError(404, "no such route")
+        except ApiError as e:
+            return _json(e.status, {"error": str(e)})
+
+    def _messages(self, ident: str) -> list[dict[str, Any]]:
+        return annotate([v.to_dict() for v in self._store.lookup(ident)])
+
+    def _report(self, since: timedelta, sender: str) -> dict[str, Any]:
+        start = utcnow() - since
+        tally = Tally()
+        for views in self._store.scan(start, sender):
+            for m in annotate([v.to_dict() for v in views]):
+                tally.add(m)
+        return {"since": start.isoformat(), "sender": sender or None, **as_dict(tally)}
+
+
+_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "trackmilter", "version": "1",
+             "description": "What happened to an email, and how sure we can be. Read-only."},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                   "schemas": {"Error": _ERROR}},
+    "security": [{"bearer": []}],
+    "paths": {
+        "/api/v1/messages/{ident}": {"get": {
+            "summary": "Messages matching a tracking id, Message-ID, queue id or recipient, "
+                       "newest first, with recipients (state, now), timeline events, hits "
+                       "(verdict, reasons, history) and engagement — as `trackmilter status "
+                       "--json`.",
+            "parameters": [{"name": "ident", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {
+                "200": {"description": "the messages",
+                        "content": {"application/json": {"schema": {"type": "array",
+                                                                    "items": {"type": "object"}}}}},
+                "401": {"description": "no or a wrong bearer token"},
+                "404": {"description": "nothing recorded",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            }}},
+        "/api/v1/report": {"get": {
+            "summary": "Counts and rates over a period, each with its denominator and notes "
+                       "on what it cannot mean — as `trackmilter report --json`.",
+            "parameters": [
+                {"name": "since", "in": "query", "schema": {"type": "string", "default": "7d"},
+                 "description": "7d, 12h, 30m (at most 366 days)"},
+                {"name": "sender", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {"description": "the report",
+                        "content": {"application/json": {"schema": {"type": "object"}}}},
+                "400": {"description": "a bad parameter"},
+                "401": {"description": "no or a wrong bearer token"},
+            }}},
+    },
+}
