@@ -74,6 +74,12 @@ def revise(conn: Connection, tracking_ids: Sequence[str], reviser: Reviser, now:
     """Judge the hits of these messages again (those at or after ``since``, at most
     REVISION_WINDOW per message, the latest); store the verdicts that changed, each as a new
     revision. Returns how many changed."""
+    if conn.dialect.name == "postgresql":
+        # Several trackers may revise one message at once: one at a time per message, in
+        # a fixed order (no deadlock), so a revision never overwrites a newer one with what
+        # an older snapshot saw. SQLite's BEGIN IMMEDIATE already serialises writers.
+        for tid in sorted(tracking_ids):
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (tid,))
     accepted = _accepted_at(conn, tracking_ids)
     by_tid: dict[str, list[Any]] = defaultdict(list)
     for chunk in _chunks(list(tracking_ids)):
