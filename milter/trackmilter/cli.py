@@ -90,17 +90,31 @@ def maillog(ctx: click.Context, path: str | None) -> None:
 def web(ctx: click.Context) -> None:
     """Run the tracker: the click and pixel URLs under [tracking] base_url, /healthz,
     /readyz and /metrics, on [web] listen (put it behind a reverse proxy)."""
+    settings = _settings(ctx)
+    if settings.web.workers > 1:
+        # Several processes, one /metrics: prometheus-client's multiprocess mode, chosen
+        # before the library is first imported (the workers are forked from here).
+        _multiprocess_metrics(settings.store.spool_dir / "prometheus")
+
     from trackmilter.store import StoreError
     from trackmilter.tokens import KeyFileError
     from trackmilter.web.networks import NetworkFileError
     from trackmilter.web.server import StartupError, run
 
-    settings = _settings(ctx)
     try:
         ctx.exit(run(settings))
     except (StartupError, KeyFileError, NetworkFileError, StoreError, OSError) as exc:
         click.echo(f"trackmilter web: {exc}", err=True)
         ctx.exit(1 if isinstance(exc, (StoreError, OSError)) else EX_CONFIG)
+
+
+def _multiprocess_metrics(directory: Path) -> None:
+    import os
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):  # counters of processes of an earlier run
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 @main.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from trackmilter import __version__
 
@@ -23,8 +23,10 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
-        self.build_info = Info("trackmilter_build", "trackmilter version", registry=r)
-        self.build_info.info({"version": __version__})
+        # A gauge, not an Info: the same exposition, and it works in multiprocess mode too.
+        self.build_info = Gauge("trackmilter_build_info", "trackmilter version", ["version"],
+                                registry=r, multiprocess_mode="max")
+        self.build_info.labels(__version__).set(1)
 
         # milter
         self.messages = Counter(

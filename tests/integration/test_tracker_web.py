@@ -49,6 +49,14 @@ def test_every_answered_hit_is_stored_when_stopped_at_once(
                                      headers={"User-Agent": UA})
         assert status == 302 and headers["location"] == f"https://x.example/{i}"
         answered += 1
+    # Two workers answered; whichever answers the scrape reports both (multiprocess mode).
+    for _ in range(4):
+        status, _, body = request(web.port, "/metrics")
+        assert status == 200
+        total = sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+                    if line.startswith("trackmilter_tracker_hits_total{"))
+        assert total == answered
+        assert 'trackmilter_build_info{version="' in body.decode()
     assert web.stop() == 0
     assert stored(cfg) == answered
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
@@ -144,7 +144,7 @@ class TrackerApp:
             status, headers, body = await self._api.handle(scope, path, method)
         elif path == "/metrics":
             status, headers = 200, [(b"content-type", CONTENT_TYPE_LATEST.encode())]
-            body = generate_latest(self._metrics.registry)
+            body = generate_latest(_exposed(self._metrics.registry))
         else:
             status, headers, body = _NOT_FOUND
         length = str(len(body)).encode()
@@ -226,3 +226,14 @@ class TrackerApp:
             reasons=[r.code for r in reasons], client=stored.client, network=network or None,
             user_agent=ua[:200], method=method, hit_id=hit.hit_id,
         )
+
+
+def _exposed(registry: CollectorRegistry) -> CollectorRegistry:
+    """This process's registry, or, with several workers (PROMETHEUS_MULTIPROC_DIR set by
+    `trackmilter web`), every worker's samples merged: whichever worker answers the scrape
+    reports them all."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return registry
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    return merged

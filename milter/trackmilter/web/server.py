@@ -89,6 +89,10 @@ def worker_app() -> TrackerApp:
         revisor.close(timeout=10.0)
         writer.close(timeout=10.0)
         store.close()
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
         log.info("web_worker_stopped", pid=os.getpid())
 
     app.on_shutdown = shutdown
