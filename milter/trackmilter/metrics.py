@@ -13,6 +13,9 @@ from trackmilter import __version__
 CALLBACK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5)
 # Delivery delays: from a local hand-off (ms) to a message retried for days.
 DELAY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400)
+# Stages of trackmilter_errors_total: the milter callbacks, link rewriting, report decoding.
+ERROR_STAGES = ("connect", "helo", "envfrom", "envrcpt", "header", "body", "eom", "abort",
+                "close", "rewrite", "report")
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
@@ -187,6 +190,17 @@ class Metrics:
             "Events lost because neither the database nor the spool could take them",
             registry=r,
         )
+        self._zero()
+
+    def _zero(self) -> None:
+        """Known label values exist from the start at 0: a series that first appears at 1 is
+        a first event `increase()` never sees (an alert on the first error would miss it)."""
+        for stage in ERROR_STAGES:
+            self.errors.labels(stage)
+        for reason in ("not_a_report", "too_large", "queue_full", "error", "shutdown"):
+            self.reports_skipped.labels(reason)
+        for target in ("click", "open"):
+            self.invalid_tokens.labels(target)
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, remembered: prometheus-client validates and locks on
