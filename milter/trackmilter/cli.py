@@ -149,6 +149,23 @@ def purge(ctx: click.Context, days: int | None) -> None:
                + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
 
 
+@main.command()
+@click.pass_context
+def webhooks(ctx: click.Context) -> None:
+    """Deliver stored events to the [webhooks] endpoints: signed POSTs from a durable outbox,
+    retried with backoff."""
+    from trackmilter.mta.runner import StartupError
+    from trackmilter.store import StoreError
+    from trackmilter.webhooks.deliver import WebhookConfigError, run
+
+    settings = _settings(ctx)
+    try:
+        ctx.exit(run(settings))
+    except (WebhookConfigError, StartupError, StoreError) as exc:
+        click.echo(f"trackmilter webhooks: {exc}", err=True)
+        ctx.exit(1 if isinstance(exc, StoreError) else EX_CONFIG)
+
+
 @main.group()
 def networks() -> None:
     """The IP range lists the verdict uses ([networks] sources)."""

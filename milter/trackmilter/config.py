@@ -95,6 +95,8 @@ class WebhooksSettings:
     max_attempts: int = 12
     backoff_initial: float = 5.0  # seconds; doubles per attempt
     backoff_max: float = 3600.0
+    # `trackmilter webhooks`' own Prometheus endpoint.
+    metrics_listen: str = "127.0.0.1:9496"
 
 
 @dataclass(frozen=True)
@@ -447,6 +449,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "max_attempts": _int,
             "backoff_initial": _float,
             "backoff_max": _float,
+            "metrics_listen": _listen,
         },
     ),
     "maillog": (

@@ -128,6 +128,21 @@ class Metrics:
             registry=r,
         )
 
+        # webhooks (endpoint labels: the configured URLs without credentials or query)
+        self.webhook_deliveries = Counter(
+            "trackmilter_webhook_deliveries_total",
+            "Webhook POSTs by endpoint and result (delivered, retry, gave_up)",
+            ["endpoint", "result"],
+            registry=r,
+        )
+        self.webhook_queue = Gauge(
+            "trackmilter_webhook_queue_events",
+            "Events waiting in the webhook outbox, by endpoint",
+            ["endpoint"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+
         # tracker
         self.hits = Counter(
             "trackmilter_tracker_hits_total",

@@ -177,7 +177,8 @@ def run(settings: Settings) -> int:
     from trackmilter.web.judging import reviser_from
 
     # With a reviser: a delivery time stored after the tracker's hits revises their verdicts.
-    store = SQLStore(settings.database.url, reviser=reviser_from(settings))
+    store = SQLStore(settings.database.url, reviser=reviser_from(settings),
+                     webhooks=settings.webhooks.endpoints)
     s = settings.store
     # Its own spool directory: two processes must never append to the same segments.
     writer = BatchWriter(store, s.spool_dir / "maillog", metrics, max_batch=s.batch_size,

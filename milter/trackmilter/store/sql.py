@@ -36,6 +36,7 @@ from trackmilter.store.hits import (
 from trackmilter.store.migrate import check_schema
 from trackmilter.store.schema import events, hits, links, messages, recipients
 from trackmilter.store.views import EventView, HitView, LinkView, MessageView, RecipientView
+from trackmilter.webhooks import outbox as webhook_outbox
 
 # PostgreSQL refuses B-tree index entries over ~2700 bytes; clipping indexed text keeps a
 # pathological Message-ID or address from making a whole batch unstorable (4 bytes/char max).
@@ -81,10 +82,12 @@ class SQLStore:
     """
 
     def __init__(self, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-                 reviser: Reviser | None = None) -> None:
+                 reviser: Reviser | None = None, webhooks: Sequence[Any] = ()) -> None:
         self._url = parse_url(url)
         # Judges the tracker's hits again when a delivery time arrives after them.
         self._reviser = reviser
+        # [webhooks] endpoints: events enter their outbox in the transaction that stores them.
+        self._webhooks = tuple(webhooks)
         self._where = describe(self._url)
         self._engine = make_engine(self._url, busy_timeout=busy_timeout)
         # Only SQLite looks at this option (see engine._configure_sqlite).
@@ -104,6 +107,8 @@ class SQLStore:
             with self._write_engine.begin() as conn:
                 self._ensure_schema(conn)
                 tied = batch.write(conn)
+                if self._webhooks:
+                    webhook_outbox.enqueue(conn, events_, self._webhooks, utcnow())
                 if self._reviser is not None and tied:
                     tids = tracking_ids_of(conn, tied)
                     if tids:
@@ -208,6 +213,7 @@ class SQLStore:
                 counts["untied_events"] = conn.execute(
                     delete(events).where(events.c.message.is_(None), events.c.at < before)
                 ).rowcount
+                counts["webhook_deliveries"] = webhook_outbox.purge(conn, before)
         except exc.SQLAlchemyError as e:
             raise translate(e, self._url) from e
         return counts

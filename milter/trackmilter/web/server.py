@@ -51,7 +51,8 @@ def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any, R
         raise StartupError("[tracking] base_url is empty: the tracker has no URLs to answer")
     signer = Signer.from_file(t.secret_file)
     log = get_logger(component="web")
-    store = SQLStore(settings.database.url, reviser=reviser_from(settings))
+    store = SQLStore(settings.database.url, reviser=reviser_from(settings),
+                     webhooks=settings.webhooks.endpoints)
     s = settings.store
     spool, _lock = claim_spool(s.spool_dir)
     revisor = Revisor(store, metrics, log)

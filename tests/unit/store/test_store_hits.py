@@ -142,7 +142,7 @@ def test_purge_deletes_only_what_is_older(store: SQLStore, db_url: str) -> None:
     old, new = make_message(1, tracking_id=TID), make_message(600, tracking_id="t000000000000002")
     store.write([old, new, hit(1, 120), hit(2, 600 * 60 + 30)])
     counts = store.purge(T0 + timedelta(minutes=300))
-    assert counts == {"hits": 1, "messages": 1, "untied_events": 0}
+    assert counts == {"hits": 1, "messages": 1, "untied_events": 0, "webhook_deliveries": 0}
     assert store.lookup(TID) == []
     assert [v.tracking_id for v in store.lookup("t000000000000002")] == ["t000000000000002"]
     assert count(db_url, hits) == 1

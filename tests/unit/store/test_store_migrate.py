@@ -23,7 +23,8 @@ from trackmilter.store.engine import make_engine
 from trackmilter.store.migrate import MIGRATIONS_DIR, VERSION_TABLE, alembic_config
 from trackmilter.store.schema import metadata
 
-TABLES = {"messages", "recipients", "links", "events", VERSION_TABLE, "hits", "hit_verdicts"}
+TABLES = {"messages", "recipients", "links", "events", VERSION_TABLE, "hits", "hit_verdicts",
+          "webhook_outbox"}
 
 
 def test_upgrade_creates_schema(db_url: str) -> None:

@@ -1,0 +1,147 @@
+"""The durable webhook outbox in SQL: enqueue with the events, claim due rows, mark the outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Insert, Table, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from trackmilter.config import WebhookEndpoint
+from trackmilter.model import Event
+
+# The module, not the table: store/sql.py imports this module and webhooks/schema.py imports
+# the store's schema (which runs store/__init__.py, hence sql.py), so it may be half-loaded here.
+from trackmilter.webhooks import schema
+from trackmilter.webhooks.payload import WEBHOOK_KINDS, encode, event_id, event_type
+
+MAX_ERROR_CHARS = 500
+
+
+def _outbox() -> Table:
+    return schema.webhook_outbox
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One outbox row taken for delivery."""
+
+    id: int
+    event_id: str
+    endpoint: str
+    event_type: str
+    payload: str
+    attempts: int  # before this attempt
+
+
+def enqueue(conn: Connection, events: Sequence[Event],
+            endpoints: Sequence[WebhookEndpoint], now: datetime) -> int:
+    """Add one row per (event, endpoint that wants its kind), due at once, in the caller's
+    transaction. An event already enqueued for an endpoint (same event id) is skipped, so a
+    replayed batch adds nothing. Returns how many rows were added."""
+    if not endpoints:
+        return 0
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for ev in events:
+        if ev.kind not in WEBHOOK_KINDS:
+            continue
+        wanted = [e.url for e in endpoints if ev.kind in e.events]
+        if not wanted:
+            continue
+        eid, etype, body = event_id(ev), event_type(ev), encode(ev)
+        for url in wanted:
+            rows[(url, eid)] = {
+                "event_id": eid, "endpoint": url, "event_type": etype, "payload": body,
+                "created_at": now, "attempts": 0, "next_attempt_at": now,
+                "delivered_at": None, "last_error": "",
+            }
+    if not rows:
+        return 0
+    # RETURNING, not rowcount: psycopg's executemany rowcount counts statements, not rows.
+    stmt = _insert_ignoring_duplicates(conn).returning(_outbox().c.id)
+    return len(conn.execute(stmt, list(rows.values())).all())
+
+
+def _insert_ignoring_duplicates(conn: Connection) -> Insert:
+    keys = ["endpoint", "event_id"]
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(_outbox()).on_conflict_do_nothing(index_elements=keys)
+    return sqlite.insert(_outbox()).on_conflict_do_nothing(index_elements=keys)
+
+
+def claim(conn: Connection, endpoints: Collection[str], now: datetime, lease: timedelta,
+          limit: int) -> list[Claimed]:
+    """Take up to `limit` due rows for these endpoints, oldest due first, and push their
+    next attempt `lease` ahead so no other worker takes them while they are sent; a worker
+    that dies mid-delivery thus only delays them (and the receiver may see an id twice).
+
+    Call in a write transaction: on SQLite BEGIN IMMEDIATE serialises claimers, on
+    PostgreSQL FOR UPDATE SKIP LOCKED lets them take different rows."""
+    if not endpoints or limit <= 0:
+        return []
+    t = _outbox().c
+    query = (
+        select(t.id, t.event_id, t.endpoint, t.event_type, t.payload, t.attempts)
+        .where(t.next_attempt_at <= now, t.endpoint.in_(sorted(endpoints)))
+        .order_by(t.next_attempt_at, t.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = [Claimed(*row) for row in conn.execute(query).all()]
+    if claimed:
+        conn.execute(update(_outbox())
+                     .where(t.id.in_([c.id for c in claimed]))
+                     .values(next_attempt_at=now + lease))
+    return claimed
+
+
+def mark_delivered(conn: Connection, row_id: int, now: datetime) -> None:
+    t = _outbox().c
+    conn.execute(update(_outbox()).where(t.id == row_id).values(
+        attempts=t.attempts + 1, delivered_at=now, next_attempt_at=None, last_error=""))
+
+
+def mark_failed(conn: Connection, row_id: int, error: str, retry_at: datetime | None) -> None:
+    """Count a failed attempt; `retry_at` None gives the row up."""
+    t = _outbox().c
+    conn.execute(update(_outbox()).where(t.id == row_id).values(
+        attempts=t.attempts + 1, next_attempt_at=retry_at, last_error=error[:MAX_ERROR_CHARS]))
+
+
+def next_due(conn: Connection, endpoints: Collection[str]) -> datetime | None:
+    """When the earliest pending row for these endpoints is due (None: nothing pending)."""
+    if not endpoints:
+        return None
+    t = _outbox().c
+    value: datetime | None = conn.execute(
+        select(func.min(t.next_attempt_at)).where(t.endpoint.in_(sorted(endpoints)))
+    ).scalar()
+    return value
+
+
+def depth(conn: Connection) -> dict[str, int]:
+    """Pending rows per endpoint (the queue-depth gauge)."""
+    t = _outbox().c
+    rows = conn.execute(select(t.endpoint, func.count())
+                        .where(t.next_attempt_at.is_not(None)).group_by(t.endpoint)).all()
+    return {str(endpoint): int(n) for endpoint, n in rows}
+
+
+def purge(conn: Connection, before: datetime) -> int:
+    """Delete finished rows (delivered or given up) created before `before` (retention);
+    pending rows stay whatever their age."""
+    t = _outbox().c
+    result = conn.execute(delete(_outbox()).where(t.created_at < before,
+                                                       t.next_attempt_at.is_(None)))
+    return int(result.rowcount or 0)
+
+
+def release(conn: Connection, row_ids: Sequence[int], now: datetime) -> None:
+    """Hand claimed rows back untried (the sender is stopping): due again at `now`."""
+    if row_ids:
+        t = _outbox().c
+        conn.execute(update(_outbox()).where(t.id.in_(list(row_ids)))
+                     .values(next_attempt_at=now))

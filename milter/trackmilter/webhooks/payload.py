@@ -1,0 +1,139 @@
+"""Pure: an event's stable webhook id, its JSON payload, and the HMAC signature receivers verify."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from trackmilter.model import DeliveryObserved, Event, HitRecorded, ReportReceived
+
+# The configuration's `events` vocabulary; a payload's `type` is "<kind>.<subtype>".
+WEBHOOK_KINDS = ("delivery", "report", "hit")
+PAYLOAD_VERSION = 1
+
+EVENT_ID_HEADER = "X-Trackmilter-Event-Id"
+TIMESTAMP_HEADER = "X-Trackmilter-Timestamp"
+SIGNATURE_HEADER = "X-Trackmilter-Signature"
+SIGNATURE_SCHEME = "v1"
+# How old a timestamp a receiver should still accept (replay protection); see verify().
+DEFAULT_TOLERANCE = 300
+
+
+class SignatureError(ValueError):
+    """A request whose signature, timestamp or event id does not verify."""
+
+
+def event_id(ev: Event) -> str:
+    """A deterministic id (64 hex digits) from what identifies the event, so a replay of the
+    same event (spool replay, a log line read twice, a resent report) gets the same id.
+
+    The fields mirror the store's own deduplication keys (store/sql.py)."""
+    if isinstance(ev, HitRecorded):
+        parts = ["hit", ev.hit_id]
+    elif isinstance(ev, DeliveryObserved):
+        parts = ["delivery", ev.mta, ev.queue_id, _address(ev.recipient),
+                 ev.delivered_to.lower(), str(ev.status), ev.at.isoformat()]
+    elif isinstance(ev, ReportReceived):
+        ident = _address(ev.report_message_id)
+        if ident:
+            ident = "mid:" + ident
+        elif ev.report_queue_id:
+            ident = f"qid:{ev.mta}:{ev.report_queue_id}"
+        else:
+            # Nothing names this report: the whole of it does (a byte-identical replay).
+            ident = "all:" + canonical_json(ev.to_dict())
+        parts = ["report", ev.report, ident,
+                 *sorted(_address(r.recipient) for r in ev.recipients)]
+    else:
+        raise ValueError(f"no webhook for {ev.kind!r} events")
+    digest = hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def event_type(ev: Event) -> str:
+    """`delivery.sent|deferred|bounced|expired`, `report.dsn|mdn|arf`, `hit.click|open`."""
+    if isinstance(ev, DeliveryObserved):
+        return f"delivery.{ev.status}"
+    if isinstance(ev, ReportReceived):
+        return f"report.{ev.report}"
+    if isinstance(ev, HitRecorded):
+        return f"hit.{ev.target}"
+    raise ValueError(f"no webhook for {ev.kind!r} events")
+
+
+def build_payload(ev: Event) -> dict[str, Any]:
+    """The JSON object POSTed for one event: envelope fields plus the event as stored."""
+    data = ev.to_dict()
+    data.pop("kind", None)
+    at = data.get("at", "")
+    return {
+        "id": event_id(ev),
+        "type": event_type(ev),
+        "occurred_at": at,
+        "version": PAYLOAD_VERSION,
+        "data": data,
+    }
+
+
+def canonical_json(value: Any) -> str:
+    """Compact, key-sorted JSON: the same event always serialises to the same body."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(ev: Event) -> str:
+    """The request body for one event (stored in the outbox, signed as UTF-8 bytes)."""
+    return canonical_json(build_payload(ev))
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """`v1=` + hex HMAC-SHA256(secret, "<timestamp>.<body>")."""
+    mac = hmac.new(secret, str(int(timestamp)).encode("ascii") + b"." + body, hashlib.sha256)
+    return f"{SIGNATURE_SCHEME}={mac.hexdigest()}"
+
+
+def headers(secret: bytes, event_id_: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Every header of a delivery request."""
+    return {
+        "Content-Type": "application/json",
+        EVENT_ID_HEADER: event_id_,
+        TIMESTAMP_HEADER: str(int(timestamp)),
+        SIGNATURE_HEADER: sign(secret, timestamp, body),
+    }
+
+
+def verify(secrets: tuple[bytes, ...] | bytes, request_headers: Mapping[str, str],
+           body: bytes, now: float, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+    """What a receiver does: check the timestamp is recent, that a `v1=` signature matches
+    one of `secrets` (several during a key rotation), and that the body's id is the header's.
+    Returns the decoded payload; raises :class:`SignatureError`. Header names are matched
+    case-insensitively."""
+    lower = {k.lower(): v for k, v in request_headers.items()}
+    stamp = lower.get(TIMESTAMP_HEADER.lower(), "")
+    try:
+        timestamp = int(stamp)
+    except ValueError as exc:
+        raise SignatureError(f"bad or missing {TIMESTAMP_HEADER}: {stamp!r}") from exc
+    if abs(now - timestamp) > tolerance:
+        raise SignatureError(f"timestamp {timestamp} is more than {tolerance}s from {int(now)}")
+    keys = (secrets,) if isinstance(secrets, bytes) else secrets
+    offered = [s.strip() for s in lower.get(SIGNATURE_HEADER.lower(), "").split(",")]
+    expected = [sign(k, timestamp, body) for k in keys]
+    if not any(hmac.compare_digest(o, e) for o in offered for e in expected):
+        raise SignatureError("signature does not match")
+    try:
+        payload: dict[str, Any] = json.loads(body)
+    except ValueError as exc:
+        raise SignatureError(f"body is not JSON: {exc}") from exc
+    if payload.get("id") != lower.get(EVENT_ID_HEADER.lower()):
+        raise SignatureError(f"{EVENT_ID_HEADER} does not match the body's id")
+    return payload
+
+
+def _address(value: str) -> str:
+    value = value.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return value.lower()
