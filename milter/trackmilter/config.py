@@ -314,22 +314,31 @@ def _prefix(bits: int) -> Callable[[Any], int]:
 NETWORK_FORMATS = ("cidr", "apple-csv", "google-json", "microsoft-json", "o365-json")
 
 
-def _network_sources(v: Any) -> tuple[NetworkSourceSettings, ...]:
-    """A list of tables {label, format, path, url?, names?}; from the environment, JSON."""
+def _tables(v: Any, what: str, keys: frozenset[str]) -> list[tuple[int, dict[str, Any]]]:
+    """A list of TOML tables (or, from the environment, a JSON list), each with only `keys`;
+    returned numbered from 1 for the error messages."""
     if isinstance(v, str):
         try:
             v = json.loads(v) if v.strip() else []
         except json.JSONDecodeError as exc:
-            raise ValueError(f"expected a JSON list of sources: {exc}") from exc
+            raise ValueError(f"expected a JSON list of {what}s: {exc}") from exc
     if not isinstance(v, list):
-        raise ValueError("expected a list of {label, format, path, url, names} tables")
+        raise ValueError(f"expected a list of {{{', '.join(sorted(keys))}}} tables")
     out = []
     for n, item in enumerate(v, 1):
         if not isinstance(item, dict):
-            raise ValueError(f"source {n}: expected a table, got {type(item).__name__}")
-        unknown = set(item) - {"label", "format", "path", "url", "names"}
+            raise ValueError(f"{what} {n}: expected a table, got {type(item).__name__}")
+        unknown = set(item) - keys
         if unknown:
-            raise ValueError(f"source {n}: unknown key(s) {', '.join(sorted(unknown))}")
+            raise ValueError(f"{what} {n}: unknown key(s) {', '.join(sorted(unknown))}")
+        out.append((n, item))
+    return out
+
+
+def _network_sources(v: Any) -> tuple[NetworkSourceSettings, ...]:
+    """A list of tables {label, format, path, url?, names?}; from the environment, JSON."""
+    out = []
+    for n, item in _tables(v, "source", frozenset({"label", "format", "path", "url", "names"})):
         try:
             label, fmt, path = _str(item["label"]), _str(item["format"]), _str(item["path"])
         except KeyError as exc:
@@ -349,20 +358,8 @@ WEBHOOK_EVENTS = ("delivery", "report", "hit")
 
 def _webhook_endpoints(v: Any) -> tuple[WebhookEndpoint, ...]:
     """A list of tables {url, secret_file, events?}; from the environment, JSON."""
-    if isinstance(v, str):
-        try:
-            v = json.loads(v) if v.strip() else []
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"expected a JSON list of endpoints: {exc}") from exc
-    if not isinstance(v, list):
-        raise ValueError("expected a list of {url, secret_file, events} tables")
     out = []
-    for n, item in enumerate(v, 1):
-        if not isinstance(item, dict):
-            raise ValueError(f"endpoint {n}: expected a table, got {type(item).__name__}")
-        unknown = set(item) - {"url", "secret_file", "events"}
-        if unknown:
-            raise ValueError(f"endpoint {n}: unknown key(s) {', '.join(sorted(unknown))}")
+    for n, item in _tables(v, "endpoint", frozenset({"url", "secret_file", "events"})):
         try:
             url, secret = _str(item["url"]), _str(item["secret_file"])
         except KeyError as exc:

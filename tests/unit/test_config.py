@@ -106,3 +106,32 @@ def test_foreign_trackmilter_variables_ignored(tmp_path: Path) -> None:
 def test_missing_file_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.toml: cannot read"):
         load(tmp_path / "nope.toml", environ={})
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    pytest.param('[webhooks]\nendpoints = [{ url = "ftp://x", secret_file = "/k" }]',
+                 "endpoint 1: url must be http(s)", id="scheme"),
+    pytest.param('[webhooks]\nendpoints = [{ url = "https://x.example/" }]',
+                 "endpoint 1: secret_file is required", id="no-secret"),
+    pytest.param('[webhooks]\nendpoints = [{ url = "https://x.example/", secret_file = "/k", '
+                 'events = ["opens"] }]', "unknown event kind(s) opens", id="event-kind"),
+    pytest.param('[webhooks]\nendpoints = ["https://x.example/"]',
+                 "endpoint 1: expected a table", id="not-a-table"),
+])
+def test_webhook_endpoint_errors_name_key_and_file(tmp_path: Path, text: str,
+                                                   needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(_write(tmp_path, text), environ={})
+    assert needle in str(info.value) and "[webhooks] endpoints" in str(info.value)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_webhook_endpoints_from_toml_and_environment(tmp_path: Path) -> None:
+    s = load(_write(tmp_path, '[webhooks]\nendpoints = [{ url = "https://a.example/h", '
+                              'secret_file = "/k", events = ["hit"] }]'), environ={})
+    (e,) = s.webhooks.endpoints
+    assert (e.url, str(e.secret_file), e.events) == ("https://a.example/h", "/k", ("hit",))
+    env = {"TRACKMILTER_WEBHOOKS_ENDPOINTS":
+           '[{"url": "https://b.example/", "secret_file": "/k2"}]'}
+    (e,) = load(None, environ=env).webhooks.endpoints
+    assert e.events == ("delivery", "report", "hit")
