@@ -28,7 +28,8 @@ def _settings(ctx: click.Context) -> cfgmod.Settings:
             click.echo(f"trackmilter: configuration error: {exc}", err=True)
             ctx.exit(EX_CONFIG)
         s = obj["settings"]
-        tmlog.configure(s.log.format, s.log.level, stream=sys.stderr if obj.get("cli") else None)
+        tmlog.configure(s.log.format, s.log.level, stream=sys.stderr if obj.get("cli") else None,
+                        hash_addresses=s.log.hash_addresses)
     settings: cfgmod.Settings = obj["settings"]
     return settings
 

@@ -176,6 +176,8 @@ class PrivacySettings:
 class LogSettings:
     format: str = "auto"
     level: str = "info"
+    # Replace email addresses in log lines by a stable pseudonym (sha256:…).
+    hash_addresses: bool = False
 
 
 @dataclass(frozen=True)
@@ -501,6 +503,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
         {
             "format": _choice("auto", "json", "console"),
             "level": _choice("debug", "info", "warning", "error"),
+            "hash_addresses": _bool,
         },
     ),
 }

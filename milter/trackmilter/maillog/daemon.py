@@ -107,6 +107,12 @@ def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
             metrics.child(metrics.delivery_delay, str(record.status)).observe(record.delay)
         for ev in events:
             counts[ev.status] += 1
+            if log is not None:  # one canonical line per delivery outcome
+                log.info("delivery", queue_id=ev.queue_id, recipient=ev.recipient,
+                         status=str(ev.status), dsn=ev.dsn or None, relay=ev.relay or None,
+                         transport=ev.transport or None, text=_cut(ev.text),
+                         orig_to=ev.orig_to or None, delivered_to=ev.delivered_to or None,
+                         at=ev.at.isoformat(), mta=ev.mta)
             outcomes[(str(ev.status), ev.dsn or "",
                       provider_of(ev.delivered_to or ev.recipient, providers))] += 1
     for status, n in counts.items():  # once per block, not per line

@@ -79,7 +79,8 @@ def worker_app() -> TrackerApp:
 
     path = os.environ.get(CONFIG_ENV)
     settings = cfgmod.load(Path(path) if path else None)
-    tmlog.configure(settings.log.format, settings.log.level)
+    tmlog.configure(settings.log.format, settings.log.level,
+                    hash_addresses=settings.log.hash_addresses)
     metrics = Metrics()
     app, writer, store, revisor = build(settings, metrics)
     log = get_logger(component="web")

@@ -223,8 +223,11 @@ def test_a_record_the_tracker_fails_on_is_logged_counted_and_skipped() -> None:
                 FragileTracker("lab"), sink, metrics, log)
     assert n == 1 and [e.queue_id for e in sink.events] == ["AAA111"]
     assert metrics.registry.get_sample_value("trackmilter_maillog_unparsed_lines_total") == 1
-    [(event, fields)] = log.lines
+    [(event, fields)] = [(e, f) for e, f in log.lines if e != "delivery"]
     assert event == "maillog_line_failed" and fields["stage"] == "track"
+    [(_, delivery)] = [(e, f) for e, f in log.lines if e == "delivery"]
+    assert (delivery["queue_id"], delivery["recipient"], delivery["status"]) == (
+        "AAA111", "bob@example.net", "sent")
     assert "BAD111" in fields["record"] and len(fields["record"]) <= MAX_LOGGED_CHARS + 1
     assert "a bug" in fields["error"]
 
@@ -408,7 +411,7 @@ def test_position_is_not_saved_when_the_flush_fails(tmp_path: Path) -> None:
     recording = _follow(log, state, sink, Tracker("lab"))
     assert sink.flushes == 1 and len(sink.events) == 1
     assert not state.exists()
-    assert [event for event, _ in recording.lines] == ["maillog_flush_incomplete"]
+    assert [event for event, _ in recording.lines] == ["delivery", "maillog_flush_incomplete"]
     # Once a flush succeeds, the position and the state are saved together.
     sink = FlushSink(ok=True)
     _follow(log, state, sink, Tracker("lab"))
