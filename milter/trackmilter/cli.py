@@ -279,20 +279,31 @@ def _since(value: str) -> int:
 @main.command()
 @click.option("--since", default="7d", show_default=True, help="How far back: 7d, 12h, 30m.")
 @click.option("--sender", default="", help="Only messages from this envelope sender.")
+@click.option("--header", "headers", multiple=True, metavar="NAME=VALUE",
+              help="Only messages with this header (one of [milter] record_headers).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def report(ctx: click.Context, since: str, sender: str, as_json: bool) -> None:
+def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...],
+           as_json: bool) -> None:
     """Counts and rates over the messages of a period, each with its denominator."""
     from datetime import timedelta
 
     from trackmilter.model import utcnow
-    from trackmilter.report import Tally, as_dict, render
+    from trackmilter.report import Tally, as_dict, header_filter, matches, render
     from trackmilter.status import annotate
     from trackmilter.store import SQLStore, StoreError
 
     ctx.ensure_object(dict)["cli"] = True
     settings = _settings(ctx)
     start = utcnow() - timedelta(seconds=_since(since))
+    try:
+        wanted = header_filter(headers)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--header") from None
+    unknown = set(wanted) - set(settings.milter.record_headers)
+    if unknown:
+        click.echo(f"trackmilter report: warning: {', '.join(sorted(unknown))} not in "
+                   "[milter] record_headers: no message will match", err=True)
     tally = Tally()
     try:
         store = SQLStore(settings.database.url)
@@ -302,7 +313,8 @@ def report(ctx: click.Context, since: str, sender: str, as_json: bool) -> None:
                                    show_pos=True) as bar:
                 for views in store.scan(start, sender):
                     for m in annotate([v.to_dict() for v in views]):
-                        tally.add(m)
+                        if matches(m, wanted):
+                            tally.add(m)
                     bar.update(len(views))
         finally:
             store.close()
@@ -311,9 +323,10 @@ def report(ctx: click.Context, since: str, sender: str, as_json: bool) -> None:
         ctx.exit(1)
     if as_json:
         click.echo(json.dumps({"since": start.isoformat(), "sender": sender or None,
-                               **as_dict(tally)}, indent=2, sort_keys=True))
+                               "headers": wanted, **as_dict(tally)}, indent=2, sort_keys=True))
     else:
         who = f" from <{sender}>" if sender else ""
+        who += "".join(f" with {k}: {v}" for k, v in wanted.items())
         click.echo(render(tally, f"messages{who} since {start.isoformat(timespec='seconds')}"))
 
 

@@ -38,6 +38,8 @@ class MilterSettings:
     # original sender and recipient. "" = off; Postfix's default delimiters are "+=".
     verp_delimiters: str = ""
     optout_header: str = "X-Trackmilter-Opt-Out"
+    # Headers recorded with each message (lower-cased), e.g. for `report --header`.
+    record_headers: tuple[str, ...] = ("x-campaign",)
     timeout: int = 600
     mta_name: str = field(default_factory=_socket.getfqdn)
 
@@ -410,6 +412,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "report_max_size": _int,
             "verp_delimiters": _verp_delimiters,
             "optout_header": _header_name,
+            "record_headers": lambda v: tuple(_header_name(h).lower() for h in _strlist(v)),
             "timeout": _int,
             "mta_name": _str,
         },

@@ -137,6 +137,7 @@ class MessageRecorded(_Stored):
     mta: str = ""  # which MTA host recorded it (several servers may share one store)
     tracking_header: bool = False  # whether our tracking-id header was added
     envelope_id: str = ""  # the client's ENVID (RFC 3461), decoded
+    headers: tuple[tuple[str, str], ...] = ()  # [milter] record_headers found, name lower-cased
 
     kind = "message"
 
@@ -159,6 +160,7 @@ class MessageRecorded(_Stored):
             for r in data.get("recipients", ())
         )
         data["links"] = tuple(LinkRecord(**link) for link in data.get("links", ()))
+        data["headers"] = tuple((str(k), str(v)) for k, v in data.get("headers", ()))
         return cls(**data)
 
     @property

@@ -94,6 +94,24 @@ class Tally:
             (self.opens if target == "open" else self.clicks)[verdict] += 1
 
 
+def header_filter(specs: Iterable[str]) -> dict[str, str]:
+    """`X-Campaign=spring` (several allowed: all must match) -> {"x-campaign": "spring"}."""
+    wanted: dict[str, str] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected NAME=VALUE, got {spec!r}")
+        wanted[name.strip().lower()] = value.strip()
+    return wanted
+
+
+def matches(m: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
+    """Whether the message recorded every wanted header with that value ([milter]
+    record_headers decides which headers are recorded at all)."""
+    have = m.get("headers") or {}
+    return all(have.get(k) == v for k, v in wanted.items())
+
+
 def _pct(n: int, d: int) -> str:
     return f"{n:>7}  {100 * n / d:5.1f} % of {d}" if d else f"{n:>7}  (no denominator)"
 

@@ -159,6 +159,7 @@ def finish(
     pixel: bool = False,
     links: tuple[LinkRecord, ...] = (),
     tracking_header: bool = False,
+    record_headers: tuple[str, ...] = (),
 ) -> MessageRecorded:
     if end is EndReason.ABORTED and tx.recipients and tx.accepted == 0:
         end = EndReason.ALL_REFUSED
@@ -184,4 +185,21 @@ def finish(
         links=links,
         mta=mta,
         tracking_header=tracking_header,
+        headers=recorded_headers(tx.headers, record_headers),
     )
+
+
+MAX_RECORDED_VALUE = 256
+
+
+def recorded_headers(headers: list[tuple[str, str]], wanted: tuple[str, ...]
+                     ) -> tuple[tuple[str, str], ...]:
+    """The first value of each wanted header (names lower-cased, values unfolded, bounded)."""
+    if not wanted:
+        return ()
+    found: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        if key in wanted and key not in found:
+            found[key] = " ".join(value.split())[:MAX_RECORDED_VALUE]
+    return tuple(found.items())

@@ -292,6 +292,7 @@ class Session(Milter.Base):  # type: ignore[misc]
             client_addr=self.client_addr, client_name=self.client_name, helo=self.helo,
             mta=cfg.milter.mta_name, rewritten=rewritten, skip=str(skip or ""),
             pixel=bool(result and result.pixel_added and cfg.tracking.open_pixel), links=links, tracking_header=header_added,
+            record_headers=cfg.milter.record_headers,
         )
         self._record(event, time.perf_counter() - start)
 
@@ -335,7 +336,8 @@ class Session(Milter.Base):  # type: ignore[misc]
             return
         event = policy.finish(tx, end=end, finished_at=self.deps.clock(),
                               client_addr=self.client_addr, client_name=self.client_name,
-                              helo=self.helo, mta=self.deps.settings.milter.mta_name)
+                              helo=self.helo, mta=self.deps.settings.milter.mta_name,
+                              record_headers=self.deps.settings.milter.record_headers)
         self._record(event, 0.0)
 
     def _record(self, event: MessageRecorded, seconds: float) -> None:

@@ -103,6 +103,8 @@ messages = Table(
     # Revision 0002: the client's ENVID (RFC 3461), echoed by DSNs as Original-Envelope-Id.
     Column("envelope_id", Text, nullable=False, server_default=""),
     Index(None, "envelope_id"),
+    # Revision 0005: [milter] record_headers found in the message, {name: value}.
+    Column("headers", JSONData, nullable=True),
 )
 
 recipients = Table(

@@ -116,6 +116,7 @@ class MessageView:
     queue_id: str = ""
     message_id: str = ""  # without angle brackets
     envelope_id: str = ""  # the client's ENVID (RFC 3461), "" when it gave none
+    headers: dict[str, str] = field(default_factory=dict, hash=False)  # record_headers found
     client_addr: str = ""
     client_name: str = ""
     auth_user: str = ""

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote
 
 from trackmilter.model import utcnow
-from trackmilter.report import Tally, as_dict
+from trackmilter.report import Tally, as_dict, header_filter, matches
 from trackmilter.status import annotate
 from trackmilter.store.views import MessageView
 
@@ -102,7 +102,11 @@ class Api:
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 since = _since(query.get("since", ["7d"])[0])
                 sender = query.get("sender", [""])[0]
-                return _json(200, await asyncio.to_thread(self._report, since, sender))
+                try:
+                    wanted = header_filter(query.get("header", []))
+                except ValueError as exc:
+                    raise ApiError(400, f"header: {exc}") from None
+                return _json(200, await asyncio.to_thread(self._report, since, sender, wanted))
             raise ApiError(404, "no such route")
         except ApiError as e:
             return _json(e.status, {"error": str(e)})
@@ -110,13 +114,16 @@ class Api:
     def _messages(self, ident: str) -> list[dict[str, Any]]:
         return annotate([v.to_dict() for v in self._store.lookup(ident)])
 
-    def _report(self, since: timedelta, sender: str) -> dict[str, Any]:
+    def _report(self, since: timedelta, sender: str, wanted: dict[str, str]
+                ) -> dict[str, Any]:
         start = utcnow() - since
         tally = Tally()
         for views in self._store.scan(start, sender):
             for m in annotate([v.to_dict() for v in views]):
-                tally.add(m)
-        return {"since": start.isoformat(), "sender": sender or None, **as_dict(tally)}
+                if matches(m, wanted):
+                    tally.add(m)
+        return {"since": start.isoformat(), "sender": sender or None, "headers": wanted,
+                **as_dict(tally)}
 
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
@@ -150,6 +157,9 @@ OPENAPI: dict[str, Any] = {
                 {"name": "since", "in": "query", "schema": {"type": "string", "default": "7d"},
                  "description": "7d, 12h, 30m (at most 366 days)"},
                 {"name": "sender", "in": "query", "schema": {"type": "string"}},
+                {"name": "header", "in": "query", "schema": {"type": "array",
+                                                             "items": {"type": "string"}},
+                 "description": "NAME=VALUE, repeatable: messages with these recorded headers"},
             ],
             "responses": {
                 "200": {"description": "the report",

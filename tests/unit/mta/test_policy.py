@@ -121,3 +121,13 @@ def test_finish_all_refused() -> None:
 )
 def test_envelope_id(params: tuple[str, ...], expected: str) -> None:
     assert policy.envelope_id(params) == expected
+
+
+def test_recorded_headers_first_value_unfolded_and_bounded() -> None:
+    from trackmilter.mta.policy import MAX_RECORDED_VALUE, recorded_headers
+
+    headers = [("Subject", "x"), ("X-Campaign", " spring\r\n\t2026 "), ("x-campaign", "later"),
+               ("X-Long", "y" * 1000)]
+    assert recorded_headers(headers, ("x-campaign", "x-long")) == (
+        ("x-campaign", "spring 2026"), ("x-long", "y" * MAX_RECORDED_VALUE))
+    assert recorded_headers(headers, ()) == ()

@@ -362,3 +362,11 @@ def test_report_queue_is_bounded_by_bytes_and_counts_what_it_drops(sink: ListSin
     gate.set()
     q.close()
     assert decoded == [1000, 1000]
+
+
+def test_recorded_headers_reach_the_event(sink: ListSink) -> None:
+    msg = HTML_MSG.replace(b"Subject:", b"X-Campaign: spring-2026\r\nSubject:", 1)
+    assert msg != HTML_MSG
+    run(make_deps(sink), msg)
+    (event,) = [e for e in sink.events if e.kind == "message"]
+    assert event.headers == (("x-campaign", "spring-2026"),)

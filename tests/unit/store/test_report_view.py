@@ -90,3 +90,25 @@ def test_report_command_json_and_sender_filter(store: SQLStore, db_url: str,
     assert "messages                    1" in res.stdout
     res = runner.invoke(main, ["--config", str(cfg), "report", "--since", "yesterday"])
     assert res.exit_code == 2 and "expected e.g. 7d" in res.output
+
+
+def test_report_by_recorded_header(store: SQLStore, db_url: str, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    spring = replace(make_message(1, tracking_id="t000000000000011", queue_id="4H1"),
+                     headers=(("x-campaign", "spring"),))
+    autumn = replace(make_message(2, tracking_id="t000000000000012", queue_id="4H2"),
+                     headers=(("x-campaign", "autumn"),))
+    store.write([spring, autumn, make_message(3, tracking_id="t000000000000013")])
+    (view,) = store.lookup("t000000000000011")
+    assert view.headers == {"x-campaign": "spring"}
+    cfg = tmp_path / "tm.toml"
+    cfg.write_text(f'[database]\nurl = "{db_url}"\n')
+    days = (__import__("datetime").datetime.now(T0.tzinfo) - T0).days + 2
+    res = CliRunner().invoke(main, ["--config", str(cfg), "report", "--since", f"{days}d",
+                                    "--header", "X-Campaign=spring", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout[res.stdout.index("{"):])
+    assert data["messages"] == 1 and data["headers"] == {"x-campaign": "spring"}
+    res = CliRunner().invoke(main, ["--config", str(cfg), "report", "--header", "nonsense"])
+    assert res.exit_code == 2 and "NAME=VALUE" in res.output
