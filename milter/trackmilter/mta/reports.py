@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import re
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -16,7 +17,19 @@ from trackmilter.model import Event, ReportReceived, ReportRecipient, utcnow
 Decoder = Callable[[bytes], ReportReceived | None]
 
 
-def decode_report(raw: bytes) -> ReportReceived | None:
+DEFAULT_HEADER = "X-Trackmilter-ID"
+
+
+def _tracking_id_in(raw: bytes, header: str) -> str:
+    """Our tracking id under a configured header name, in the returned original (the
+    decoder itself knows only the default name)."""
+    pattern = re.compile(rb"^" + re.escape(header.encode("ascii")) + rb":[ \t]*([a-z2-7]{16})[ \t]*\r?$",
+                         re.IGNORECASE | re.MULTILINE)
+    m = pattern.search(raw)
+    return m.group(1).decode("ascii").lower() if m else ""
+
+
+def decode_report(raw: bytes, header: str = DEFAULT_HEADER) -> ReportReceived | None:
     """The project's decoder (trackmilter.reports), in the store's vocabulary."""
     from trackmilter.reports import decode
 
@@ -43,7 +56,8 @@ def decode_report(raw: bytes) -> ReportReceived | None:
             )
             for r in report.recipients
         ),
-        tracking_id=report.tracking_id,
+        tracking_id=report.tracking_id or (
+            _tracking_id_in(raw, header) if header.lower() != DEFAULT_HEADER.lower() else ""),
         original_queue_id=report.postfix_queue_id,
         original_message_id=report.original_message_id,
         envelope_id=report.original_envelope_id,

@@ -70,7 +70,9 @@ def run(settings: Settings) -> int:
                          flush_interval=s.flush_interval, retry_interval=s.retry_interval,
                          logger=log)
     start_metrics(settings.metrics.listen, metrics)
-    reports = ReportQueue(decode_report, writer, metrics, log)
+    # The tracking header's configured name ties a returned original back to its message.
+    decoder = functools.partial(decode_report, header=settings.tracking.header)
+    reports = ReportQueue(decoder, writer, metrics, log)
     deps = Deps(settings=settings, signer=signer, sink=writer, metrics=metrics, log=log,
                 reports=reports)
     Milter.factory = functools.partial(Session, deps)

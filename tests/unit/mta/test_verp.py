@@ -27,3 +27,25 @@ from trackmilter.mta.reports import decode_verp
 )
 def test_decode_verp(address: str, delimiters: str, expected: tuple[str, str] | None) -> None:
     assert decode_verp(address, delimiters) == expected
+
+
+def test_a_configured_tracking_header_ties_the_report() -> None:
+    from trackmilter.mta.reports import decode_report
+
+    bounce = (
+        b"From: MAILER-DAEMON@mx.example.com\r\nTo: alice@example.com\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nsorry\r\n"
+        b"--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.com\r\n\r\n"
+        b"Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        b"--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        b"Message-ID: <m1@example.com>\r\nX-Campaign-Track: abcdefghijklmnop\r\n"
+        b"--B--\r\n"
+    )
+    assert decode_report(bounce) is not None
+    assert decode_report(bounce).tracking_id == ""  # type: ignore[union-attr]
+    report = decode_report(bounce, header="X-Campaign-Track")
+    assert report is not None and report.tracking_id == "abcdefghijklmnop"
+    assert report.original_message_id.strip("<>") == "m1@example.com"
