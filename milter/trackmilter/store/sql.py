@@ -547,13 +547,12 @@ def _messages_for_reports(
             mid = conn.execute(
                 select(messages.c.id).where(messages.c.tracking_id == ev.tracking_id.lower())
             ).scalar()
-        if mid is None and ev.original_queue_id:
-            query = select(messages.c.id).where(
-                messages.c.queue_id == ev.original_queue_id, messages.c.started_at <= ev.at
-            )
-            if ev.mta:
-                query = query.where(messages.c.mta == ev.mta)
-            mid = conn.execute(query.order_by(messages.c.started_at.desc()).limit(1)).scalar()
+        # X-Postfix-Queue-ID names the queue of the MTA that wrote the report: ours only
+        # when our MTA reported (Postfix's own bounces). Another server's queue id may equal
+        # one of ours by chance, so there the Message-ID goes first.
+        ours = _reported_by_us(ev)
+        if mid is None and ev.original_queue_id and ours:
+            mid = _by_queue_id(conn, ev)
         if mid is None and ev.original_message_id:
             wanted = strip_brackets(ev.original_message_id)[:MAX_INDEXED_CHARS]
             mid = conn.execute(
@@ -562,6 +561,8 @@ def _messages_for_reports(
                 .order_by(messages.c.started_at.desc())
                 .limit(1)
             ).scalar()
+        if mid is None and ev.original_queue_id and not ours:
+            mid = _by_queue_id(conn, ev)
         if mid is None and ev.envelope_id:
             mid = conn.execute(
                 select(messages.c.id)
@@ -585,6 +586,22 @@ def _messages_for_reports(
         if mid is not None:
             found.update(dict.fromkeys(keys, int(mid)))
     return found
+
+
+def _by_queue_id(conn: Connection, ev: ReportReceived) -> Any:
+    """The latest message with the report's original queue id at the MTA that saw it."""
+    query = select(messages.c.id).where(
+        messages.c.queue_id == ev.original_queue_id, messages.c.started_at <= ev.at
+    )
+    if ev.mta:
+        query = query.where(messages.c.mta == ev.mta)
+    return conn.execute(query.order_by(messages.c.started_at.desc()).limit(1)).scalar()
+
+
+def _reported_by_us(ev: ReportReceived) -> bool:
+    """Whether the report was written by the MTA whose milter saw it (or does not say)."""
+    reporter = ev.reporting_mta.strip().lower().rstrip(".")
+    return not reporter or not ev.mta or reporter == ev.mta.strip().lower().rstrip(".")
 
 
 def _views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageView]:

@@ -86,3 +86,17 @@ def test_tied_by_the_clients_envid(store: SQLStore) -> None:
     [m] = store.lookup("t000000000000001")
     assert m.envelope_id == "batch-7"
     assert [e.kind for e in m.events if e.kind == "dsn"] == ["dsn"]
+
+
+def test_another_servers_queue_id_does_not_outrank_the_message_id(store: SQLStore) -> None:
+    # m1's queue id happens to equal the remote server's; the report quotes m2's Message-ID.
+    store.write([make_message(1, queue_id="C0FFEE1"), make_message(2)])
+    store.write([report(original_queue_id="C0FFEE1", original_message_id="<m2@example.org>",
+                        reporting_mta="mx.remote.example", mta="mx1")])
+    [m2] = store.lookup("t000000000000002")
+    assert [e.kind for e in m2.events if e.kind == "dsn"] == ["dsn"]
+    # Our own MTA's bounce: its queue id is ours, and it comes first.
+    store.write([report(original_queue_id="C0FFEE1", original_message_id="<m2@example.org>",
+                        reporting_mta="mx1", mta="mx1", report_message_id="<r2@mx1>")])
+    [m1] = store.lookup("t000000000000001")
+    assert [e.kind for e in m1.events if e.kind == "dsn"] == ["dsn"]
