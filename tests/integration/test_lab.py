@@ -329,6 +329,13 @@ def test_demo_runs_the_scenario_and_leaves_nothing_running() -> None:
         assert "bounce report (DSN) from lab.example.test: not delivered; reason userunknown" in text
         assert "deferred: not accepted yet by 127.0.0.1[127.0.0.1]" in text
         assert "refused by our MTA: never sent (5.7.1" in text
+        # The tracker: a person, Apple's prefetch and a scanner, each judged for what it is.
+        assert "opened — machine (Apple Mail Privacy Protection prefetch" in text
+        assert re.search(r"clicked link 1 \(https://shop\.example\.org/spring[^)]*\) — human "
+                         r"\(A web browser's user agent \(Firefox", text)
+        assert re.search(r"clicked link 4 .* — machine \(From the address ranges of scanner.*"
+                         r"Several different links", text)
+        assert "not attributable to one recipient" in text
         assert "Everything stopped" in text
         pf = PostfixInstance(workdir / "postfix")
         assert pf.master_pid is None

@@ -11,16 +11,18 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, TextIO
 
-from trackmilter.lab import daemon
+from trackmilter.lab import daemon, demo_tracker
 from trackmilter.lab.fakemx import FakeMX
 from trackmilter.lab.postfix import (
     PostfixError,
     PostfixInstance,
+    free_port,
     make_socket_dir,
     postfix_available,
     postfix_ids,
     searchable_by,
 )
+from trackmilter.lab.webproc import web_process
 
 __all__ = ["run_demo"]
 
@@ -69,7 +71,7 @@ def _prepare(workdir: Path) -> None:
         raise PostfixError(f"user postfix cannot search {blocked}; choose another --workdir")
     for name in ("postfix", "sock", "spool"):
         shutil.rmtree(workdir / name, ignore_errors=True)
-    for name in ("trackmilter.db", "milter.log"):
+    for name in ("trackmilter.db", "milter.log", "web.log"):
         (workdir / name).unlink(missing_ok=True)
 
 
@@ -129,9 +131,11 @@ def run_demo(workdir: Path, python: str, out: TextIO) -> int:
             out.write(f"- fake remote MX on 127.0.0.1:{mx.port} (reject*@ 550, defer*@ 450)\n")
 
             sock = make_socket_dir(workdir / "sock") / "milter.sock"
+            web_port = free_port()
             config = daemon.write_config(workdir, sock, log_level="warning", extra={"maillog": {
                 "state_file": str(workdir / "maillog.state"), "metrics_listen": "",
-                "mta_name": "lab.example", "poll_interval": 0.2}})
+                "mta_name": "lab.example", "poll_interval": 0.2},
+                **demo_tracker.settings(workdir, web_port)})
             milter = daemon.milter_process(config, sock, python=python)
             stack.callback(milter.stop)
             milter.start()
@@ -148,7 +152,11 @@ def run_demo(workdir: Path, python: str, out: TextIO) -> int:
             out.write(f"- private Postfix on 127.0.0.1:{pf.smtp_port} (log: {pf.log_path})\n")
             follower = _start_follower(config, pf.log_path, python, workdir / "maillog.log")
             stack.callback(_stop_follower, follower)
-            out.write(f"- trackmilter maillog following {pf.log_path}\n\n")
+            out.write(f"- trackmilter maillog following {pf.log_path}\n")
+            web = web_process(config, web_port, python=python)
+            stack.callback(web.stop)
+            web.start()
+            out.write(f"- trackmilter web on 127.0.0.1:{web_port} (log: {web.log_path})\n\n")
 
             sends = [
                 (list(READERS), _message(", ".join(READERS), "Spring news", NEWSLETTER_HTML)),
@@ -185,10 +193,13 @@ def run_demo(workdir: Path, python: str, out: TextIO) -> int:
             for rcpt in [*READERS, REJECTED, DEFERRED]:
                 # The follower and the writer are asynchronous: wait for the log's evidence.
                 daemon.wait_status(config, rcpt, _has_delivery, timeout=30, python=python)
+            made = demo_tracker.follow(web_port, body, daemon.BASE_URL, out)
+            daemon.wait_status(config, READERS[0], demo_tracker.settled(made), timeout=30,
+                               python=python)
             for rcpt in [*READERS, REJECTED, DEFERRED, REFUSED]:
                 ok = _status(config, python, rcpt, out) and ok
     except (PostfixError, TimeoutError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
         out.write(f"\ntrackmilter demo failed: {exc}\n")
         return 1
-    out.write("\nEverything stopped (milter, Postfix, fake MX).\n")
+    out.write("\nEverything stopped (milter, log follower, tracker, Postfix, fake MX).\n")
     return 0 if ok else 1
