@@ -280,6 +280,9 @@ class HitRecorded(_Stored):
     verdict: str = "unknown"  # "human" | "machine" | "unknown"
     reasons: tuple[HitReason, ...] = ()
     tracker: str = ""  # which tracker host answered
+    # 0: as answered. >0: a later verdict on the same hit (the id of its revision row),
+    # never stored as a hit again, only sent to webhooks as hit.<target>.revised.
+    revision: int = 0
 
     kind = "hit"
 

@@ -3,6 +3,7 @@ evidence only the database has (the delivery time, hits answered by other proces
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -70,10 +71,10 @@ def write_hits(conn: Connection, batch: Sequence[HitRecorded]) -> None:
 
 
 def revise(conn: Connection, tracking_ids: Sequence[str], reviser: Reviser, now: datetime,
-           since: datetime | None = None) -> int:
+           since: datetime | None = None) -> list[HitRecorded]:
     """Judge the hits of these messages again (those at or after ``since``, at most
     REVISION_WINDOW per message, the latest); store the verdicts that changed, each as a new
-    revision. Returns how many changed."""
+    revision. Returns the hits whose verdict changed, as revised (`revision` set)."""
     if conn.dialect.name == "postgresql":
         # Several trackers may revise one message at once: one at a time per message, in
         # a fixed order (no deadlock), so a revision never overwrites a newer one with what
@@ -93,7 +94,7 @@ def revise(conn: Connection, tracking_ids: Sequence[str], reviser: Reviser, now:
                  .order_by(sub.c.tracking_id, sub.c.at, sub.c.id))
         for row in conn.execute(query):
             by_tid[row.tracking_id].append(row)
-    changed = 0
+    changed: list[HitRecorded] = []
     for tid, rows in by_tid.items():
         judged = reviser([_hit(r) for r in rows], accepted.get(tid))
         for row, (verdict, reasons) in zip(rows, judged, strict=True):
@@ -102,9 +103,11 @@ def revise(conn: Connection, tracking_ids: Sequence[str], reviser: Reviser, now:
                 continue
             conn.execute(update(hits).where(hits.c.id == row.id)
                          .values(verdict=verdict, reasons=data))
-            conn.execute(insert(hit_verdicts).values(
+            result = conn.execute(insert(hit_verdicts).values(
                 hit=row.id, at=now, verdict=verdict, reasons=data, cause="revision"))
-            changed += 1
+            rev = int(result.inserted_primary_key[0]) if result.inserted_primary_key else 1
+            changed.append(dataclasses.replace(_hit(row), verdict=verdict,
+                                               reasons=tuple(reasons), revision=rev))
     return changed
 
 

@@ -112,7 +112,7 @@ class SQLStore:
                 if self._reviser is not None and tied:
                     tids = tracking_ids_of(conn, tied)
                     if tids:
-                        revise(conn, tids, self._reviser, utcnow())
+                        self._revised(conn, revise(conn, tids, self._reviser, utcnow()))
         except exc.SQLAlchemyError as e:
             raise translate(e, self._url) from e
 
@@ -123,9 +123,16 @@ class SQLStore:
         try:
             with self._write_engine.begin() as conn:
                 self._ensure_schema(conn)
-                return revise(conn, tracking_ids, self._reviser, utcnow(), since)
+                return self._revised(
+                    conn, revise(conn, tracking_ids, self._reviser, utcnow(), since))
         except exc.SQLAlchemyError as e:
             raise translate(e, self._url) from e
+
+    def _revised(self, conn: Connection, revised: list[HitRecorded]) -> int:
+        """Revised verdicts go to the webhooks too (hit.<target>.revised)."""
+        if revised and self._webhooks:
+            webhook_outbox.enqueue(conn, revised, self._webhooks, utcnow())
+        return len(revised)
 
     def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]:
         ident = ident.strip()

@@ -32,7 +32,7 @@ def event_id(ev: Event) -> str:
 
     The fields mirror the store's own deduplication keys (store/sql.py)."""
     if isinstance(ev, HitRecorded):
-        parts = ["hit", ev.hit_id]
+        parts = ["hit", ev.hit_id, *([f"revision:{ev.revision}"] if ev.revision else [])]
     elif isinstance(ev, DeliveryObserved):
         parts = ["delivery", ev.mta, ev.queue_id, _address(ev.recipient),
                  ev.delivered_to.lower(), str(ev.status), ev.at.isoformat()]
@@ -60,7 +60,7 @@ def event_type(ev: Event) -> str:
     if isinstance(ev, ReportReceived):
         return f"report.{ev.report}"
     if isinstance(ev, HitRecorded):
-        return f"hit.{ev.target}"
+        return f"hit.{ev.target}.revised" if ev.revision else f"hit.{ev.target}"
     raise ValueError(f"no webhook for {ev.kind!r} events")
 
 
