@@ -118,6 +118,16 @@ def test_prometheus_reads_our_series_after_mail_flowed(
         assert {r["metric"]["job"]: r["value"][1] for r in up} == {
             "trackmilter-milter": "1", "trackmilter-maillog": "1", "trackmilter-web": "1"}
         assert series("sum(trackmilter_build_info)") >= 3
+        # Every running endpoint's exposition passes promtool's lint.
+        if shutil.which("promtool"):
+            for job, port in targets.items():
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",  # noqa: S310
+                                            timeout=5) as resp:
+                    text = resp.read()
+                lint = subprocess.run(["promtool", "check", "metrics"], input=text,
+                                      capture_output=True, timeout=30)
+                assert lint.returncode == 0 and not lint.stdout.strip(), (
+                    job, lint.stdout.decode(), lint.stderr.decode())
     finally:
         web.stop()
         if follower is not None:
