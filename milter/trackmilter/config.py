@@ -130,6 +130,9 @@ class WebSettings:
     forwarded_header: str = "x-forwarded-for"
     # Bearer tokens for the read-only JSON API under /api/v1/ (one per line); "" = no API.
     api_token_file: str = ""
+    # Look up clients' PTR names in the background (never on the response path); a name of
+    # a known mail-security service labels the client's network for the verdict.
+    reverse_dns: bool = False
     # Which tracker host answered, stored with every hit.
     name: str = field(default_factory=_socket.getfqdn)
 
@@ -473,6 +476,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "trusted_proxies": _networks,
             "forwarded_header": _choice("x-forwarded-for", "forwarded"),
             "api_token_file": _str,
+            "reverse_dns": _bool,
             "name": _str,
         },
     ),

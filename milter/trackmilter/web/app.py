@@ -23,6 +23,7 @@ from trackmilter.tokens import InvalidToken, Kind, Signer
 from trackmilter.web.api import PREFIX as API_PREFIX
 from trackmilter.web.api import Api
 from trackmilter.web.forwarded import ClientResolver, IPAddress, truncate
+from trackmilter.web.rdns import label_for_hostname
 
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -81,6 +82,7 @@ class TrackerApp:
         name: str = "",
         clock: Callable[[], datetime] = utcnow,
         api: Api | None = None,
+        rdns: Any = None,
     ) -> None:
         # The ASGI path is percent-decoded: so must the prefix be.
         prefix = unquote(urlsplit(base_url).path.rstrip("/"))
@@ -98,12 +100,18 @@ class TrackerApp:
         self._name = name
         self._clock = clock
         self._api = api  # None: /api/v1/ is not served ([web] api_token_file empty)
+        self._rdns = rdns  # [web] reverse_dns: a ReverseDNS, never waited on
         self._log = get_logger(component="web")
         # Hit ids: unique per process start (random prefix) and per hit (a counter); a
         # getrandom() call per hit showed as a tenth of the tracker's CPU.
         self._ids = map(f"{os.urandom(6).hex()}{{:x}}".format, itertools.count(1))
         # Called at lifespan shutdown (the server stops this worker): flush and close.
         self.on_shutdown: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        """Stop background lookups (reverse DNS)."""
+        if self._rdns is not None:
+            self._rdns.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -200,6 +208,12 @@ class TrackerApp:
         peer = scope.get("client")
         ip = self._resolver.client(peer[0] if peer else None, forwarded, xff)
         network = (self._networks.lookup(ip) or "") if self._networks and ip else ""
+        if self._rdns is not None and ip is not None:
+            # Known only from a client's second hit on (resolved in the background).
+            name = self._rdns.name(ip)
+            if name:
+                kept["reverse-dns"] = name[:255]
+                network = network or label_for_hostname(name) or ""
         at = self._clock()
         hit = HitRecorded(
             hit_id=next(self._ids), target=target, tracking_id=tid, at=at, index=index,

@@ -20,11 +20,9 @@ import json
 import os
 import socket
 import tempfile
-import threading
 import urllib.request
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -315,50 +313,5 @@ def _replace(path: Path, data: bytes) -> None:
         raise
 
 
-# --- optional reverse DNS --------------------------------------------------------------------
-Resolver = Callable[[str], str]
-
-
-def _gethostbyaddr(address: str) -> str:
-    import socket
-
-    return socket.gethostbyaddr(address)[0]
-
-
-class ReverseDNS:
-    """Cached PTR names, resolved in background threads: `name` never waits, it answers None
-    until the name is known (off by default; never let the response path block on DNS)."""
-
-    def __init__(self, resolver: Resolver = _gethostbyaddr, max_entries: int = 65536,
-                 workers: int = 2) -> None:
-        self._resolver = resolver
-        self._max = max_entries
-        self._cache: dict[str, str] = {}  # "" = looked up, no name
-        self._pending: set[str] = set()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rdns")
-
-    def name(self, ip: IPAddress) -> str | None:
-        key = str(ip)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key] or None
-            if key in self._pending or len(self._pending) >= self._max:
-                return None
-            self._pending.add(key)
-        self._pool.submit(self._resolve, key)
-        return None
-
-    def _resolve(self, key: str) -> None:
-        try:
-            name = self._resolver(key)
-        except (OSError, UnicodeError):
-            name = ""
-        with self._lock:
-            self._pending.discard(key)
-            if len(self._cache) >= self._max:
-                self._cache.pop(next(iter(self._cache)))  # oldest first: dicts keep order
-            self._cache[key] = name.rstrip(".").lower()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+# Reverse DNS moved to trackmilter.web.rdns; kept importable from here.
+from trackmilter.web.rdns import ReverseDNS as ReverseDNS  # noqa: E402

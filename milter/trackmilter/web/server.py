@@ -15,6 +15,7 @@ from trackmilter.tokens import Signer
 from trackmilter.web.api import Api, load_tokens
 from trackmilter.web.app import TrackerApp
 from trackmilter.web.forwarded import ClientResolver
+from trackmilter.web.rdns import ReverseDNS
 from trackmilter.web.revisor import NotingStore, Revisor
 
 
@@ -61,12 +62,13 @@ def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any, R
                          logger=log)
     w = settings.web
     api = Api(store, load_tokens(Path(w.api_token_file))) if w.api_token_file else None
+    rdns = ReverseDNS() if w.reverse_dns else None
     app = TrackerApp(
         base_url=t.base_url, signer=signer, sink=writer, metrics=metrics,
         judge=request_judge(settings), resolver=ClientResolver(w.trusted_proxies, w.forwarded_header),
         networks=networks_from(settings), ready=lambda: bool(writer.healthy),
         ipv4_prefix=settings.privacy.ipv4_prefix, ipv6_prefix=settings.privacy.ipv6_prefix,
-        name=w.name, api=api,
+        name=w.name, api=api, rdns=rdns,
     )
     return app, writer, store, revisor
 
@@ -87,6 +89,7 @@ def worker_app() -> TrackerApp:
 
     def shutdown() -> None:
         # Hits answered are written, or spooled, before the worker exits.
+        app.close()
         writer.flush(timeout=10.0)
         revisor.close(timeout=10.0)
         writer.close(timeout=10.0)

@@ -267,3 +267,27 @@ def test_head_pixel_gives_the_get_length_and_evidence_headers_are_bounded() -> N
 def test_percent_encoded_base_path() -> None:
     app, sink, _, _ = make_app(base_url="https://example.com/a%20b")
     assert call(app, f"/a b/c/{click_token()}")[0] == 302
+
+
+def test_reverse_dns_labels_a_scanner_from_its_second_hit() -> None:
+    from trackmilter.web.rdns import ReverseDNS, label_for_hostname
+
+    assert label_for_hostname("mail-eopbgr.protection.outlook.com.") == "microsoft"
+    assert label_for_hostname("mx0a-001.pphosted.com") == "proofpoint"
+    assert label_for_hostname("host.example.net") is None
+    looked_up: list[str] = []
+
+    def resolver(addr: str) -> str:
+        looked_up.append(addr)
+        return "scan-1.eu.pphosted.com."
+
+    rdns = ReverseDNS(resolver)
+    app, sink, _, _ = make_app(rdns=rdns)
+    call(app, f"/c/{click_token()}", peer="198.51.100.9", headers=[("User-Agent", "x")])
+    first = sink.events[0]
+    assert first.network == "" and "reverse-dns" not in dict(first.headers)  # never waited on
+    rdns.close()  # waits for the background lookup
+    call(app, f"/c/{click_token()}", peer="198.51.100.9", headers=[("User-Agent", "x")])
+    second = sink.events[1]
+    assert dict(second.headers)["reverse-dns"] == "scan-1.eu.pphosted.com"
+    assert second.network == "proofpoint" and looked_up == ["198.51.100.9"]
