@@ -111,6 +111,14 @@ class Metrics:
             registry=r,
         )
 
+        self.report_recipients = Counter(
+            "trackmilter_reports_recipients_total",
+            "Recipients named by decoded reports, by kind (dsn, mdn, arf), action (DSN Action, "
+            "MDN disposition, ARF feedback type) and bounce reason (sisimai's vocabulary)",
+            ["kind", "action", "reason"],
+            registry=r,
+        )
+
         # delivery (what the next hop answered, from the MTA's log)
         self.delivery_outcomes = Counter(
             "trackmilter_delivery_outcomes_total",
@@ -154,6 +162,14 @@ class Metrics:
             "trackmilter_tracker_hit_reasons_total",
             "Reasons behind the tracker's verdicts (a hit may have several)",
             ["target", "reason"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "trackmilter_tracker_request_duration_seconds",
+            "Time to answer a tracking URL inside the application (verify, judge, queue the "
+            "hit), by target",
+            ["target"],
+            buckets=CALLBACK_BUCKETS,
             registry=r,
         )
         self.invalid_tokens = Counter(

@@ -180,6 +180,9 @@ class ReportQueue:
                                     verp_sender=sender, verp_recipient=recipient)
         self._sink.submit(event)
         m.child(m.reports, event.report).inc()
+        for r in event.recipients:
+            m.child(m.report_recipients, event.report, r.action or "none",
+                    r.reason or "none").inc()
         self._log.info(
             "report", kind=event.report, queue_id=job.queue_id,
             tracking_id=event.tracking_id or None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
@@ -164,6 +165,7 @@ class TrackerApp:
 
     def _hit(self, scope: Scope, token: str, method: str, want: Kind
              ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        start = time.perf_counter()
         target = "click" if want is Kind.CLICK else "open"
         if method not in ("GET", "HEAD"):
             return 405, [(b"allow", b"GET, HEAD"), _NO_STORE], b""
@@ -180,6 +182,8 @@ class TrackerApp:
             self._record(scope, target, method, data.tracking_id, data.index, data.url)
         except Exception as e:  # noqa: BLE001 - the answer never depends on recording
             self._log.error("hit_record_failed", error=repr(e), tracking_id=data.tracking_id)
+        self._metrics.child(self._metrics.request_seconds, target).observe(
+            time.perf_counter() - start)
         if want is Kind.CLICK:
             # The URL is the signed one, checked against a printable-ASCII pattern by verify:
             # no CR/LF or space can reach this header, and no other host can be named.

@@ -321,6 +321,9 @@ def test_bounce_is_decoded_off_the_callback_and_passes_unchanged(sink: ListSink)
     assert message.kind == "message"
     assert report.kind == "report" and report.report_queue_id == "4BOUNCE"
     assert report.mta == deps.settings.milter.mta_name
+    assert deps.metrics.registry.get_sample_value(
+        "trackmilter_reports_recipients_total",
+        {"kind": "dsn", "action": "failed", "reason": "none"}) == 1
 
 
 def test_ordinary_inbound_mail_is_not_offered_to_the_decoder(sink: ListSink) -> None:

@@ -98,6 +98,8 @@ def test_click_redirects_to_the_signed_url_and_records_the_hit() -> None:
     assert ev.at == NOW and ev.tracker == "t1" and ev.verdict == "unknown"
     assert metrics.registry.get_sample_value(
         "trackmilter_tracker_hits_total", {"target": "click", "verdict": "unknown"}) == 1
+    assert metrics.registry.get_sample_value(
+        "trackmilter_tracker_request_duration_seconds_count", {"target": "click"}) == 1
 
 
 def test_pixel_is_a_gif_that_is_never_cached() -> None:
