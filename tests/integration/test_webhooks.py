@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from sqlalchemy import Engine, select
 from tests.unit.store.store_helpers import T0, wait_for
 
 from trackmilter.config import WebhookEndpoint, WebhooksSettings
+from trackmilter.lab import free_port
 from trackmilter.model import (
     DeliveryObserved,
     DeliveryStatus,
@@ -247,6 +250,7 @@ def test_daemon_delivers_and_stops_on_sigterm(tmp_path: Path, engine: Engine,
     secret_file = tmp_path / "webhook.secret"
     secret_file.write_text("# the key shared with the receiver\n" + SECRET.decode() + "\n")
     config = tmp_path / "trackmilter.toml"
+    metrics_port = free_port()
     config.write_text(f"""
 [database]
 url = "{engine.url}"
@@ -257,6 +261,7 @@ format = "json"
 [webhooks]
 timeout = 2.0
 backoff_initial = 0.05
+metrics_listen = "127.0.0.1:{metrics_port}"
 
 [[webhooks.endpoints]]
 url = "{receiver.url}"
@@ -276,6 +281,14 @@ events = ["hit", "report"]
     try:
         wait_for(lambda: len(receiver.ids) == 2 or proc.poll() is not None, what="delivery")
         assert proc.poll() is None, proc.communicate()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",  # noqa: S310
+                                    timeout=5) as resp:
+            exposition = resp.read()
+        assert b'trackmilter_webhook_deliveries_total{endpoint="' in exposition
+        if shutil.which("promtool"):
+            lint = subprocess.run(["promtool", "check", "metrics"], input=exposition,
+                                  capture_output=True, timeout=30)
+            assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
     finally:
