@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,17 +37,36 @@ class ReadStore(Protocol):
     def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]: ...
 
 
-def load_tokens(path: Path) -> tuple[bytes, ...]:
-    """One token per line; blank lines and # comments ignored. At least 24 characters."""
-    tokens = tuple(
-        line.strip().encode() for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.lstrip().startswith("#"))
+@dataclass(frozen=True)
+class ApiToken:
+    """A bearer token and the sender domains it may see (empty: every message)."""
+
+    secret: bytes
+    domains: frozenset[str] = frozenset()
+
+    def allows(self, sender: str) -> bool:
+        if not self.domains:
+            return True
+        domain = sender.rpartition("@")[2].lower().rstrip(">")
+        return domain in self.domains
+
+
+def load_tokens(path: Path) -> tuple[ApiToken, ...]:
+    """One token per line, optionally followed by the sender domains it may see (a
+    service sending for several customers gives each customer a token for its domains);
+    blank lines and # comments ignored. Tokens have at least 24 characters."""
+    tokens = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        secret, *domains = line.split()
+        tokens.append(ApiToken(secret.encode(), frozenset(d.lower() for d in domains)))
     if not tokens:
         raise ValueError(f"{path}: no API token")
-    short = [n for n, t in enumerate(tokens, 1) if len(t) < 24]
+    short = [n for n, t in enumerate(tokens, 1) if len(t.secret) < 24]
     if short:
         raise ValueError(f"{path}: token {short[0]} is shorter than 24 characters")
-    return tokens
+    return tuple(tokens)
 
 
 def _json(status: int, data: Any) -> Response:
@@ -68,19 +89,20 @@ class Api:
     """Routes: messages/{ident} (tracking id, Message-ID, queue id or recipient), report,
     openapi.json (the latter without a token)."""
 
-    def __init__(self, store: Any, tokens: tuple[bytes, ...]) -> None:
+    def __init__(self, store: Any, tokens: Sequence[ApiToken | bytes]) -> None:
         self._store = store
-        self._tokens = tokens
+        self._tokens = tuple(t if isinstance(t, ApiToken) else ApiToken(t) for t in tokens)
 
-    def _authorised(self, scope: Any) -> bool:
+    def _authorised(self, scope: Any) -> ApiToken | None:
         for name, value in scope["headers"]:
             if name == b"authorization" and value[:7].lower() == b"bearer ":
                 given = value[7:].strip()
-                ok = False
+                found = None
                 for token in self._tokens:  # every token compared: no timing on which
-                    ok = hmac.compare_digest(given, token) or ok
-                return ok
-        return False
+                    if hmac.compare_digest(given, token.secret):
+                        found = token
+                return found
+        return None
 
     async def handle(self, scope: Any, path: str, method: str) -> Response:
         route = path[len(PREFIX):]
@@ -88,13 +110,14 @@ class Api:
             return _json(200, OPENAPI)
         if method not in ("GET", "HEAD"):
             return 405, [(b"allow", b"GET, HEAD"), _JSON], b'{"error": "method not allowed"}'
-        if not self._authorised(scope):
+        token = self._authorised(scope)
+        if token is None:
             return (401, [_JSON, (b"www-authenticate", b'Bearer realm="trackmilter"')],
                     b'{"error": "a valid bearer token is required"}')
         try:
             if route.startswith("messages/") and len(route) > len("messages/"):
                 ident = unquote(route[len("messages/"):])
-                found = await asyncio.to_thread(self._messages, ident)
+                found = await asyncio.to_thread(self._messages, ident, token)
                 if not found:
                     raise ApiError(404, f"nothing recorded for {ident!r}")
                 return _json(200, found)
@@ -106,21 +129,24 @@ class Api:
                     wanted = header_filter(query.get("header", []))
                 except ValueError as exc:
                     raise ApiError(400, f"header: {exc}") from None
-                return _json(200, await asyncio.to_thread(self._report, since, sender, wanted))
+                return _json(200, await asyncio.to_thread(self._report, since, sender, wanted,
+                                                          token))
             raise ApiError(404, "no such route")
         except ApiError as e:
             return _json(e.status, {"error": str(e)})
 
-    def _messages(self, ident: str) -> list[dict[str, Any]]:
-        return annotate([v.to_dict() for v in self._store.lookup(ident)])
+    def _messages(self, ident: str, token: ApiToken) -> list[dict[str, Any]]:
+        # Messages of other senders are not there for this token: 404, not 403.
+        return annotate([v.to_dict() for v in self._store.lookup(ident)
+                         if token.allows(v.sender)])
 
-    def _report(self, since: timedelta, sender: str, wanted: dict[str, str]
-                ) -> dict[str, Any]:
+    def _report(self, since: timedelta, sender: str, wanted: dict[str, str],
+                token: ApiToken) -> dict[str, Any]:
         start = utcnow() - since
         tally = Tally()
         for views in self._store.scan(start, sender):
             for m in annotate([v.to_dict() for v in views]):
-                if matches(m, wanted):
+                if matches(m, wanted) and token.allows(m.get("sender", "")):
                     tally.add(m)
         return {"since": start.isoformat(), "sender": sender or None, "headers": wanted,
                 **as_dict(tally)}

@@ -96,8 +96,23 @@ def test_no_token_file_no_api() -> None:
 
 def test_token_file(tmp_path: Path) -> None:
     f = tmp_path / "tokens"
-    f.write_text("# comment\n" + "a" * 30 + "\n")
-    assert load_tokens(f) == (b"a" * 30,)
+    f.write_text("# comment\n" + "a" * 30 + "\n" + "b" * 30 + " Example.ORG shop.example\n")
+    all_, scoped = load_tokens(f)
+    assert (all_.secret, all_.domains) == (b"a" * 30, frozenset())
+    assert scoped.domains == {"example.org", "shop.example"}
     f.write_text("short\n")
     with pytest.raises(ValueError, match="shorter than 24"):
         load_tokens(f)
+
+
+def test_a_token_sees_only_its_senders_domains() -> None:
+    from trackmilter.web.api import ApiToken
+
+    mine, other = ApiToken(b"m" * 30, frozenset({"example.org"})), ApiToken(b"o" * 30,
+                                                                           frozenset({"x.test"}))
+    app, _, _, _ = make_app(api=Api(Store(), (mine, other)))
+    status, _, body = call(app, "/api/v1/messages/4QABC", headers=auth(mine.secret))
+    assert status == 200 and json.loads(body)[0]["sender"] == "a@example.org"
+    assert call(app, "/api/v1/messages/4QABC", headers=auth(other.secret))[0] == 404
+    status, _, body = call(app, "/api/v1/report", headers=auth(other.secret))
+    assert status == 200 and json.loads(body)["messages"] == 0
