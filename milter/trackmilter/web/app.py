@@ -42,6 +42,7 @@ EVIDENCE_HEADERS = frozenset({
     b"x-forwarded-for", b"forwarded",
 })
 
+_ADDRESS_EVIDENCE = frozenset({"x-forwarded-for", "forwarded", "reverse-dns"})
 _NO_STORE = (b"cache-control", b"no-store, no-cache, must-revalidate, max-age=0")
 _NOT_FOUND = (404, [(b"content-type", b"text/plain; charset=utf-8"), _NO_STORE], b"not found\n")
 _COMMON = [(b"referrer-policy", b"no-referrer"), (b"x-content-type-options", b"nosniff")]
@@ -98,6 +99,9 @@ class TrackerApp:
         self._networks = networks
         self._ready = ready
         self._v4, self._v6 = ipv4_prefix, ipv6_prefix
+        # With [privacy] truncation, evidence that carries whole addresses (forwarding
+        # headers, a PTR name such as c-203-0-113-7.example.net) is not stored either.
+        self._truncating = ipv4_prefix < 32 or ipv6_prefix < 128
         self._name = name
         self._clock = clock
         self._api = api  # None: /api/v1/ is not served ([web] api_token_file empty)
@@ -228,10 +232,13 @@ class TrackerApp:
             honeypot=target == "click" and index == 0,
         )
         verdict, reasons = self._judge(hit, ip)
+        evidence = hit.headers
+        if self._truncating:
+            evidence = tuple((k, v) for k, v in evidence if k not in _ADDRESS_EVIDENCE)
         stored = HitRecorded(
             hit_id=hit.hit_id, target=target, tracking_id=tid, at=at, index=index, url=url,
             client=truncate(ip, self._v4, self._v6), network=network, method=method,
-            user_agent=hit.user_agent, headers=hit.headers, tracker=self._name,
+            user_agent=hit.user_agent, headers=evidence, tracker=self._name,
             honeypot=hit.honeypot, verdict=verdict, reasons=reasons,
         )
         self._sink.submit(stored)

@@ -208,9 +208,15 @@ def test_client_address(peer: str, headers: list[tuple[str, str]], client: str) 
 
 def test_truncation_applies_to_storage_not_to_the_verdict() -> None:
     app, sink, judge, _ = make_app(ipv4_prefix=24, ipv6_prefix=48)
-    call(app, f"/c/{click_token()}", peer="198.51.100.4", headers=[("User-Agent", "x")])
+    call(app, f"/c/{click_token()}", peer="127.0.0.1",
+         headers=[("User-Agent", "x"), ("X-Forwarded-For", "198.51.100.4"), ("Accept", "*/*")])
     assert judge.seen[0][0].client == "198.51.100.4"
     assert sink.events[0].client == "198.51.100.0/24"
+    # Nothing else stored carries the whole address.
+    assert dict(sink.events[0].headers) == {"accept": "*/*"}
+    app, sink, _, _ = make_app()
+    call(app, f"/c/{click_token()}", peer="127.0.0.1", headers=[("X-Forwarded-For", "198.51.100.4")])
+    assert dict(sink.events[0].headers) == {"x-forwarded-for": "198.51.100.4"}
     assert truncate(ipaddress.ip_address("2001:db8:1:2::5"), 24, 48) == "2001:db8:1::/48"
 
 
