@@ -264,18 +264,6 @@ def status(ctx: click.Context, as_json: bool, ident: str) -> None:
         ctx.exit(3)
 
 
-def _since(value: str) -> int:
-    """"7d", "12h", "30m" or a plain number of days -> seconds."""
-    units = {"d": 86400, "h": 3600, "m": 60}
-    v = value.strip().lower()
-    try:
-        if v and v[-1] in units:
-            return int(float(v[:-1]) * units[v[-1]])
-        return int(float(v) * 86400)
-    except ValueError:
-        raise click.BadParameter(f"expected e.g. 7d, 12h or 30m, got {value!r}") from None
-
-
 @main.command()
 @click.option("--since", default="7d", show_default=True, help="How far back: 7d, 12h, 30m.")
 @click.option("--sender", default="", help="Only messages from this envelope sender.")
@@ -286,16 +274,16 @@ def _since(value: str) -> int:
 def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...],
            as_json: bool) -> None:
     """Counts and rates over the messages of a period, each with its denominator."""
-    from datetime import timedelta
-
     from trackmilter.model import utcnow
-    from trackmilter.report import Tally, as_dict, header_filter, matches, render
-    from trackmilter.status import annotate
+    from trackmilter.report import as_dict, header_filter, parse_since, render, tally
     from trackmilter.store import SQLStore, StoreError
 
     ctx.ensure_object(dict)["cli"] = True
     settings = _settings(ctx)
-    start = utcnow() - timedelta(seconds=_since(since))
+    try:
+        start = utcnow() - parse_since(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
     try:
         wanted = header_filter(headers)
     except ValueError as exc:
@@ -304,18 +292,13 @@ def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...]
     if unknown:
         click.echo(f"trackmilter report: warning: {', '.join(sorted(unknown))} not in "
                    "[milter] record_headers: no message will match", err=True)
-    tally = Tally()
     try:
         store = SQLStore(settings.database.url)
         try:
             total = store.count_messages(start, sender)
             with click.progressbar(length=total, label="scanning", file=sys.stderr,
                                    show_pos=True) as bar:
-                for views in store.scan(start, sender):
-                    for m in annotate([v.to_dict() for v in views]):
-                        if matches(m, wanted):
-                            tally.add(m)
-                    bar.update(len(views))
+                counted = tally(store, start, sender, wanted, progress=bar.update)
         finally:
             store.close()
     except StoreError as exc:
@@ -323,11 +306,12 @@ def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...]
         ctx.exit(1)
     if as_json:
         click.echo(json.dumps({"since": start.isoformat(), "sender": sender or None,
-                               "headers": wanted, **as_dict(tally)}, indent=2, sort_keys=True))
+                               "headers": wanted, **as_dict(counted)}, indent=2,
+                              sort_keys=True))
     else:
         who = f" from <{sender}>" if sender else ""
         who += "".join(f" with {k}: {v}" for k, v in wanted.items())
-        click.echo(render(tally, f"messages{who} since {start.isoformat(timespec='seconds')}"))
+        click.echo(render(counted, f"messages{who} since {start.isoformat(timespec='seconds')}"))
 
 
 DECODE_FIELDS = ("file", "kind", "recipient", "action", "status", "replycode", "reason",

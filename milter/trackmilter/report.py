@@ -4,11 +4,12 @@ a footnote on what it can and cannot mean."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from trackmilter.status import state
+from trackmilter.status import annotate, state
 
 # The recipient states of status.state, grouped as the report counts them.
 _REMOTE = {"sent"}
@@ -92,6 +93,35 @@ class Tally:
                 best[target] = verdict
         for target, verdict in best.items():
             (self.opens if target == "open" else self.clicks)[verdict] += 1
+
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60}
+
+
+def parse_since(value: str) -> timedelta:
+    """"7d", "12h", "30m" or a plain number of days; ValueError for anything else."""
+    v = value.strip().lower()
+    try:
+        if v and v[-1] in _UNITS:
+            return timedelta(seconds=float(v[:-1]) * _UNITS[v[-1]])
+        return timedelta(days=float(v))
+    except ValueError:
+        raise ValueError(f"expected e.g. 7d, 12h or 30m, got {value!r}") from None
+
+
+def tally(store: Any, since: datetime, sender: str = "", wanted: Mapping[str, str] = {},
+          allowed: Callable[[str], bool] = lambda sender: True,
+          progress: Callable[[int], None] = lambda n: None) -> Tally:
+    """Scan the store's messages from `since` (from `sender`) and add up those that carry
+    the `wanted` recorded headers and whose sender is `allowed`; `progress` gets each
+    chunk's size."""
+    t = Tally()
+    for views in store.scan(since, sender):
+        for m in annotate([v.to_dict() for v in views]):
+            if matches(m, wanted) and allowed(str(m.get("sender", ""))):
+                t.add(m)
+        progress(len(views))
+    return t
 
 
 def header_filter(specs: Iterable[str]) -> dict[str, str]:

@@ -393,14 +393,14 @@ class _Batch:
     def write(self, conn: Connection) -> list[int]:
         """Write the batch; return the messages that delivery lines were tied to."""
         if self.messages:
-            _upsert(conn, messages, list(self.messages.values()), ["tracking_id"])
+            upsert(conn, messages, list(self.messages.values()), ["tracking_id"])
         ids = _message_ids(conn, list(self.messages))
         if self.recipients:
             rows = [{"message": ids[tid], **row} for (tid, _), row in self.recipients.items()]
-            _upsert(conn, recipients, rows, ["message", "address"])
+            upsert(conn, recipients, rows, ["message", "address"])
         if self.links:
             rows = [{"message": ids[tid], **row} for (tid, _), row in self.links.items()]
-            _upsert(conn, links, rows, ["message", "idx"])
+            upsert(conn, links, rows, ["message", "idx"])
         by_delivery = _messages_for_deliveries(conn, self.deliveries)
         by_delivery.update(_messages_for_reports(conn, self.reports))
         if self.events:
@@ -410,7 +410,7 @@ class _Batch:
                 tid = row.pop("_tid")
                 row["message"] = ids[tid] if tid is not None else by_delivery.get(key)
                 rows.append(row)
-            _upsert(conn, events, rows, ["dedup_key"])
+            upsert(conn, events, rows, ["dedup_key"])
         if self.hits:
             write_hits(conn, self.hits)
         return sorted({by_delivery[key] for _, _, _, key in self.deliveries if key in by_delivery})
@@ -486,8 +486,6 @@ def upsert(conn: Connection, table: Table, rows: list[dict[str, Any]], keys: lis
         stmt = _UPSERTS[cache_key] = _Upsert(conn.dialect, table, columns, keys, update)
     stmt.run(conn, rows)
 
-
-_upsert = upsert
 
 
 def _message_ids(conn: Connection, tracking_ids: list[str]) -> dict[str, int]:

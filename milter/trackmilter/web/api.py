@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote
 
 from trackmilter.model import utcnow
-from trackmilter.report import Tally, as_dict, header_filter, matches
+from trackmilter.report import as_dict, header_filter, parse_since, tally
 from trackmilter.status import annotate
 from trackmilter.store.views import MessageView
 
@@ -74,15 +74,13 @@ def _json(status: int, data: Any) -> Response:
 
 
 def _since(value: str) -> timedelta:
-    units = {"d": 86400, "h": 3600, "m": 60}
-    v = value.strip().lower() or "7d"
     try:
-        seconds = float(v[:-1]) * units[v[-1]] if v[-1] in units else float(v) * 86400
-    except (ValueError, KeyError):
-        raise ApiError(400, f"since: expected e.g. 7d, 12h or 30m, got {value!r}") from None
-    if not 0 < seconds <= MAX_SINCE_DAYS * 86400:
+        since = parse_since(value or "7d")
+    except ValueError as exc:
+        raise ApiError(400, f"since: {exc}") from None
+    if not timedelta(minutes=1) <= since <= timedelta(days=MAX_SINCE_DAYS):
         raise ApiError(400, f"since: between 1 minute and {MAX_SINCE_DAYS} days")
-    return timedelta(seconds=seconds)
+    return since
 
 
 class Api:
@@ -143,13 +141,9 @@ class Api:
     def _report(self, since: timedelta, sender: str, wanted: dict[str, str],
                 token: ApiToken) -> dict[str, Any]:
         start = utcnow() - since
-        tally = Tally()
-        for views in self._store.scan(start, sender):
-            for m in annotate([v.to_dict() for v in views]):
-                if matches(m, wanted) and token.allows(m.get("sender", "")):
-                    tally.add(m)
+        counted = tally(self._store, start, sender, wanted, allowed=token.allows)
         return {"since": start.isoformat(), "sender": sender or None, "headers": wanted,
-                **as_dict(tally)}
+                **as_dict(counted)}
 
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}

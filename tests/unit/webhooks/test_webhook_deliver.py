@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,8 +17,6 @@ from tests.unit.store.store_helpers import T0
 from trackmilter.config import WebhookEndpoint, WebhooksSettings
 from trackmilter.metrics import Metrics
 from trackmilter.model import DeliveryObserved, DeliveryStatus, utcnow
-from trackmilter.store import upgrade
-from trackmilter.store.engine import make_engine
 from trackmilter.webhooks import outbox
 from trackmilter.webhooks.deliver import (
     Stats,
@@ -114,15 +112,6 @@ class Answers:
             raise answer
         return answer
 
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    e = make_engine(db_url)
-    try:
-        yield e
-    finally:
-        e.dispose()
 
 
 def enqueue(engine: Engine, n: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from tests.unit.store.store_helpers import T0, make_message
 
 from trackmilter.config import WebhookEndpoint
 from trackmilter.model import DeliveryObserved, DeliveryStatus, Event, HitRecorded
-from trackmilter.store import upgrade
-from trackmilter.store.engine import make_engine
 from trackmilter.webhooks import outbox
 from trackmilter.webhooks.payload import encode, event_id
 from trackmilter.webhooks.schema import webhook_outbox
@@ -33,15 +30,6 @@ def delivery(n: int) -> DeliveryObserved:
 def hit(n: int) -> HitRecorded:
     return HitRecorded(hit_id=f"h{n}", target="open", tracking_id="t" * 16, at=T0)
 
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    e = make_engine(db_url)
-    try:
-        yield e
-    finally:
-        e.dispose()
 
 
 def rows(engine: Engine) -> list[dict[str, object]]:
