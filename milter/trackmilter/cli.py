@@ -109,6 +109,26 @@ def web(ctx: click.Context) -> None:
         ctx.exit(1 if isinstance(exc, (StoreError, OSError)) else EX_CONFIG)
 
 
+@main.command()
+@click.pass_context
+def edge(ctx: click.Context) -> None:
+    """Store the hits nginx answered itself (conf/nginx/trackmilter-edge.conf): follow its
+    trackmilter_hits log ([edge] log), verify, judge and store every hit."""
+    settings = _settings(ctx)
+    from trackmilter.store import StoreError
+    from trackmilter.tokens import KeyFileError
+    from trackmilter.web.edge import run
+    from trackmilter.web.networks import NetworkFileError
+    from trackmilter.web.server import StartupError, build_check
+
+    try:
+        build_check(settings)
+        ctx.exit(run(settings))
+    except (StartupError, KeyFileError, NetworkFileError, StoreError, OSError) as exc:
+        click.echo(f"trackmilter edge: {exc}", err=True)
+        ctx.exit(1 if isinstance(exc, (StoreError, OSError)) else EX_CONFIG)
+
+
 def _multiprocess_metrics(directory: Path) -> None:
     import os
 

@@ -138,6 +138,17 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class EdgeSettings:
+    # `trackmilter edge`: the hits nginx answered (conf/nginx/trackmilter-edge.conf), read
+    # from its trackmilter_hits access log.
+    log: Path = Path("/var/log/trackmilter/hits.log")
+    # Where it remembers how far it read (file identity and offset).
+    state_file: Path = Path("/var/lib/trackmilter/edge.state")
+    poll_interval: float = 0.25
+    metrics_listen: str = "127.0.0.1:9497"
+
+
+@dataclass(frozen=True)
 class NetworkSourceSettings:
     label: str
     format: str
@@ -195,6 +206,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     maillog: MaillogSettings = field(default_factory=MaillogSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     verdict: VerdictSettings = field(default_factory=VerdictSettings)
     networks: NetworksSettings = field(default_factory=NetworksSettings)
@@ -478,6 +490,15 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "api_token_file": _str,
             "reverse_dns": _bool,
             "name": _str,
+        },
+    ),
+    "edge": (
+        EdgeSettings,
+        {
+            "log": lambda v: Path(_str(v)),
+            "state_file": lambda v: Path(_str(v)),
+            "poll_interval": _float,
+            "metrics_listen": _listen,
         },
     ),
     "privacy": (

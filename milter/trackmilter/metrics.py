@@ -178,6 +178,20 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.edge_lines = Counter(
+            "trackmilter_edge_lines_total",
+            "Lines of nginx's hit log read by `trackmilter edge`, by outcome: hit (stored), "
+            "refused (nginx answered 404/405, nothing to store), invalid (the token did not "
+            "verify here: keys differ between nginx and trackmilter), unreadable (not the "
+            "trackmilter_hits log format)",
+            ["outcome"],
+            registry=r,
+        )
+        self.edge_lag = Gauge(
+            "trackmilter_edge_lag_seconds",
+            "Age of the last hit `trackmilter edge` handed to the store, when it was handed",
+            registry=r,
+        )
         self.verdict_revisions = Counter(
             "trackmilter_tracker_verdict_revisions_total",
             "Stored verdicts changed by later evidence (a burst, the delivery time)",

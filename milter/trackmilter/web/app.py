@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -23,7 +23,7 @@ from trackmilter.model import HitReason, HitRecorded, utcnow
 from trackmilter.tokens import InvalidToken, Kind, Signer
 from trackmilter.web.api import PREFIX as API_PREFIX
 from trackmilter.web.api import Api
-from trackmilter.web.forwarded import ClientResolver, IPAddress, truncate
+from trackmilter.web.forwarded import ClientResolver, IPAddress, parse_ip, truncate
 from trackmilter.web.rdns import label_for_hostname
 
 Scope = Mapping[str, Any]
@@ -195,8 +195,39 @@ class TrackerApp:
         return 200, [(b"content-type", b"image/gif"), _NO_STORE, (b"pragma", b"no-cache"),
                      (b"expires", b"0"), *_COMMON], PIXEL
 
+    def ingest(self, path: str, method: str, headers: Sequence[tuple[bytes, bytes]],
+               client: str | None, at: datetime, hit_id: str) -> bool:
+        """A hit nginx already answered (`trackmilter edge`): the token verified again
+        here, then the same verdict and recording as a request answered by this app.
+
+        ``client`` is the address nginx logged (after its real-IP module, if any): it is
+        taken as it is, whatever the resolver would make of forwarding headers. ``hit_id``
+        (nginx's $request_id) makes reading the same log line twice store one hit.
+        False when the token does not verify or the path is none of ours.
+        """
+        if path.startswith(self._click):
+            token, want, target = path[len(self._click):], Kind.CLICK, "click"
+        elif path.startswith(self._open):
+            token, want, target = path[len(self._open):], Kind.OPEN, "open"
+        else:
+            return False
+        try:
+            if len(token) > MAX_TOKEN:
+                raise InvalidToken("too long")
+            data = self._signer.verify(token)
+            if data.kind is not want:
+                raise InvalidToken("token of the other kind")
+        except InvalidToken:
+            self._metrics.child(self._metrics.invalid_tokens, target).inc()
+            return False
+        self._record({"headers": headers, "client": (client, 0) if client else None}, target,
+                     method, data.tracking_id, data.index, data.url, at=at, hit_id=hit_id,
+                     resolve=False)
+        return True
+
     def _record(self, scope: Scope, target: str, method: str, tid: str, index: int,
-                url: str) -> None:
+                url: str, *, at: datetime | None = None, hit_id: str | None = None,
+                resolve: bool = True) -> None:
         ua = ""
         forwarded = xff = None
         kept: dict[str, str] = {}
@@ -214,7 +245,10 @@ class TrackerApp:
                 elif name == b"x-forwarded-for":
                     xff = text if xff is None else f"{xff}, {text}"
         peer = scope.get("client")
-        ip = self._resolver.client(peer[0] if peer else None, forwarded, xff)
+        if resolve:
+            ip = self._resolver.client(peer[0] if peer else None, forwarded, xff)
+        else:
+            ip = parse_ip(peer[0]) if peer else None
         network = (self._networks.lookup(ip) or "") if self._networks and ip else ""
         if self._rdns is not None and ip is not None:
             # Known only from a client's second hit on (resolved in the background).
@@ -222,9 +256,10 @@ class TrackerApp:
             if name:
                 kept["reverse-dns"] = name[:255]
                 network = network or label_for_hostname(name) or ""
-        at = self._clock()
+        if at is None:
+            at = self._clock()
         hit = HitRecorded(
-            hit_id=next(self._ids), target=target, tracking_id=tid, at=at, index=index,
+            hit_id=hit_id or next(self._ids), target=target, tracking_id=tid, at=at, index=index,
             url=url, client=str(ip) if ip else "", network=network, method=method,
             user_agent=ua[:1024], headers=tuple(kept.items()), tracker=self._name,
             # Link 0 is the hidden link the milter adds with [tracking] honeypot: no person

@@ -23,13 +23,13 @@ class StartupError(Exception):
     """The tracker cannot start; the message says what to fix."""
 
 
-def claim_spool(base: Path) -> tuple[Path, int]:
+def claim_spool(base: Path, prefix: str = "web") -> tuple[Path, int]:
     """A spool directory no other live tracker process appends to: web-0, web-1, … each
     held by an flock for the life of the process (a restarted worker takes over, and
     replays, the directory its predecessor left)."""
     base.mkdir(parents=True, exist_ok=True)
     for n in range(1024):
-        directory = base / f"web-{n}"
+        directory = base / f"{prefix}-{n}"
         directory.mkdir(exist_ok=True)
         fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -41,7 +41,8 @@ def claim_spool(base: Path) -> tuple[Path, int]:
     raise StartupError(f"no free spool directory under {base}")
 
 
-def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any, Revisor]:
+def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web",
+          resolver: ClientResolver | None = None) -> tuple[TrackerApp, Any, Any, Revisor]:
     """The app, its writer, store and revisor (the caller closes them)."""
     from trackmilter.store import SQLStore
     from trackmilter.store.writer import BatchWriter
@@ -55,7 +56,7 @@ def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any, R
     store = SQLStore(settings.database.url, reviser=reviser_from(settings),
                      webhooks=settings.webhooks.endpoints)
     s = settings.store
-    spool, _lock = claim_spool(s.spool_dir)
+    spool, _lock = claim_spool(s.spool_dir, spool_prefix)
     revisor = Revisor(store, metrics, log)
     writer = BatchWriter(NotingStore(store, revisor), spool, metrics, max_batch=s.batch_size,
                          flush_interval=s.flush_interval, retry_interval=s.retry_interval,
@@ -65,7 +66,8 @@ def build(settings: Settings, metrics: Metrics) -> tuple[TrackerApp, Any, Any, R
     rdns = ReverseDNS() if w.reverse_dns else None
     app = TrackerApp(
         base_url=t.base_url, signer=signer, sink=writer, metrics=metrics,
-        judge=request_judge(settings), resolver=ClientResolver(w.trusted_proxies, w.forwarded_header),
+        judge=request_judge(settings),
+        resolver=resolver or ClientResolver(w.trusted_proxies, w.forwarded_header),
         networks=networks_from(settings), ready=lambda: bool(writer.healthy),
         ipv4_prefix=settings.privacy.ipv4_prefix, ipv6_prefix=settings.privacy.ipv6_prefix,
         name=w.name, api=api, rdns=rdns,

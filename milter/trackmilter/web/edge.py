@@ -1,0 +1,201 @@
+"""`trackmilter edge`: hits answered by nginx (conf/nginx/trackmilter.lua), read from its
+`trackmilter_hits` access log, verified again, judged and stored.
+
+nginx verifies the token and answers (302 or the pixel) without Python; this daemon does
+everything else the tracker does for a hit, with the same code (`TrackerApp.ingest`): the
+verdict, [privacy] truncation, metrics, the batched writer with its spool, revisions. The
+log is followed like the mail log (rotation, a saved position), and the position is saved
+only once the hits read so far are stored or spooled; nginx's $request_id is the hit's id,
+so a line read twice after a crash is stored once.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from trackmilter.config import Settings
+from trackmilter.logging import get_logger
+from trackmilter.maillog.follow import FileFollower
+from trackmilter.metrics import Metrics
+
+FORMAT_TAG = "tm1"
+# The request headers logged after the user agent, in the log_format's order
+# (conf/nginx/trackmilter-edge.conf): the app's evidence headers.
+HEADER_FIELDS = (
+    "sec-purpose", "purpose", "x-purpose", "x-moz", "sec-fetch-mode", "sec-fetch-site",
+    "sec-fetch-dest", "sec-fetch-user", "accept", "accept-language", "via", "from",
+    "x-forwarded-for", "forwarded",
+)
+FIELD_COUNT = 8 + len(HEADER_FIELDS)
+ANSWERED = frozenset({200, 302})
+_ESCAPE = re.compile(r"\\x([0-9A-Fa-f]{2})")
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class BadLine(ValueError):
+    """Not a line of the trackmilter_hits log format."""
+
+
+@dataclass(frozen=True)
+class EdgeHit:
+    at: datetime
+    request_id: str
+    status: int
+    method: str
+    path: str
+    client: str
+    peer: str  # the connection's address before nginx's real-IP module
+    user_agent: str
+    headers: tuple[tuple[str, str], ...]  # only those the request had
+
+
+def _unescape(value: str) -> str:
+    """nginx's default log escaping undone: "-" is an empty value, \\xHH a byte (read as
+    Latin-1, as the tracker reads header bytes)."""
+    if value == "-":
+        return ""
+    if "\\x" not in value:
+        return value
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), value)
+
+
+def parse_line(line: str) -> EdgeHit | None:
+    """One log line; None for a blank one. Raises BadLine for anything else."""
+    if not line.strip():
+        return None
+    fields = line.rstrip("\r\n").split("\t")
+    if fields[0] != FORMAT_TAG:
+        raise BadLine(f"does not start with {FORMAT_TAG!r}: not the trackmilter_hits format")
+    if len(fields) != FIELD_COUNT + 1:
+        raise BadLine(f"{len(fields) - 1} fields, {FIELD_COUNT} expected")
+    _, msec, request_id, status, method, path, client, peer, ua, *rest = fields
+    try:
+        at = datetime.fromtimestamp(float(msec), UTC)
+        code = int(status)
+    except (ValueError, OverflowError) as exc:
+        raise BadLine(f"bad time or status: {msec!r} {status!r}") from exc
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise BadLine(f"bad request id {request_id!r}")
+    headers = tuple((name, v[:512]) for name, raw in zip(HEADER_FIELDS, rest, strict=True)
+                    if (v := _unescape(raw)))
+    return EdgeHit(at=at, request_id=request_id, status=code, method=_unescape(method),
+                   path=_unescape(path), client=_unescape(client), peer=_unescape(peer),
+                   user_agent=_unescape(ua), headers=headers)
+
+
+class Ingest:
+    """What a block of log lines becomes: hits handed to the app (and so to its writer)."""
+
+    def __init__(self, app: Any, metrics: Metrics, log: Any,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._log = log
+        self._clock = clock
+        self._bad_logged = 0.0
+
+    def consume(self, block: str) -> int:
+        """Hits stored from `block` (every line is counted in trackmilter_edge_lines_total)."""
+        m = self._metrics
+        stored = 0
+        last: datetime | None = None
+        for line in block.splitlines():
+            try:
+                hit = parse_line(line)
+            except BadLine as exc:
+                m.child(m.edge_lines, "unreadable").inc()
+                now = self._clock()
+                if now - self._bad_logged >= 60.0:  # a wrong log_format: once a minute
+                    self._bad_logged = now
+                    self._log.error("edge_line_unreadable", error=str(exc), line=line[:200])
+                continue
+            if hit is None:
+                continue
+            if hit.status not in ANSWERED:
+                m.child(m.edge_lines, "refused").inc()
+                continue
+            headers = self._headers(hit)
+            if self._app.ingest(hit.path, hit.method, headers, hit.client or None, hit.at,
+                                hit.request_id):
+                m.child(m.edge_lines, "hit").inc()
+                stored += 1
+                last = hit.at
+            else:
+                m.child(m.edge_lines, "invalid").inc()
+                self._log.warning("edge_token_refused", path=hit.path[:120],
+                                  hint="nginx accepted a token trackmilter does not: "
+                                       "do both read the same key file?")
+        if last is not None:
+            m.edge_lag.set(max(0.0, self._clock() - last.timestamp()))
+        return stored
+
+    @staticmethod
+    def _headers(hit: EdgeHit) -> Sequence[tuple[bytes, bytes]]:
+        out = [(b"user-agent", hit.user_agent.encode("latin-1"))] if hit.user_agent else []
+        out.extend((k.encode("ascii"), v.encode("latin-1")) for k, v in hit.headers)
+        return out
+
+
+def follow(follower: FileFollower, ingest: Ingest, writer: Any, log: Any,
+           should_stop: Callable[[], bool], flush_timeout: float = 30.0) -> None:
+    """Read blocks until `should_stop()`; save the position after a block only once the
+    writer has stored or spooled its hits (a crash re-reads the block; the hit ids make
+    that harmless)."""
+    try:
+        while not should_stop():
+            block = follower.poll()
+            if not block:
+                follower.sleep(follower.poll_interval)
+                continue
+            ingest.consume(block)
+            if not writer.flush(timeout=flush_timeout):
+                log.warning("edge_flush_incomplete", timeout=flush_timeout)
+                continue
+            try:
+                follower.commit()
+            except OSError as exc:
+                log.warning("edge_state_not_saved", error=str(exc))
+    finally:
+        follower.close()
+
+
+def run(settings: Settings) -> int:
+    """Follow [edge] log until SIGTERM/SIGINT; what was read is stored before exiting."""
+    from trackmilter.mta.runner import start_metrics
+    from trackmilter.web.forwarded import ClientResolver
+    from trackmilter.web.server import build
+
+    log = get_logger(component="edge")
+    metrics = Metrics()
+    e = settings.edge
+    # nginx decided who the client is (its real-IP module): never look past it again.
+    app, writer, store, revisor = build(settings, metrics, spool_prefix="edge",
+                                        resolver=ClientResolver((), "x-forwarded-for"))
+    start_metrics(e.metrics_listen, metrics)
+    stop = [False]
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("edge_starting", log=str(e.log), state_file=str(e.state_file),
+             base_url=settings.tracking.base_url, key_ids=list(app.key_ids))
+    follower = FileFollower(e.log, state_path=e.state_file, poll_interval=e.poll_interval)
+    try:
+        follow(follower, Ingest(app, metrics, log), writer, log, lambda: stop[0])
+    finally:
+        app.close()
+        writer.flush(timeout=10.0)
+        revisor.close(timeout=10.0)
+        writer.close(timeout=10.0)
+        store.close()
+        log.info("edge_stopped")
+    return 0
