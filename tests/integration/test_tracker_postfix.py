@@ -1,4 +1,5 @@
-"""Integration: real Postfix + the milter + `trackmilter web` over real HTTP.
+"""Integration: real Postfix + the milter + the tracker over real HTTP, both ways it runs:
+`trackmilter web`, and nginx's edge (conf/nginx/trackmilter.lua) with `trackmilter edge`.
 
 A message goes through Postfix; its rewritten links and pixel are taken from what the fake
 MX received and requested as a person and as the machines that fetch mail links do,
@@ -23,6 +24,7 @@ import pytest
 
 from trackmilter.lab import FakeMX, PostfixInstance, free_port, send
 from trackmilter.lab.daemon import BASE_URL, command, milter_process, wait_status, write_config
+from trackmilter.lab import edgeproc
 from trackmilter.lab.webproc import WebProcess, request, web_process
 
 DATA = Path(__file__).resolve().parents[1] / "unit" / "web" / "data"
@@ -43,7 +45,7 @@ HTML = """<html><body><p>Hello Bob,</p>
 class Rig:
     postfix: PostfixInstance
     mx: FakeMX
-    web: WebProcess
+    web: WebProcess | edgeproc.EdgeTracker
     config: Path
 
     def send(self, to: str = "bob@example.net") -> tuple[str, list[str], str]:
@@ -79,7 +81,10 @@ class Rig:
 
 
 def _config(tmp_path: Path, sock: Path, port: int, **verdict: Any) -> Path:
+    edge_metrics = free_port()
     return write_config(tmp_path / "tm", sock, extra={
+        "edge": {"log": str(tmp_path / "hits.log"), "state_file": str(tmp_path / "edge.state"),
+                 "metrics_listen": f"127.0.0.1:{edge_metrics}", "poll_interval": 0.1},
         "tracking": {"honeypot": True},
         "web": {"listen": f"127.0.0.1:{port}", "trusted_proxies": ["127.0.0.1/32"],
                 "name": "tracker.lab"},
@@ -93,9 +98,24 @@ def _config(tmp_path: Path, sock: Path, port: int, **verdict: Any) -> Path:
     })
 
 
-@pytest.fixture
-def rig_factory(fake_mx: FakeMX, postfix_lab: Any, socket_dir: Path, tmp_path: Path
-                ) -> Iterator[Callable[..., Rig]]:
+def edge_tracker(cfg: Path, tmp_path: Path, port: int) -> edgeproc.EdgeTracker:
+    """nginx (the shipped edge locations, X-Forwarded-For believed from loopback as the
+    web tracker's trusted_proxies says) and `trackmilter edge` on its log."""
+    why = edgeproc.available()
+    if why:
+        pytest.skip(f"{why}: scripts/setup installs it")
+    from trackmilter import config as cfgmod
+
+    settings = cfgmod.load(cfg)
+    nginx = edgeproc.EdgeNginx(tmp_path / "nginx", port, settings.tracking.secret_file,
+                               settings.edge.log, real_ip_from=("127.0.0.1",))
+    metrics_port = int(settings.edge.metrics_listen.rpartition(":")[2])
+    return edgeproc.EdgeTracker(cfg, nginx, metrics_port).start()
+
+
+@pytest.fixture(params=["web", "edge"])
+def rig_factory(request: pytest.FixtureRequest, fake_mx: FakeMX, postfix_lab: Any,
+                socket_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Rig]]:
     stops: list[Callable[[], Any]] = []
 
     def make(**verdict: Any) -> Rig:
@@ -105,7 +125,10 @@ def rig_factory(fake_mx: FakeMX, postfix_lab: Any, socket_dir: Path, tmp_path: P
         milter = milter_process(cfg, sock).start()
         stops.append(milter.stop)
         postfix = postfix_lab(milter=milter.spec)
-        web = web_process(cfg, port).start()
+        if request.param == "web":
+            web: WebProcess | edgeproc.EdgeTracker = web_process(cfg, port).start()
+        else:
+            web = edge_tracker(cfg, tmp_path, port)
         stops.append(web.stop)
         return Rig(postfix, fake_mx, web, cfg)
 

@@ -162,3 +162,76 @@ class EdgeNginx:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EdgeTracker:
+    """nginx with the edge plus `trackmilter edge` reading its hit log: the tracker as the
+    edge deployment runs it. ``port`` is nginx's; ``config`` needs [edge] log (the path
+    nginx writes) and [edge] metrics_listen (how readiness is seen)."""
+
+    def __init__(self, config: Path, nginx: EdgeNginx, metrics_port: int,
+                 python: str | None = None) -> None:
+        import sys
+
+        from trackmilter.lab.daemon import command
+
+        self.config, self.nginx, self.metrics_port = config, nginx, metrics_port
+        self.port = nginx.port
+        self.argv = command(config, "edge", python=python or sys.executable)
+        self.log_path = config.parent / "edge.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start_reader(self, timeout: float = 30.0) -> None:
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"trackmilter edge exited {self.proc.returncode}:\n"
+                                   f"{self.output()}")
+            try:
+                return request(self.metrics_port, "/metrics", timeout=1.0)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout, interval=0.1, what="trackmilter edge's metrics endpoint")
+
+    def stop_reader(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM: it stores what it read, saves its position and exits."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        return proc.returncode
+
+    def start(self) -> Self:
+        self.nginx.start()
+        try:
+            self.start_reader()
+        except BaseException:
+            self.nginx.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.nginx.stop()  # first: its buffered log lines are written before it exits
+        self.stop_reader()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, insert, select, update
 
 from trackmilter.model import HitReason, HitRecorded
 from trackmilter.store.schema import events, hit_verdicts, hits, messages
@@ -82,18 +82,18 @@ def revise(conn: Connection, tracking_ids: Sequence[str], reviser: Reviser, now:
         for tid in sorted(tracking_ids):
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (tid,))
     accepted = _accepted_at(conn, tracking_ids)
-    by_tid: dict[str, list[Any]] = defaultdict(list)
-    for chunk in _chunks(list(tracking_ids)):
-        latest = func.row_number().over(
-            partition_by=hits.c.tracking_id, order_by=(hits.c.at.desc(), hits.c.id.desc()))
-        inner = select(hits, latest.label("rn")).where(hits.c.tracking_id.in_(chunk))
+    by_tid: dict[str, list[Any]] = {}
+    for tid in tracking_ids:
+        # One index range per message, newest first, stopping at the window: a message
+        # with thousands of hits costs what one with fifty does (a window function over
+        # the message's hits read them all, holding the write lock meanwhile).
+        query = select(hits).where(hits.c.tracking_id == tid)
         if since is not None:
-            inner = inner.where(hits.c.at >= since)
-        sub = inner.subquery()
-        query = (select(sub).where(sub.c.rn <= REVISION_WINDOW)
-                 .order_by(sub.c.tracking_id, sub.c.at, sub.c.id))
-        for row in conn.execute(query):
-            by_tid[row.tracking_id].append(row)
+            query = query.where(hits.c.at >= since)
+        rows = list(conn.execute(
+            query.order_by(hits.c.at.desc(), hits.c.id.desc()).limit(REVISION_WINDOW)))
+        if rows:
+            by_tid[tid] = rows[::-1]
     changed: list[HitRecorded] = []
     for tid, rows in by_tid.items():
         judged = reviser([_hit(r) for r in rows], accepted.get(tid))

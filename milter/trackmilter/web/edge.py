@@ -55,6 +55,13 @@ class EdgeHit:
     user_agent: str
     headers: tuple[tuple[str, str], ...]  # only those the request had
 
+    @property
+    def hit_id(self) -> str:
+        """The same for the same line, read twice: nginx's $request_id after the time in
+        milliseconds (hex), so that ids grow with time and the store's index on them is
+        appended to, not written all over."""
+        return f"{int(self.at.timestamp() * 1000):x}{self.request_id}"
+
 
 def _unescape(value: str) -> str:
     """nginx's default log escaping undone: "-" is an empty value, \\xHH a byte (read as
@@ -123,7 +130,7 @@ class Ingest:
                 continue
             headers = self._headers(hit)
             if self._app.ingest(hit.path, hit.method, headers, hit.client or None, hit.at,
-                                hit.request_id):
+                                hit.hit_id):
                 m.child(m.edge_lines, "hit").inc()
                 stored += 1
                 last = hit.at
@@ -144,24 +151,43 @@ class Ingest:
 
 
 def follow(follower: FileFollower, ingest: Ingest, writer: Any, log: Any,
-           should_stop: Callable[[], bool], flush_timeout: float = 30.0) -> None:
-    """Read blocks until `should_stop()`; save the position after a block only once the
-    writer has stored or spooled its hits (a crash re-reads the block; the hit ids make
-    that harmless)."""
+           should_stop: Callable[[], bool], *, flush_timeout: float = 30.0,
+           commit_interval: float = 1.0, max_pending: int = 5000,
+           clock: Callable[[], float] = time.monotonic) -> None:
+    """Read blocks until `should_stop()`. The position is saved only once the writer has
+    stored or spooled every hit read before it (a crash re-reads from there; the hit ids
+    make that harmless): when the log is caught up, and every `commit_interval` seconds
+    while it is not, so reading and writing overlap in a backlog, and after `max_pending`
+    hits, so reading never runs ahead of the writer by more than that."""
+    last_commit = clock()
+    pending = False
+    hits = 0
+
+    def commit() -> None:
+        nonlocal last_commit, pending, hits
+        if not writer.flush(timeout=flush_timeout):
+            log.warning("edge_flush_incomplete", timeout=flush_timeout)
+            return
+        try:
+            follower.commit()
+        except OSError as exc:
+            log.warning("edge_state_not_saved", error=str(exc))
+        last_commit, pending, hits = clock(), False, 0
+
     try:
         while not should_stop():
             block = follower.poll()
-            if not block:
-                follower.sleep(follower.poll_interval)
+            if block:
+                hits += ingest.consume(block)
+                pending = True
+                if hits >= max_pending or clock() - last_commit >= commit_interval:
+                    commit()
                 continue
-            ingest.consume(block)
-            if not writer.flush(timeout=flush_timeout):
-                log.warning("edge_flush_incomplete", timeout=flush_timeout)
-                continue
-            try:
-                follower.commit()
-            except OSError as exc:
-                log.warning("edge_state_not_saved", error=str(exc))
+            if pending:
+                commit()
+            follower.sleep(follower.poll_interval)
+        if pending:
+            commit()
     finally:
         follower.close()
 
