@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from trackmilter.lab import FakeMX, PostfixInstance, free_port, send
+from trackmilter.lab import FakeMX, PostfixInstance, edgeproc, free_port, send
 from trackmilter.lab.daemon import BASE_URL, command, milter_process, wait_status, write_config
-from trackmilter.lab import edgeproc
 from trackmilter.lab.webproc import WebProcess, request, web_process
 
 DATA = Path(__file__).resolve().parents[1] / "unit" / "web" / "data"
