@@ -10,12 +10,14 @@ On 127.0.0.1 ports of its own it starts:
 - the edge deployment (README, "The tracker at nginx speed"): a private nginx with the
   shipped conf/nginx/trackmilter-edge.conf locations, answering from conf/nginx/trackmilter.lua
   with --edge-workers worker processes and writing the shipped hit log, and beside it
-  `trackmilter edge` (nice 10, as systemd/trackmilter-edge.service runs it) reading that log,
+  `trackmilter edge` (SCHED_IDLE, as systemd/trackmilter-edge.service runs it) reading that log,
   verifying, judging and storing every hit in SQLite while the load runs;
 - with --with-web, `trackmilter web` too (granian, --web-workers processes).
 It writes 1000 valid click paths (100 messages x 10 links) and per round runs
-`wrk -t1 -c50 -d10s --latency` against each (nginx first), then the edge again at a paced
-load of half of that round's nginx requests/s, for the p99 "at that load". After the last
+`wrk -t1 -c50 -d10s --latency` against each (nginx first; the reader is stopped with SIGSTOP
+while nginx runs, so that our background work never slows the reference), the edge a
+second time with the reader stopped too (a diagnostic: answering alone), then the edge at
+a paced load of half of that round's nginx requests/s, for the p99 "at that load". After the last
 round nginx is stopped (it writes its buffered log lines), the reader is given the time it
 needs to store the backlog, and the hits stored must equal the responses wrk counted:
 nothing lost. Prints the figures side by side, the ratio and p99, CPU per request, and how
