@@ -283,3 +283,59 @@ def test_every_answered_hit_is_stored_once_through_restarts_and_rotation(
     tracker.start_reader()
     hit(clicks[2], "192.0.2.9")
     all_stored()
+
+
+def test_rotation_while_nginx_buffers_and_the_reader_runs(tmp_path: Path) -> None:
+    """logrotate with `create`: the new file exists before nginx reopens its log, and nginx
+    writes its buffered lines to the renamed one when it does; none may be lost."""
+    import threading
+
+    metrics = free_port()
+    cfg = write_config(tmp_path / "tm", tmp_path / "unused.sock", extra={
+        "edge": {"log": str(tmp_path / "hits.log"), "state_file": str(tmp_path / "edge.state"),
+                 "metrics_listen": f"127.0.0.1:{metrics}", "poll_interval": 0.05}})
+    subprocess.run(command(cfg, "db", "upgrade"), check=True, capture_output=True, timeout=60)
+    settings = cfgmod.load(cfg)
+    ng = edgeproc.EdgeNginx(tmp_path / "nginx", free_port(), settings.tracking.secret_file,
+                            settings.edge.log, buffered=True)
+    signer = Signer.from_file(settings.tracking.secret_file)
+    paths = [f"/c/{signer.sign_click(new_tracking_id(), 1, 'https://example.org/')}"
+             for _ in range(20)]
+    answered = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        n = 0
+        while not stop.is_set():
+            if request(ng.port, paths[n % len(paths)])[0] == 302:
+                answered[0] += 1
+            n += 1
+
+    db = cfg.parent / "trackmilter.db"
+    with edgeproc.EdgeTracker(cfg, ng, metrics) as tracker:
+        tracker.start()
+        worker = threading.Thread(target=load)
+        worker.start()
+        try:
+            log = tmp_path / "hits.log"
+            wait_until(lambda: answered[0] > 200, 30, interval=0.05, what="some hits")
+            for n in (1, 2):
+                rotated = tmp_path / f"hits.log.{n}"
+                if n == 2:
+                    (tmp_path / "hits.log.1").rename(rotated)
+                    rotated = tmp_path / "hits.log.1"
+                log.rename(rotated)
+                log.touch()  # create
+                wait_until(lambda: answered[0] > 400 * n + 200, 30, interval=0.05,
+                           what="hits between rename and reopen")
+                assert ng.pid is not None
+                os.kill(ng.pid, signal.SIGUSR1)  # postrotate: nginx -s reopen
+                wait_until(lambda: log.stat().st_size > 0, 30, interval=0.05,
+                           what="nginx writing the new log")
+        finally:
+            stop.set()
+            worker.join(30)
+        ng.stop()  # writes what it buffered
+        wait_until(lambda: len(stored(db)) >= answered[0], 60, interval=0.2,
+                   what=f"{answered[0]} hits stored")
+        assert len(stored(db)) == answered[0]

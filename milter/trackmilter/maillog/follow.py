@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
@@ -34,6 +35,9 @@ __all__ = [
 HEAD_BYTES = 256  # enough to tell two log files apart: the first line carries a timestamp
 CHUNK_BYTES = 1 << 20
 CONSUMER_KEY = "consumer"  # the consumer's own state, beside the position's fields
+# A renamed log is read until it has been quiet this long: its writer still appends to it
+# until told to reopen (logrotate's postrotate), and nginx flushes its buffer every second.
+ROTATE_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,10 @@ def _head_digest(fd: int, length: int) -> str:
 class _Open:
     """One open log file and how far into it the consumer's lines go."""
 
-    def __init__(self, fd: int, offset: int) -> None:
+    def __init__(self, fd: int, offset: int, now: float = 0.0) -> None:
         st = os.fstat(fd)
         self.fd = fd
+        self.grew_at = now  # when lines last came out of it (or it was opened)
         self.device, self.inode = st.st_dev, st.st_ino
         self.offset = offset
         self.head_len = min(HEAD_BYTES, max(offset, 0))
@@ -145,6 +150,9 @@ class _Open:
             self.head = _head_digest(self.fd, self.head_len)
         return data
 
+    def mtime(self) -> float:
+        return os.fstat(self.fd).st_mtime
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -166,6 +174,8 @@ class FileFollower:
         poll_interval: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
         chunk_bytes: int = CHUNK_BYTES,
+        rotate_grace: float = ROTATE_GRACE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
         self.state_path = Path(state_path) if state_path is not None else None
@@ -173,8 +183,11 @@ class FileFollower:
         self.poll_interval = poll_interval
         self.sleep = sleep
         self.chunk_bytes = chunk_bytes
+        self.rotate_grace = rotate_grace
+        self.clock = clock
         self._current: _Open | None = None
         self._old: _Open | None = None  # a rotated-away file still being drained
+        self._done: set[tuple[int, int]] = set()  # rotated files read to their end
 
     def follow(self, should_stop: Callable[[], bool] = lambda: False) -> Generator[str, None, None]:
         """Blocks of whole lines as they are written, until `should_stop()` is true.
@@ -198,11 +211,15 @@ class FileFollower:
         if self._current is None and self._old is None:
             self._current = self._open()
         if self._old is not None:
-            data = self._old.read_lines(self.chunk_bytes, final=True)
+            data = self._read(self._old, final=False)
+            if data or not self._quiet(self._old):
+                return data.decode("utf-8", "replace")
+            data = self._read(self._old, final=True)
             if data:
                 return data.decode("utf-8", "replace")
-            self._old.close()
-            self._old = None
+            self._old = self._finish(self._old)
+            if self._old is not None:
+                return self.poll()
             if self._current is None:  # the new log did not exist yet when we started
                 self._current = self._open_new(self.path, 0)
         current = self._current
@@ -210,16 +227,67 @@ class FileFollower:
             return ""
         if current.truncated():
             current.rewind()
-        data = current.read_lines(self.chunk_bytes, final=False)
+        data = self._read(current, final=False)
         if not data and not current.same_file_at(self.path):
-            # Renamed away and drained: its last line, if unterminated, then (next poll)
-            # the new file, once it exists.
-            data = current.read_lines(self.chunk_bytes, final=True)
+            # Renamed away and drained. Its writer may append to it until it reopens its
+            # log (nginx writes its buffer there on USR1, rsyslog until its HUP): the
+            # file is left only once it has been quiet for rotate_grace. Then its last
+            # line, if unterminated, and (next poll) a file rotated after it that is
+            # still unread (a backlog over two rotations), else the new file.
+            if not self._quiet(current):
+                return ""
+            data = self._read(current, final=True)
             if not data and self.path.exists():
-                current.close()
-                self._current = self._open_new(self.path, 0)
+                following = self._finish(current)
+                self._current = following or self._open_new(self.path, 0)
                 return self.poll()
         return data.decode("utf-8", "replace")
+
+    def _read(self, file: _Open, *, final: bool) -> bytes:
+        data = file.read_lines(self.chunk_bytes, final=final)
+        if data:
+            file.grew_at = self.clock()
+        return data
+
+    def _quiet(self, file: _Open) -> bool:
+        return self.clock() - file.grew_at >= self.rotate_grace
+
+    def _finish(self, file: _Open) -> _Open | None:
+        """Close a rotated file read to its end; the next rotated one still unread, if any."""
+        self._done.add((file.device, file.inode))
+        after = file.mtime()
+        file.close()
+        nxt = self._next_rotated(after)
+        return self._open_new(nxt, 0) if nxt is not None else None
+
+    def _next_rotated(self, after: float) -> Path | None:
+        """The oldest file beside the log named as logrotate names them (`hits.log.1`,
+        `hits.log-20261127`; a compressed one cannot be read) written to since `after` and
+        not read yet: what logrotate renamed while we were behind."""
+        try:
+            live = self.path.stat()
+            live_id: tuple[int, int] | None = (live.st_dev, live.st_ino)
+        except OSError:
+            live_id = None
+        found: list[tuple[float, str]] = []
+        try:
+            entries = list(os.scandir(self.path.parent))
+        except OSError:
+            return None
+        rotated = re.compile(re.escape(self.path.name) + r"[.-][0-9][0-9_.-]*")
+        for entry in entries:
+            # hits.log.1, hits.log-20261127 (dateext); not hits.log.2.gz, not hits.log.state
+            if not rotated.fullmatch(entry.name):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            ident = (st.st_dev, st.st_ino)
+            if ident in self._done or ident == live_id or st.st_mtime < after:
+                continue
+            found.append((st.st_mtime, entry.path))
+        return Path(min(found)[1]) if found else None
 
     def commit(self, consumer: str | None = None) -> None:
         """Save the position after the lines returned so far (they have been handled),
@@ -276,8 +344,7 @@ class FileFollower:
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _open_new(path: Path, offset: int | None) -> _Open | None:
+    def _open_new(self, path: Path, offset: int | None) -> _Open | None:
         """Open `path` at `offset` (None: at its end)."""
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -285,7 +352,7 @@ class FileFollower:
             return None
         if offset is None:
             offset = os.fstat(fd).st_size
-        return _Open(fd, offset)
+        return _Open(fd, offset, self.clock())
 
 
 def read_stream(stream: io.BufferedIOBase, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:

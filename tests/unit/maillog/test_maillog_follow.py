@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Callable
@@ -9,14 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from trackmilter.maillog import follow
 from trackmilter.maillog.follow import (
-    FileFollower,
     Position,
     load_consumer_state,
     load_position,
     read_stream,
     save_position,
 )
+
+
+# These tests leave a rotated file as soon as it is drained; the grace a writer gets to
+# append to a renamed log has tests of its own (real follower, fake clock) below.
+FileFollower = functools.partial(follow.FileFollower, rotate_grace=0.0)
 
 
 def append(path: Path, text: str) -> None:
@@ -268,3 +274,60 @@ def test_commit_saves_the_consumer_state(log: Path, state: Path) -> None:
     assert load_consumer_state(state) == {"n": 1}
     f.close()
     assert drain(FileFollower(log, state_path=state)) == ""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_renamed_log_is_read_until_its_writer_has_been_quiet(log: Path, state: Path) -> None:
+    """nginx and rsyslog append to the renamed file until logrotate's postrotate tells
+    them to reopen (nginx writes its buffer then): those lines are read too."""
+    clock = Clock()
+    f = follow.FileFollower(log, state_path=state, clock=clock, rotate_grace=5.0)
+    append(log, "a1\n")
+    assert drain(f) == "a1\n"
+    rotated = log.with_name("maillog.1")
+    log.rename(rotated)
+    append(log, "b1\n")                     # logrotate's `create`: the new file at once
+    clock.now += 1
+    assert drain(f) == ""                   # still waiting on the old file
+    append(rotated, "a2 flushed on reopen\n")
+    clock.now += 1
+    assert drain(f) == "a2 flushed on reopen\n"
+    clock.now += 4.9
+    assert drain(f) == ""
+    clock.now += 0.2
+    assert drain(f) == "b1\n"
+    f.close()
+    assert drain(follow.FileFollower(log, state_path=state, clock=clock)) == ""
+
+
+def test_a_backlog_over_two_rotations_reads_every_file_in_order(log: Path, state: Path
+                                                                 ) -> None:
+    clock = Clock()
+    first = follow.FileFollower(log, state_path=state, clock=clock, rotate_grace=5.0)
+    append(log, "a1\n")
+    assert drain(first) == "a1\n"
+    first.close()
+    # Stopped while the log was rotated twice (mtimes in order, as the writes were).
+    append(log, "a2\n")
+    log.rename(log.with_name("maillog.1"))
+    append(log, "b1\n")
+    os.utime(log.with_name("maillog.1"), (1, 1))
+    os.utime(log, (2, 2))
+    log.with_name("maillog.1").rename(log.with_name("maillog.2"))
+    log.rename(log.with_name("maillog.1"))
+    append(log, "c1\n")
+    state.with_name("maillog.state.tmp").write_text("not a log")   # not a rotated name
+    log.with_name("maillog.3.gz").write_bytes(b"\x1f\x8b")         # compressed: not read
+    second = follow.FileFollower(log, state_path=state, clock=clock, rotate_grace=5.0)
+    out = []
+    for _ in range(10):
+        out.append(drain(second))
+        clock.now += 6
+    assert "".join(out) == "a2\nb1\nc1\n"
