@@ -19,7 +19,6 @@ from trackmilter.maillog.follow import (
     save_position,
 )
 
-
 # These tests leave a rotated file as soon as it is drained; the grace a writer gets to
 # append to a renamed log has tests of its own (real follower, fake clock) below.
 FileFollower = functools.partial(follow.FileFollower, rotate_grace=0.0)
