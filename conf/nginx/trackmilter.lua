@@ -110,10 +110,17 @@ function M.load(path)
         error("trackmilter: cannot read key file " .. path .. ": " .. tostring(err), 0)
     end
     local fresh, count = {}, 0
+    -- Byte for byte as tokens.py reads it: lines end at LF; spaces, tabs, CR, VT and FF
+    -- around a key are ignored; a key is printable ASCII, else the file is refused.
     for line in f:lines() do
-        local s = line:match("^%s*(.-)%s*$")
+        local s = line:match("^[ \t\r\v\f]*(.-)[ \t\r\v\f]*$")
         if s ~= "" and sub(s, 1, 1) ~= "#" then
             count = count + 1
+            if find(s, "[^!-~]") then
+                f:close()
+                error(("trackmilter: %s: key %d holds characters that are not printable ASCII")
+                    :format(path, count), 0)
+            end
             if #s < MIN_KEY_LENGTH then
                 f:close()
                 error(("trackmilter: %s: key %d is %d bytes; at least %d needed")
@@ -194,16 +201,17 @@ local function method_allowed()
     return false
 end
 
--- The token is the last segment of the path: /c/TOKEN under any base_url path.
-local function token_of(uri)
-    return uri:match("/([^/]*)$") or ""
+-- The token is the last segment of the path, right after /c/ or /o/ (under any
+-- base_url path): /c/other/TOKEN is nobody's, even in a location wider than the shipped one.
+local function token_of(uri, kind)
+    return uri:match("/" .. kind .. "/([^/]*)$") or ""
 end
 
 -- A 302 to the signed URL. Printable ASCII without space, quotes or angle brackets only
 -- (the pattern tokens.py checks): no header injection, no other host than the one signed.
 function M.click()
     if not method_allowed() then return end
-    local kind, https, tail = verify(token_of(ngx.var.uri))
+    local kind, https, tail = verify(token_of(ngx.var.uri, "c"))
     if kind ~= KIND_CLICK or tail == "" or find(tail, "[^!#-;=?-~]") then
         return not_found()
     end
@@ -215,7 +223,7 @@ end
 
 function M.open()
     if not method_allowed() then return end
-    local kind, _, tail = verify(token_of(ngx.var.uri))
+    local kind, _, tail = verify(token_of(ngx.var.uri, "o"))
     if kind ~= KIND_OPEN or tail ~= "" then
         return not_found()
     end

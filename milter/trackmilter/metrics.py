@@ -182,8 +182,9 @@ class Metrics:
             "trackmilter_edge_lines_total",
             "Lines of nginx's hit log read by `trackmilter edge`, by outcome: hit (stored), "
             "refused (nginx answered 404/405, nothing to store), invalid (the token did not "
-            "verify here: keys differ between nginx and trackmilter), unreadable (not the "
-            "trackmilter_hits log format)",
+            "verify here, even with the key file read again: keys differ between nginx and "
+            "trackmilter), unreadable (not the trackmilter_hits log format), error (the hit "
+            "could not be judged or queued; logged)",
             ["outcome"],
             registry=r,
         )

@@ -96,16 +96,26 @@ class Signer:
 
     @classmethod
     def from_file(cls, path: Path) -> Signer:
-        """One key per line; blank lines and ``#`` comments ignored; the first key signs."""
+        """One key per line; blank lines and ``#`` comments ignored; the first key signs.
+
+        Read byte for byte as nginx's edge reads it (conf/nginx/trackmilter.lua): lines end
+        at LF, ASCII spaces, tabs and CRs around a key are ignored, and a key is printable
+        ASCII, so that both sides always hold the same keys.
+        """
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except OSError as exc:
             raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc
-        keys = [
-            line.strip().encode("utf-8")
-            for line in text.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")
-        ]
+        keys = []
+        for line in data.split(b"\n"):
+            key = line.strip(_KEY_SPACE)
+            if not key or key.startswith(b"#"):
+                continue
+            if not _KEY_CHARS.fullmatch(key):
+                raise KeyFileError(f"{path}: key {len(keys) + 1} holds characters that are "
+                                   "not printable ASCII (generate keys with `openssl rand "
+                                   "-hex 32`)")
+            keys.append(key)
         if not keys:
             raise KeyFileError(f"key file {path} holds no key")
         try:
@@ -199,6 +209,8 @@ class MessageSigner:
 # Location header or an HTML attribute.
 _SAFE_URL = re.compile(r"https?://[!#-;=?-~]+")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_KEY_SPACE = b" \t\r\v\f"
+_KEY_CHARS = re.compile(rb"[!-~]+")
 _STRIP = "".join(chr(c) for c in range(0x21))
 _TABNL = str.maketrans("", "", "\t\r\n")
 

@@ -27,7 +27,7 @@ from trackmilter.lab.daemon import command, write_config
 from trackmilter.lab.postfix import wait_until
 from trackmilter.lab.webproc import request
 from trackmilter.model import new_tracking_id, tracking_id_to_bytes
-from trackmilter.tokens import InvalidToken, Kind, Signer, TokenData
+from trackmilter.tokens import InvalidToken, KeyFileError, Kind, Signer, TokenData
 
 pytestmark = pytest.mark.skipif(edgeproc.available() is not None,
                                 reason=f"{edgeproc.available()}: scripts/setup installs it")
@@ -180,20 +180,42 @@ def test_nginx_answers_every_token_as_the_python_signer_does(
 
 
 def test_a_bad_key_file_stops_nginx_with_the_reason(tmp_path: Path) -> None:
-    """init_by_lua runs when nginx starts (not under `nginx -t`): it refuses to start."""
-    cases = {"missing": None, "empty": "# nothing\n\n", "short": "short-key\n"}
-    for name, text in cases.items():
+    """init_by_lua runs when nginx starts (not under `nginx -t`): it refuses to start, for
+    the same files tokens.py refuses, with the same reason."""
+    cases: dict[str, bytes | None] = {
+        "missing": None, "empty": b"# nothing\n\n", "short": b"short-key\n",
+        "nbsp": b"k" * 20 + "\u00a0".encode() + b"\n",
+        "formfeed-inside": b"a" * 20 + b"\f" + b"b" * 20 + b"\n",
+        "control": b"c" * 20 + b"\x1e\n"}
+    reasons = {"missing": "cannot read key file", "empty": "holds no key",
+               "short": "key 1 is 9 bytes; at least 16 needed"}
+    for name, data in cases.items():
         keys = tmp_path / f"{name}.keys"
-        if text is not None:
-            keys.write_text(text)
+        if data is not None:
+            keys.write_bytes(data)
+        with pytest.raises(KeyFileError) as python_said:
+            Signer.from_file(keys)
         ng = edgeproc.EdgeNginx(tmp_path / f"ng-{name}", free_port(), keys, tmp_path / "h.log")
         with pytest.raises(RuntimeError) as failed:
             ng.start(timeout=10)
         said = str(failed.value) + ng.errors()
         assert str(keys) in said, (name, said)
-        reason = {"missing": "cannot read key file", "empty": "holds no key",
-                  "short": "key 1 is 9 bytes; at least 16 needed"}[name]
-        assert reason in said, (name, said)
+        reason = reasons.get(name, "not printable ASCII")
+        assert reason in said and reason in str(python_said.value), (name, said)
+
+
+def test_both_sides_read_the_same_keys_from_an_untidy_file(tmp_path: Path) -> None:
+    keys = tmp_path / "untidy.keys"
+    keys.write_bytes(b"  # comment\r\n\t" + KEY + b" \r\n\r\n\v" + OLD + b"\f\r\n")
+    signer = Signer.from_file(keys)
+    assert len(signer.key_ids) == 2
+    tid = new_tracking_id()
+    with edgeproc.EdgeNginx(tmp_path / "ng", free_port(), keys, tmp_path / "h.log") as ng:
+        ng.start()
+        for key in (KEY, OLD):
+            path = f"/c/{Signer([key]).sign_click(tid, 1, 'https://example.org/x')}"
+            status, headers, _ = request(ng.port, path)
+            assert (status, headers.get("location")) == (302, "https://example.org/x")
 
 
 # ------------------------------------------------------------------ the reader

@@ -113,6 +113,11 @@ class TrackerApp:
         # Called at lifespan shutdown (the server stops this worker): flush and close.
         self.on_shutdown: Callable[[], None] | None = None
 
+    def set_signer(self, signer: Signer) -> None:
+        """Verify with these keys from now on (`trackmilter edge` after a key rotation)."""
+        self._signer = signer
+        self.key_ids = signer.key_ids
+
     def close(self) -> None:
         """Stop background lookups (reverse DNS)."""
         if self._rdns is not None:

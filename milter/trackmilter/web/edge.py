@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -24,6 +25,7 @@ from trackmilter.config import Settings
 from trackmilter.logging import get_logger
 from trackmilter.maillog.follow import FileFollower
 from trackmilter.metrics import Metrics
+from trackmilter.tokens import KeyFileError, Signer
 
 FORMAT_TAG = "tm1"
 # The request headers logged after the user agent, in the log_format's order
@@ -97,16 +99,59 @@ def parse_line(line: str) -> EdgeHit | None:
                    user_agent=_unescape(ua), headers=headers)
 
 
+class KeyWatcher:
+    """[tracking] secret_file, read again when it changes: after a key rotation nginx
+    (reloaded) accepts tokens of the new key, which this reader must verify too."""
+
+    def __init__(self, path: Path, app: Any, log: Any) -> None:
+        self._path, self._app, self._log = path, app, log
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self._path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def reload_if_changed(self) -> bool:
+        """True when the file changed and its keys are now the app's."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            signer = Signer.from_file(self._path)
+        except KeyFileError as exc:
+            self._log.error("edge_keys_not_reloaded", error=str(exc))
+            return False
+        self._app.set_signer(signer)
+        self._log.info("edge_keys_reloaded", key_ids=list(signer.key_ids))
+        return True
+
+
 class Ingest:
     """What a block of log lines becomes: hits handed to the app (and so to its writer)."""
 
     def __init__(self, app: Any, metrics: Metrics, log: Any,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, keys: KeyWatcher | None = None
+                 ) -> None:
         self._app = app
         self._metrics = metrics
         self._log = log
         self._clock = clock
-        self._bad_logged = 0.0
+        self._keys = keys
+        self._said: dict[str, float] = {}  # event -> when last logged
+        self._unsaid: dict[str, int] = {}  # event -> occurrences since
+
+    def _say(self, event: str, **kw: Any) -> None:
+        """Log `event` at most once a minute, with how many were not logged meanwhile."""
+        now = self._clock()
+        if now - self._said.get(event, -1e18) < 60.0:
+            self._unsaid[event] = self._unsaid.get(event, 0) + 1
+            return
+        self._said[event] = now
+        self._log.error(event, also_since_last=self._unsaid.pop(event, 0), **kw)
 
     def consume(self, block: str) -> int:
         """Hits stored from `block` (every line is counted in trackmilter_edge_lines_total)."""
@@ -118,30 +163,42 @@ class Ingest:
                 hit = parse_line(line)
             except BadLine as exc:
                 m.child(m.edge_lines, "unreadable").inc()
-                now = self._clock()
-                if now - self._bad_logged >= 60.0:  # a wrong log_format: once a minute
-                    self._bad_logged = now
-                    self._log.error("edge_line_unreadable", error=str(exc), line=line[:200])
+                self._say("edge_line_unreadable", error=str(exc), line=line[:200])
                 continue
             if hit is None:
                 continue
             if hit.status not in ANSWERED:
                 m.child(m.edge_lines, "refused").inc()
                 continue
-            headers = self._headers(hit)
-            if self._app.ingest(hit.path, hit.method, headers, hit.client or None, hit.at,
-                                hit.hit_id):
+            try:
+                ok = self._ingest(hit)
+            except Exception as exc:  # noqa: BLE001 - one line never stops the reader
+                m.child(m.edge_lines, "error").inc()
+                self._say("edge_line_failed", error=repr(exc), line=line[:200])
+                continue
+            if ok:
                 m.child(m.edge_lines, "hit").inc()
                 stored += 1
                 last = hit.at
             else:
                 m.child(m.edge_lines, "invalid").inc()
-                self._log.warning("edge_token_refused", path=hit.path[:120],
-                                  hint="nginx accepted a token trackmilter does not: "
-                                       "do both read the same key file?")
+                self._say("edge_token_refused", path=hit.path[:120],
+                          hint="nginx accepted a token trackmilter does not verify: do "
+                               "both read the same key file? (the hit is not stored)")
         if last is not None:
             m.edge_lag.set(max(0.0, self._clock() - last.timestamp()))
         return stored
+
+    def _ingest(self, hit: EdgeHit) -> bool:
+        headers = self._headers(hit)
+        for attempt in (1, 2):
+            if self._app.ingest(hit.path, hit.method, headers, hit.client or None, hit.at,
+                                hit.hit_id):
+                return True
+            # A key nginx knows and we do not: the key file may have been rotated.
+            if attempt == 2 or self._keys is None or not self._keys.reload_if_changed():
+                return False
+        return False
 
     @staticmethod
     def _headers(hit: EdgeHit) -> Sequence[tuple[bytes, bytes]]:
@@ -216,7 +273,8 @@ def run(settings: Settings) -> int:
              base_url=settings.tracking.base_url, key_ids=list(app.key_ids))
     follower = FileFollower(e.log, state_path=e.state_file, poll_interval=e.poll_interval)
     try:
-        follow(follower, Ingest(app, metrics, log), writer, log, lambda: stop[0])
+        keys = KeyWatcher(settings.tracking.secret_file, app, log)
+        follow(follower, Ingest(app, metrics, log, keys=keys), writer, log, lambda: stop[0])
     finally:
         app.close()
         writer.flush(timeout=10.0)

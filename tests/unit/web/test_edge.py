@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from trackmilter.web.edge import FIELD_COUNT, HEADER_FIELDS, BadLine, Ingest, parse_line
+from trackmilter.tokens import Signer
+from trackmilter.web.edge import (
+    FIELD_COUNT,
+    HEADER_FIELDS,
+    BadLine,
+    Ingest,
+    KeyWatcher,
+    parse_line,
+)
 
 from .test_web_app import TID, click_token, make_app
 
@@ -76,7 +84,7 @@ class Log:
     def error(self, event: str, **kw: Any) -> None:
         self.events.append((event, kw))
 
-    warning = error
+    warning = info = error
 
 
 def test_a_block_becomes_hits_and_every_line_is_counted() -> None:
@@ -97,7 +105,7 @@ def test_a_block_becomes_hits_and_every_line_is_counted() -> None:
              rid="1" * 32),
     ]) + "\n"
     now = datetime(2026, 11, 27, 5, 20, tzinfo=UTC).timestamp()
-    ingest = Ingest(app, metrics, log, clock=lambda: now)
+    ingest = Ingest(app, metrics, log, clock=lambda: now)  # noqa: B023 - read when called
     assert ingest.consume(block) == 2
     first, head = sink.events
     assert (first.tracking_id, first.index, first.client) == (TID, 3, "203.0.113.9")
@@ -113,8 +121,48 @@ def test_a_block_becomes_hits_and_every_line_is_counted() -> None:
         2, 1, 2, 1)
     assert metrics.registry.get_sample_value("trackmilter_edge_lag_seconds") == pytest.approx(
         now - 1795756700.5)
-    assert [e for e, _ in log.events] == ["edge_token_refused", "edge_token_refused",
-                                          "edge_line_unreadable"]
-    # A wrong log format is said once a minute, not once per line.
+    # Each kind of trouble is said once a minute, not once per line.
+    assert [e for e, _ in log.events] == ["edge_token_refused", "edge_line_unreadable"]
     ingest.consume("garbage\n")
     assert [e for e, _ in log.events].count("edge_line_unreadable") == 1
+    now += 61
+    ingest.consume("garbage\n")
+    assert log.events[-1] == ("edge_line_unreadable", {
+        "also_since_last": 1, "error": log.events[-1][1]["error"], "line": "garbage"})
+
+
+def test_after_a_key_rotation_the_key_file_is_read_again(tmp_path: Any) -> None:
+    keyfile = tmp_path / "secret"
+    keyfile.write_text("k" * 32 + "\n")
+    app, sink, _, metrics = make_app()
+    log = Log()
+    ingest = Ingest(app, metrics, log, keys=KeyWatcher(keyfile, app, log))
+    new_key = "n" * 32
+    token = Signer([new_key.encode()]).sign_click(TID, 2, "https://example.org/")
+    assert ingest.consume(line(f"/c/{token}") + "\n") == 0  # the file has not changed
+    keyfile.write_text(f"{new_key}\n{'k' * 32}\n")  # rotated: new key first
+    assert ingest.consume(line(f"/c/{token}", rid="2" * 32) + "\n") == 1
+    assert sink.events[-1].index == 2
+    assert [e for e, _ in log.events] == ["edge_token_refused", "edge_keys_reloaded"]
+
+
+def test_a_line_that_fails_is_counted_and_the_rest_is_read() -> None:
+    app, sink, _, metrics = make_app()
+    log = Log()
+
+    class Failing:
+        calls = 0
+
+        def ingest(self, *args: Any) -> bool:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("judge failed")
+            return bool(app.ingest(*args))
+
+    ingest = Ingest(Failing(), metrics, log)
+    token = click_token()
+    block = line(f"/c/{token}") + "\n" + line(f"/c/{token}", rid="3" * 32) + "\n"
+    assert ingest.consume(block) == 1
+    assert metrics.registry.get_sample_value("trackmilter_edge_lines_total",
+                                             {"outcome": "error"}) == 1
+    assert log.events[0][0] == "edge_line_failed" and "judge failed" in log.events[0][1]["error"]
