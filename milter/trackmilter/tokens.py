@@ -106,7 +106,7 @@ class Signer:
             data = path.read_bytes()
         except OSError as exc:
             raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc
-        keys = []
+        keys: list[bytes] = []
         for line in data.split(b"\n"):
             key = line.strip(_KEY_SPACE)
             if not key or key.startswith(b"#"):
