@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Self
 
-from trackmilter.lab.postfix import wait_until
+from trackmilter.lab import child
 from trackmilter.lab.webproc import request
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf" / "nginx"
@@ -126,16 +126,15 @@ class EdgeNginx:
                  "-e", str(self.prefix / "error.log")],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
 
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited {self.proc.returncode}:\n{self.errors()}")
+        def answers() -> bool:
             try:
                 return request(self.port, "/", timeout=1.0)[0] == 404
             except OSError:
                 return False
 
         try:
-            wait_until(ready, timeout, interval=0.05, what=f"nginx on port {self.port}")
+            child.wait_serving(self.proc, answers, timeout, said=self.errors, interval=0.05,
+                               what=f"nginx on port {self.port}")
         except BaseException:
             self.stop()
             raise
@@ -148,14 +147,7 @@ class EdgeNginx:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGQUIT: graceful; nginx writes its buffered log lines before exiting."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.kill(proc.pid, signal.SIGQUIT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
+        child.end(proc, signal.SIGQUIT, timeout)
 
     def __enter__(self) -> Self:
         return self
@@ -182,40 +174,26 @@ class EdgeTracker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return child.output(self.log_path)
 
     def start_reader(self, timeout: float = 30.0) -> None:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
 
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"trackmilter edge exited {self.proc.returncode}:\n"
-                                   f"{self.output()}")
+        def answers() -> bool:
             try:
                 return request(self.metrics_port, "/metrics", timeout=1.0)[0] == 200
             except OSError:
                 return False
 
-        wait_until(ready, timeout, interval=0.1, what="trackmilter edge's metrics endpoint")
+        child.wait_serving(self.proc, answers, timeout, said=self.output,
+                           what="trackmilter edge's metrics endpoint")
 
     def stop_reader(self, timeout: float = 15.0) -> int | None:
         """SIGTERM: it stores what it read, saves its position and exits."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
-        return proc.returncode
+        return child.end(proc, signal.SIGTERM, timeout)
 
     def start(self) -> Self:
         self.nginx.start()

@@ -11,7 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from trackmilter.lab.postfix import postfix_ids, searchable_by, wait_until
+from trackmilter.lab import child
+from trackmilter.lab.postfix import postfix_ids, searchable_by
 
 __all__ = ["MilterProcess", "postfix_can_connect", "unix_socket_accepts"]
 
@@ -80,10 +81,7 @@ class MilterProcess:
         return self.proc.pid if self.proc is not None else None
 
     def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return child.output(self.log_path)
 
     def start(self, timeout: float = 30.0) -> Self:
         if self.proc is not None:
@@ -102,16 +100,10 @@ class MilterProcess:
             start_new_session=True,
         )
 
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"milter {self.argv!r} exited {self.proc.returncode} before listening:\n"
-                    f"{self.output()}"
-                )
-            return unix_socket_accepts(self.socket_path)
-
         try:
-            wait_until(ready, timeout, what=f"milter socket {self.socket_path}")
+            child.wait_serving(self.proc, lambda: unix_socket_accepts(self.socket_path),
+                               timeout, said=self.output, interval=0.05,
+                               what=f"milter {self.argv!r} on socket {self.socket_path}")
             if not postfix_can_connect(self.socket_path):
                 st = self.socket_path.stat()
                 raise RuntimeError(
@@ -131,18 +123,8 @@ class MilterProcess:
         when its listener's poll times out, which takes up to 5 s; graceful=False sends
         SIGKILL at once, for milters that keep no state worth a clean exit.
         """
-        proc = self.proc
-        code: int | None = None
-        if proc is not None:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM if graceful else signal.SIGKILL)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout)
-            code = proc.returncode
-            self.proc = None
+        proc, self.proc = self.proc, None
+        code = child.end(proc, signal.SIGTERM if graceful else signal.SIGKILL, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

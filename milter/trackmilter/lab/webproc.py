@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Self
 
-from trackmilter.lab.postfix import wait_until
+from trackmilter.lab import child
 
 
 def request(port: int, path: str, *, method: str = "GET",
@@ -48,10 +47,7 @@ class WebProcess:
         return self.proc.pid if self.proc is not None else None
 
     def output(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return child.output(self.log_path)
 
     def start(self, timeout: float = 30.0) -> Self:
         self._log = self.log_path.open("ab")
@@ -59,17 +55,15 @@ class WebProcess:
                                      stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True)
 
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv!r} exited {self.proc.returncode} before "
-                                   f"listening:\n{self.output()}")
+        def answers() -> bool:
             try:
                 return request(self.port, "/healthz", timeout=1.0)[0] == 200
             except OSError:
                 return False
 
         try:
-            wait_until(ready, timeout, interval=0.1, what=f"tracker on port {self.port}")
+            child.wait_serving(self.proc, answers, timeout, said=self.output,
+                               what=f"tracker {self.argv!r} on port {self.port}")
         except BaseException:
             self.stop()
             raise
@@ -77,17 +71,8 @@ class WebProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM (the tracker writes what it holds, then exits), SIGKILL after timeout."""
-        proc, code = self.proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout)
-            code = proc.returncode
-            self.proc = None
+        proc, self.proc = self.proc, None
+        code = child.end(proc, signal.SIGTERM, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.model import HitReason, HitRecorded, utcnow
-from trackmilter.tokens import InvalidToken, Kind, Signer
+from trackmilter.tokens import InvalidToken, Kind, Signer, TokenData
 from trackmilter.web.api import PREFIX as API_PREFIX
 from trackmilter.web.api import Api
 from trackmilter.web.forwarded import ClientResolver, IPAddress, parse_ip, truncate
@@ -178,14 +178,8 @@ class TrackerApp:
         target = "click" if want is Kind.CLICK else "open"
         if method not in ("GET", "HEAD"):
             return 405, [(b"allow", b"GET, HEAD"), _NO_STORE], b""
-        try:
-            if len(token) > MAX_TOKEN:
-                raise InvalidToken("too long")
-            data = self._signer.verify(token)
-            if data.kind is not want:
-                raise InvalidToken("token of the other kind")
-        except InvalidToken:
-            self._metrics.child(self._metrics.invalid_tokens, target).inc()
+        data = self._verified(token, want, target)
+        if data is None:
             return _NOT_FOUND
         try:
             self._record(scope, target, method, data.tracking_id, data.index, data.url)
@@ -216,6 +210,16 @@ class TrackerApp:
             token, want, target = path[len(self._open):], Kind.OPEN, "open"
         else:
             return False
+        data = self._verified(token, want, target)
+        if data is None:
+            return False
+        self._record({"headers": headers, "client": (client, 0) if client else None}, target,
+                     method, data.tracking_id, data.index, data.url, at=at, hit_id=hit_id,
+                     resolve=False)
+        return True
+
+    def _verified(self, token: str, want: Kind, target: str) -> TokenData | None:
+        """The token's data, or None (counted) for anything but a token of kind `want`."""
         try:
             if len(token) > MAX_TOKEN:
                 raise InvalidToken("too long")
@@ -224,11 +228,8 @@ class TrackerApp:
                 raise InvalidToken("token of the other kind")
         except InvalidToken:
             self._metrics.child(self._metrics.invalid_tokens, target).inc()
-            return False
-        self._record({"headers": headers, "client": (client, 0) if client else None}, target,
-                     method, data.tracking_id, data.index, data.url, at=at, hit_id=hit_id,
-                     resolve=False)
-        return True
+            return None
+        return data
 
     def _record(self, scope: Scope, target: str, method: str, tid: str, index: int,
                 url: str, *, at: datetime | None = None, hit_id: str | None = None,
