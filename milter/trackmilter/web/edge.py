@@ -183,8 +183,9 @@ class Ingest:
             else:
                 m.child(m.edge_lines, "invalid").inc()
                 self._say("edge_token_refused", path=hit.path[:120],
-                          hint="nginx accepted a token trackmilter does not verify: do "
-                               "both read the same key file? (the hit is not stored)")
+                          hint="nginx answered a URL trackmilter does not accept: do both "
+                               "read the same key file, and do nginx's locations match "
+                               "[tracking] base_url's path? (the hit is not stored)")
         if last is not None:
             m.edge_lag.set(max(0.0, self._clock() - last.timestamp()))
         return stored
