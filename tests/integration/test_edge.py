@@ -362,3 +362,15 @@ def test_rotation_while_nginx_buffers_and_the_reader_runs(tmp_path: Path) -> Non
         wait_until(lambda: len(stored(db)) >= answered[0], 60, interval=0.2,
                    what=f"{answered[0]} hits stored")
         assert len(stored(db)) == answered[0]
+
+
+def test_a_reload_with_a_bad_key_file_keeps_the_old_keys(tmp_path: Path, keyfile: Path,
+                                                           nginx: edgeproc.EdgeNginx) -> None:
+    path = f"/c/{Signer([KEY]).sign_click(new_tracking_id(), 1, 'https://example.org/')}"
+    assert request(nginx.port, path)[0] == 302
+    keyfile.write_text("short-key\n")
+    nginx.reload()
+    wait_until(lambda: "key 1 is 9 bytes; at least 16 needed" in nginx.errors(), 15,
+               interval=0.05, what="nginx refusing the new key file")
+    assert nginx.proc is not None and nginx.proc.poll() is None
+    assert request(nginx.port, path)[0] == 302
