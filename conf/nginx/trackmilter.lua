@@ -61,7 +61,6 @@ local NO_STORE = "no-store, no-cache, must-revalidate, max-age=0"
 
 local M = {}
 local keys = {}             -- key id -> list of { inner = ctx, outer = ctx }
-local loaded = 0
 
 local function sha256(data)
     C.SHA256_Init(work)
@@ -135,12 +134,8 @@ function M.load(path)
     if count == 0 then
         error("trackmilter: key file " .. path .. " holds no key", 0)
     end
-    keys, loaded = fresh, count
+    keys = fresh
     return count
-end
-
-function M.key_count()
-    return loaded
 end
 
 -- kind, https, tail, raw tracking id; or nil for anything tokens.py would refuse. The
@@ -179,7 +174,6 @@ local function verify(token)
     if find(tail, "[\128-\255]") then return nil end
     return kind, band(head, 1), tail, sub(body, 3, HEADER)
 end
-M.verify = verify
 
 local function not_found()
     ngx.status = 404

@@ -113,12 +113,6 @@ class EdgeNginx:
         except FileNotFoundError:
             return ""
 
-    def check(self) -> subprocess.CompletedProcess[str]:
-        """`nginx -t` on the configuration: how a bad key file shows itself."""
-        return subprocess.run([NGINX, "-t", "-p", str(self.prefix), "-c", str(self.conf),
-                               "-e", str(self.prefix / "error.log")],
-                              capture_output=True, text=True, check=False)
-
     def start(self, timeout: float = 15.0) -> Self:
         with (self.prefix / "stderr.log").open("ab") as err:
             self.proc = subprocess.Popen(
