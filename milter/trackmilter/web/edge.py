@@ -253,15 +253,14 @@ def follow(follower: FileFollower, ingest: Ingest, writer: Any, log: Any,
 def run(settings: Settings) -> int:
     """Follow [edge] log until SIGTERM/SIGINT; what was read is stored before exiting."""
     from trackmilter.mta.runner import start_metrics
-    from trackmilter.web.forwarded import ClientResolver
     from trackmilter.web.server import build
 
     log = get_logger(component="edge")
     metrics = Metrics()
     e = settings.edge
-    # nginx decided who the client is (its real-IP module): never look past it again.
-    app, writer, store, revisor = build(settings, metrics, spool_prefix="edge",
-                                        resolver=ClientResolver((), "x-forwarded-for"))
+    # nginx decided who the client is (its real-IP module): TrackerApp.ingest takes the
+    # logged address as it is and never looks at forwarding headers again.
+    app, writer, store, revisor = build(settings, metrics, spool_prefix="edge")
     start_metrics(e.metrics_listen, metrics)
     stop = [False]
 

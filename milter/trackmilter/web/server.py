@@ -41,8 +41,8 @@ def claim_spool(base: Path, prefix: str = "web") -> tuple[Path, int]:
     raise StartupError(f"no free spool directory under {base}")
 
 
-def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web",
-          resolver: ClientResolver | None = None) -> tuple[TrackerApp, Any, Any, Revisor]:
+def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web"
+          ) -> tuple[TrackerApp, Any, Any, Revisor]:
     """The app, its writer, store and revisor (the caller closes them)."""
     from trackmilter.store import SQLStore
     from trackmilter.store.writer import BatchWriter
@@ -67,7 +67,7 @@ def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web",
     app = TrackerApp(
         base_url=t.base_url, signer=signer, sink=writer, metrics=metrics,
         judge=request_judge(settings),
-        resolver=resolver or ClientResolver(w.trusted_proxies, w.forwarded_header),
+        resolver=ClientResolver(w.trusted_proxies, w.forwarded_header),
         networks=networks_from(settings), ready=lambda: bool(writer.healthy),
         ipv4_prefix=settings.privacy.ipv4_prefix, ipv6_prefix=settings.privacy.ipv6_prefix,
         name=w.name, api=api, rdns=rdns,
