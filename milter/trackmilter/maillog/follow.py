@@ -269,14 +269,10 @@ class FileFollower:
             live_id: tuple[int, int] | None = (live.st_dev, live.st_ino)
         except OSError:
             live_id = None
-        found: list[tuple[float, str]] = []
-        try:
-            entries = list(os.scandir(self.path.parent))
-        except OSError:
-            return None
         rotated = re.compile(re.escape(self.path.name) + r"[.-][0-9][0-9_.-]*")
-        for entry in entries:
-            # hits.log.1, hits.log-20261127 (dateext); not hits.log.2.gz, not hits.log.state
+        found: list[tuple[float, str]] = []
+        # hits.log.1, hits.log-20261127 (dateext); not hits.log.2.gz, not hits.log.state
+        for entry in self._siblings():
             if not rotated.fullmatch(entry.name):
                 continue
             try:
@@ -288,6 +284,15 @@ class FileFollower:
                 continue
             found.append((st.st_mtime, entry.path))
         return Path(min(found)[1]) if found else None
+
+    def _siblings(self) -> list[os.DirEntry[str]]:
+        """The other files whose name starts with the log's (`maillog.1`, ...)."""
+        try:
+            entries = list(os.scandir(self.path.parent))
+        except OSError:
+            return []
+        return [e for e in entries
+                if e.name.startswith(self.path.name) and e.name != self.path.name]
 
     def commit(self, consumer: str | None = None) -> None:
         """Save the position after the lines returned so far (they have been handled),
@@ -317,15 +322,10 @@ class FileFollower:
 
     def _find_rotated(self, saved: Position) -> Path | None:
         """The file next to the log (`maillog.1`, ...) that the saved position is about."""
-        try:
-            siblings = list(os.scandir(self.path.parent))
-        except OSError:
-            return None
-        for entry in siblings:
-            if entry.name.startswith(self.path.name) and entry.name != self.path.name:
-                candidate = Path(entry.path)
-                if self._matches(candidate, saved):
-                    return candidate
+        for entry in self._siblings():
+            candidate = Path(entry.path)
+            if self._matches(candidate, saved):
+                return candidate
         return None
 
     @staticmethod

@@ -191,15 +191,12 @@ class Ingest:
         return stored
 
     def _ingest(self, hit: EdgeHit) -> bool:
-        headers = self._headers(hit)
-        for attempt in (1, 2):
-            if self._app.ingest(hit.path, hit.method, headers, hit.client or None, hit.at,
-                                hit.hit_id):
-                return True
-            # A key nginx knows and we do not: the key file may have been rotated.
-            if attempt == 2 or self._keys is None or not self._keys.reload_if_changed():
-                return False
-        return False
+        def once() -> bool:
+            return bool(self._app.ingest(hit.path, hit.method, self._headers(hit),
+                                         hit.client or None, hit.at, hit.hit_id))
+
+        # Refused: a key nginx knows and we do not? The key file may have been rotated.
+        return once() or bool(self._keys and self._keys.reload_if_changed() and once())
 
     @staticmethod
     def _headers(hit: EdgeHit) -> Sequence[tuple[bytes, bytes]]:

@@ -1,4 +1,5 @@
--- wrk script: only the machine-readable summary of rotate.lua (one URL, no per-request Lua).
+-- wrk script: the machine-readable summary line ("WRKJSON {...}") when done; used alone
+-- for one URL without per-request Lua, and by rotate.lua.
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
