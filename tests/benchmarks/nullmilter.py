@@ -1,6 +1,6 @@
 """A do-nothing pymilter: every callback answers CONTINUE; the baseline cost of a milter.
 
-Usage: python nullmilter.py unix:/path/to/sock [--record FILE]
+Usage: python nullmilter.py unix:/path/to/sock [--record FILE] [--replace]
 
 It asks for every protocol step a body-reading milter needs (connect, helo, envelope,
 headers, body, end of message) and negotiates nothing extra: no reply skipping, no
@@ -9,6 +9,10 @@ of message (queue id, envelope, header and body sizes), so a test can see what i
 
 Postfix connects to the socket as user postfix: start it with umask 007 in a directory
 of group postfix with the set-gid bit (trackmilter.lab.postfix.make_socket_dir).
+
+With --replace it also keeps the body and, at end of message, hands it back with a 1x1
+image tag appended (no parsing, one bytes concatenation): what a body change costs in
+pymilter and in Postfix's cleanup, apart from the milter's own work. A benchmark diagnostic.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from typing import Any
 import Milter
 
 CONTINUE = Milter.CONTINUE
+PIXEL = b'<img src="https://t.example/o/AAAAAAAAAAAAAAAAAAAAAAAAAAAA" width="1" height="1" alt="">\r\n'
 
 
 class NullMilter(Milter.Base):  # type: ignore[misc]
     """One instance per SMTP connection (pymilter's factory calls the class)."""
 
     record_path: str | None = None
+    replace = False
     record_lock = threading.Lock()
 
     def __init__(self) -> None:
@@ -34,6 +40,7 @@ class NullMilter(Milter.Base):  # type: ignore[misc]
         self.recipients: list[str] = []
         self.headers = 0
         self.body_bytes = 0
+        self.chunks: list[bytes] = []
 
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         return CONTINUE
@@ -46,6 +53,7 @@ class NullMilter(Milter.Base):  # type: ignore[misc]
         self.recipients = []
         self.headers = 0
         self.body_bytes = 0
+        self.chunks = []
         return CONTINUE
 
     def envrcpt(self, to: str, *params: str) -> int:
@@ -64,9 +72,14 @@ class NullMilter(Milter.Base):  # type: ignore[misc]
 
     def body(self, chunk: bytes) -> int:
         self.body_bytes += len(chunk)
+        if self.replace:
+            self.chunks.append(chunk)
         return CONTINUE
 
     def eom(self) -> int:
+        if self.replace:
+            self.replacebody(b"".join(self.chunks) + PIXEL)
+            self.chunks = []
         if self.record_path is not None:
             line = json.dumps(
                 {
@@ -92,9 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("socket", help="milter socket, e.g. unix:/run/nullmilter/sock")
     parser.add_argument("--record", help="append one JSON line per message to this file")
+    parser.add_argument("--replace", action="store_true",
+                        help="hand the body back with an image tag appended")
     parser.add_argument("--timeout", type=int, default=600, help="MTA I/O timeout (s)")
     args = parser.parse_args(argv)
     NullMilter.record_path = args.record
+    NullMilter.replace = args.replace
     Milter.factory = NullMilter
     Milter.runmilter("nullmilter", args.socket, args.timeout)
 

@@ -13,10 +13,10 @@ from email.utils import make_msgid
 from pathlib import Path
 
 import pytest
-from tests.support import HTML_CORPUS, MIME_CORPUS, poll
+from tests.support import HTML_CORPUS, MIME_CORPUS, NULLMILTER, poll
 from tests.support.lab import NullMilter, PostfixFactory
 
-from trackmilter.lab import FakeMX, PostfixInstance, Reply, demo
+from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, Reply, demo
 from trackmilter.lab.postfix import postfix_available, process_gone
 
 pytestmark = pytest.mark.integration
@@ -284,6 +284,26 @@ def test_null_milter_sees_mail_and_mail_flows_without_it(
     assert third.recipients == ("grace@example.net",)
     assert body_of(third.data) == b"still flows\r\n"
     pf.wait_log(r"warning: connect to Milter service unix:\S+: No such file", since=offset)
+
+
+def test_null_milter_replace_hands_the_body_back_changed(
+    postfix_lab: PostfixFactory, fake_mx: FakeMX, socket_dir: Path
+) -> None:
+    # The benchmark's "null-replace" floor is only a floor if the body really is replaced.
+    sock = socket_dir / "replace.sock"
+    process = MilterProcess([sys.executable, str(NULLMILTER), f"unix:{sock}", "--replace"],
+                            sock).start()
+    try:
+        pf = postfix_lab(milter=process.spec)
+        offset = pf.log_size()
+        pf.send(SENDER, ["ivan@example.net"], plain_message("r", "line one\r\nline two\r\n"))
+        (msg,) = fake_mx.wait_for_count(1)
+        assert body_of(msg.data) == (b"line one\r\nline two\r\n"
+                                     b'<img src="https://t.example/o/AAAAAAAAAAAAAAAAAAAAAAAAAAAA"'
+                                     b' width="1" height="1" alt="">\r\n')
+        assert "warning" not in pf.log_text(offset)
+    finally:
+        process.stop(graceful=False)
 
 
 def test_two_instances_run_side_by_side(postfix_lab: PostfixFactory, fake_mx: FakeMX) -> None:
