@@ -232,15 +232,25 @@ def _burst(hit: Hit, key: object, others: Sequence[tuple[object, Hit]],
     near.append((hit.at, hit.index))
     near.sort(key=lambda p: p[0])
     # Every window that holds the hit starts at a click no later than it (and, as `near` is
-    # within ±w of the hit, no earlier than w before it).
+    # within ±w of the hit, no earlier than w before it). One pass with two pointers over
+    # the clicks in time order: [lo, hi) holds those in [start, start + w].
+    count: dict[int, int] = {}
+    lo = hi = 0
     for start, _ in near:
         if start > hit.at:
             break
-        inside = [(t, i) for t, i in near if start <= t <= start + w]
-        links = {i for _, i in inside}
-        if len(links) >= th.burst_links:
-            span = (inside[-1][0] - inside[0][0]).total_seconds()
-            return f"{len(links)} links in {span:.1f} s"
+        while near[lo][0] < start:
+            i = near[lo][1]
+            count[i] -= 1
+            if not count[i]:
+                del count[i]
+            lo += 1
+        while hi < len(near) and near[hi][0] <= start + w:
+            count[near[hi][1]] = count.get(near[hi][1], 0) + 1
+            hi += 1
+        if len(count) >= th.burst_links:
+            span = (near[hi - 1][0] - near[lo][0]).total_seconds()
+            return f"{len(count)} links in {span:.1f} s"
     return None
 
 

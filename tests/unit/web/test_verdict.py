@@ -207,6 +207,42 @@ def test_burst_seen_later_marks_the_first_click() -> None:
     assert [r.evidence for r in later.reasons if r.code == "burst"] == ["4 links in 3.0 s"]
 
 
+def _burst_by_definition(hit: Hit, others: list[Hit], th: Thresholds) -> str | None:
+    """The burst rule read literally: try every window [start, start + w] that starts at a
+    click no later than the hit and holds it; the first with enough distinct links wins."""
+    w = th.burst_window
+    near = sorted([(o.at, o.index) for o in others if abs(o.at - hit.at) <= w]
+                  + [(hit.at, hit.index)], key=lambda p: p[0])
+    if len(near) < th.burst_links:
+        return None
+    for start, _ in near:
+        if start > hit.at:
+            break
+        inside = [(t, i) for t, i in near if start <= t <= start + w]
+        links = {i for _, i in inside}
+        if len(links) >= th.burst_links:
+            return f"{len(links)} links in {(inside[-1][0] - inside[0][0]).total_seconds():.1f} s"
+    return None
+
+
+def test_burst_evidence_matches_its_definition_on_random_clicks() -> None:
+    # Whole seconds and few links: many ties and repeated links, where a windowing slip shows.
+    th = Thresholds()
+    rng = random.Random(20261127)
+    seen = set()
+    for _ in range(3000):
+        n = rng.randint(1, 12)
+        clicks = [hit(at=s(rng.randint(0, 30)), index=rng.randint(1, 5), client=ip("192.0.2.9"))
+                  for _ in range(n)]
+        me, others = clicks[0], clicks[1:]
+        got = judge(me, Context(None, others), th)
+        evidence = [r.evidence for r in got.reasons if r.code == "burst"]
+        expected = _burst_by_definition(me, others, th)
+        assert evidence == ([expected] if expected else []), (me, others)
+        seen.add(bool(expected))
+    assert seen == {True, False}
+
+
 def test_burst_groups_by_network_label() -> None:
     hits = [(n, hit(at=s(100 + n), index=n, client=ip(a), network="corp-proxy"))
             for n, a in enumerate(("192.0.2.1", "198.51.100.1", "203.0.113.1"))]
