@@ -62,6 +62,10 @@ class TrackingSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = "sqlite:////var/lib/trackmilter/trackmilter.db"
+    # PostgreSQL: the longest a daemon's statement may run (0: no limit), so that a lock
+    # held elsewhere or a server that stopped answering sends events to the spool instead
+    # of holding the writer. Not applied to `db upgrade` or the status/report commands.
+    statement_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,15 @@ def _float(v: Any) -> float:
     f = float(v)
     if f <= 0:
         raise ValueError(f"must be positive, got {f}")
+    return f
+
+
+def _seconds_or_zero(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError(f"expected a number of seconds, got {v!r}")
+    f = float(v)
+    if not f >= 0 or f == float("inf"):
+        raise ValueError(f"must be 0 (no limit) or a positive number of seconds, got {v!r}")
     return f
 
 
@@ -447,7 +460,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "read_receipts": _bool,
         },
     ),
-    "database": (DatabaseSettings, {"url": _db_url}),
+    "database": (DatabaseSettings, {"url": _db_url, "statement_timeout": _seconds_or_zero}),
     "store": (
         StoreSettings,
         {

@@ -53,6 +53,12 @@ listen = ""
     assert s.source == str(p)
 
 
+def test_statement_timeout_zero_means_none(tmp_path: Path) -> None:
+    assert load(None, environ={}).database.statement_timeout == 60.0
+    s = load(_write(tmp_path, "[database]\nstatement_timeout = 0\n"), environ={})
+    assert s.database.statement_timeout == 0.0
+
+
 def test_environment_overrides_file(tmp_path: Path) -> None:
     p = _write(tmp_path, '[log]\nlevel = "info"\n')
     s = load(p, environ={"TRACKMILTER_LOG_LEVEL": "debug",
@@ -81,6 +87,12 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         pytest.param('[log]\nformat = "xml"\n', {}, r"\[log\] format: expected one of",
                      id="bad-choice"),
         pytest.param("[log\n", {}, r"tm\.toml: not valid TOML", id="bad-toml"),
+        pytest.param("[database]\nstatement_timeout = -1\n", {},
+                     r"\[database\] statement_timeout: must be 0 \(no limit\)",
+                     id="negative-timeout"),
+        pytest.param("", {"TRACKMILTER_DATABASE_STATEMENT_TIMEOUT": "nan"},
+                     r"TRACKMILTER_DATABASE_STATEMENT_TIMEOUT: must be 0",
+                     id="nan-timeout"),
         pytest.param('[milter]\nverp_delimiters = "+"\n', {},
                      r"\[milter\] verp_delimiters: expected two delimiter", id="bad-verp"),
         pytest.param('[maillog]\nformat = "exim"\n', {}, r"\[maillog\] format: expected one of",

@@ -184,6 +184,7 @@ def run(settings: Settings) -> int:
 
     # With a reviser: a delivery time stored after the tracker's hits revises their verdicts.
     store = SQLStore(settings.database.url, reviser=reviser_from(settings),
+                     statement_timeout=settings.database.statement_timeout,
                      webhooks=settings.webhooks.endpoints)
     s = settings.store
     # Its own spool directory: two processes must never append to the same segments.

@@ -64,7 +64,8 @@ def run(settings: Settings) -> int:
         log.warning("tracking_disabled", reason="[tracking] base_url is empty: "
                     "messages are recorded and get a tracking header, links are not rewritten")
     prepare_socket(settings.milter.socket)
-    store = SQLStore(settings.database.url, webhooks=settings.webhooks.endpoints)
+    store = SQLStore(settings.database.url, webhooks=settings.webhooks.endpoints,
+                     statement_timeout=settings.database.statement_timeout)
     s = settings.store
     writer = BatchWriter(store, s.spool_dir, metrics, max_batch=s.batch_size,
                          flush_interval=s.flush_interval, retry_interval=s.retry_interval,

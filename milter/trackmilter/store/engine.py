@@ -16,6 +16,11 @@ from trackmilter.store.base import EventRejected, StoreConfigError, StoreError, 
 DEFAULT_BUSY_TIMEOUT = 5.0
 # libpq waits forever for an unreachable host by default; the writer thread would hang.
 DEFAULT_CONNECT_TIMEOUT = 10
+# A server that vanishes mid-statement (host down, network cut) sends no reset: without TCP
+# keepalives the client waits for the kernel's retransmission timeout (about 15 minutes),
+# or forever while idle. With these, a dead peer is noticed within about a minute.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+               "keepalives_count": 3}
 
 # PostgreSQL SQLSTATE classes that mean "this data can never be stored", as opposed to
 # "the server cannot take it right now": 22 data exception, 23 integrity constraint
@@ -71,16 +76,30 @@ def make_engine(
     *,
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+    statement_timeout: float = 0.0,
 ) -> Engine:
-    """An engine with trackmilter's connection settings; does not connect yet."""
+    """An engine with trackmilter's connection settings; does not connect yet.
+
+    ``statement_timeout`` (seconds, 0: none) bounds every PostgreSQL statement; a statement
+    cancelled by it is a StoreUnavailable, so the writer spools and retries.
+    """
     parsed = parse_url(url) if isinstance(url, str) else url
     backend = parsed.get_backend_name()
     kwargs: dict[str, Any] = {}
     if backend == "postgresql":
         # A server restarted under us leaves dead pooled connections: test before use.
         kwargs["pool_pre_ping"] = True
-        if parsed.get_driver_name() in ("psycopg", "psycopg2") and "connect_timeout" not in parsed.query:
-            kwargs["connect_args"] = {"connect_timeout": connect_timeout}
+        if parsed.get_driver_name() in ("psycopg", "psycopg2"):
+            # libpq parameters; any the URL sets itself win.
+            args: dict[str, Any] = {k: v for k, v in (("connect_timeout", connect_timeout),
+                                                       *_KEEPALIVES.items())
+                                    if k not in parsed.query}
+            given = parsed.query.get("options", "")
+            options = " ".join(given) if isinstance(given, tuple) else given
+            if statement_timeout > 0 and "statement_timeout" not in options:
+                ms = max(1, round(statement_timeout * 1000))
+                args["options"] = f"{options} -c statement_timeout={ms}".strip()
+            kwargs["connect_args"] = args
     elif backend != "sqlite":
         raise StoreConfigError(
             f"unsupported database {describe(parsed)}: use sqlite:///PATH or postgresql+psycopg://…"

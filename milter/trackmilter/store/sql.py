@@ -82,6 +82,7 @@ class SQLStore:
     """
 
     def __init__(self, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+                 statement_timeout: float = 0.0,
                  reviser: Reviser | None = None, webhooks: Sequence[Any] = ()) -> None:
         self._url = parse_url(url)
         # Judges the tracker's hits again when a delivery time arrives after them.
@@ -89,7 +90,8 @@ class SQLStore:
         # [webhooks] endpoints: events enter their outbox in the transaction that stores them.
         self._webhooks = tuple(webhooks)
         self._where = describe(self._url)
-        self._engine = make_engine(self._url, busy_timeout=busy_timeout)
+        self._engine = make_engine(self._url, busy_timeout=busy_timeout,
+                                   statement_timeout=statement_timeout)
         # Only SQLite looks at this option (see engine._configure_sqlite).
         self._write_engine = self._engine.execution_options(sqlite_begin="IMMEDIATE")
         self._schema_ok = False

@@ -54,6 +54,7 @@ def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web"
     signer = Signer.from_file(t.secret_file)
     log = get_logger(component="web")
     store = SQLStore(settings.database.url, reviser=reviser_from(settings),
+                     statement_timeout=settings.database.statement_timeout,
                      webhooks=settings.webhooks.endpoints)
     s = settings.store
     spool, _lock = claim_spool(s.spool_dir, spool_prefix)

@@ -204,7 +204,8 @@ def run(settings: Settings) -> int:
     if not w.endpoints:
         raise WebhookConfigError("no [[webhooks.endpoints]] configured: nothing to deliver")
     secrets = load_secrets(w.endpoints)
-    engine = make_engine(settings.database.url)
+    engine = make_engine(settings.database.url,
+                         statement_timeout=settings.database.statement_timeout)
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from tests.unit.store.store_helpers import PG_SKIP, PG_URL, T0, make_message, row_counts
+from tests.unit.store.store_helpers import (
+    PG_SKIP,
+    PG_URL,
+    T0,
+    make_message,
+    row_counts,
+    with_schema,
+)
 
 from trackmilter.model import RcptOutcome, RecipientRecord
 from trackmilter.store import (
@@ -18,7 +26,9 @@ from trackmilter.store import (
     SQLStore,
     StoreConfigError,
     StoreUnavailable,
+    upgrade,
 )
+from trackmilter.store.engine import make_engine
 
 
 @pytest.fixture
@@ -184,6 +194,52 @@ def test_unreachable_database_is_unavailable(tmp_path: Path, kind: str) -> None:
     finally:
         store.close()
     assert ("gone" in str(info.value)) or ("127.0.0.1" in str(info.value))
+
+
+@PG_SKIP
+def test_postgresql_statement_timeout_turns_a_held_lock_into_unavailable(
+    pg_schema: str,
+) -> None:
+    # Another session holds the table: without a bound, the writer would wait for as long
+    # as it is held (here: the whole test), with events piling up behind it.
+    url = with_schema(PG_URL, pg_schema)
+    upgrade(url)
+    store = SQLStore(url, statement_timeout=0.3)
+    holder = make_engine(url)
+    try:
+        store.write([make_message(0)])
+        with holder.connect() as conn, conn.begin():
+            # Should the store wait after all, the server ends this lock after 10 s, and the
+            # test fails (rather than hangs): the write then succeeds.
+            conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = '10s'")
+            conn.exec_driver_sql("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            start = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="statement timeout"):
+                store.write([make_message(1)])
+            assert time.monotonic() - start < 5
+        store.write([make_message(1)])  # the lock gone, the same store writes again
+        assert row_counts(url)["messages"] == 2
+    finally:
+        holder.dispose()
+        store.close()
+
+
+@PG_SKIP
+def test_postgresql_statement_timeout_joins_options_the_url_sets(pg_schema: str) -> None:
+    url = with_schema(PG_URL, pg_schema)  # options=-csearch_path=...
+    engine = make_engine(url, statement_timeout=2.5)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "2500ms"
+            assert conn.exec_driver_sql("SHOW search_path").scalar_one() == pg_schema
+    finally:
+        engine.dispose()
+    engine = make_engine(url)  # 0: PostgreSQL's own default (none)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
+    finally:
+        engine.dispose()
 
 
 def test_postgresql_refuses_nul_as_data(db_url: str, store: SQLStore) -> None:
