@@ -10,6 +10,7 @@ mid-replay replays the whole segment again (duplicates are harmless: writes are 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 from trackmilter.model import Event, event_from_dict
 
 SEGMENT_GLOB = "spool-*.jsonl"
+_UNBORN_AGE = 60.0  # seconds
 REJECTED_FILE = "rejected.jsonl.bad"
 
 
@@ -104,6 +106,8 @@ class Spool:
             _fsync_dir(self.directory)
         except OSError:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             raise
         self._fd, self._path = fd, path
         return fd
@@ -181,7 +185,29 @@ class Spool:
                 self._offsets.pop(path.name, None)
             finally:
                 os.close(fd)
+        self._sweep_unborn()
         return total
+
+    def _sweep_unborn(self) -> None:
+        """Delete segments that a process died creating: still under their temporary
+        name, unlocked, empty (nothing is written before the rename) and a minute old (a
+        live process renames its own within microseconds of creating it)."""
+        try:
+            unborn = list(self.directory.glob(".spool-*.tmp"))
+        except OSError:
+            return
+        for path in unborn:
+            fd = self._claim(path)
+            if fd is None:
+                continue
+            try:
+                st = os.fstat(fd)
+                if st.st_size == 0 and time.time() - st.st_mtime > _UNBORN_AGE:
+                    path.unlink()
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def _claim(self, path: Path) -> int | None:
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,22 @@ def test_segment_held_by_live_writer_is_skipped(tmp_path: Path) -> None:
     assert len(mine.segments()) == 1
     other_process.close()  # finished with it: now anyone may replay it
     assert collect(mine) == [["t000000000000001"]]
+
+
+def test_segments_a_dead_process_left_unborn_are_swept(tmp_path: Path) -> None:
+    # A crash between creating a segment and renaming it leaves an empty temporary file.
+    stale = tmp_path / ".spool-00000000000000000001-999-1.jsonl.tmp"
+    stale.touch()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh = tmp_path / ".spool-00000000000000000002-998-1.jsonl.tmp"
+    fresh.touch()  # another process may be about to rename this one: not touched
+    odd = tmp_path / ".spool-00000000000000000003-997-1.jsonl.tmp"
+    odd.write_bytes(encode(make_message(3)))  # never written before the rename: kept
+    os.utime(odd, (time.time() - 3600, time.time() - 3600))
+    spool = Spool(tmp_path, ListLog())
+    spool.append([make_message(1)])
+    assert collect(spool) == [["t000000000000001"]]
+    assert not stale.exists() and fresh.exists() and odd.exists()
 
 
 def test_failed_replay_keeps_segment_and_resumes(tmp_path: Path) -> None:
