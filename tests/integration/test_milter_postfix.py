@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import json
 import re
 import smtplib
 from collections.abc import Callable, Iterator
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, select
 from tests.support import HTML_CORPUS
 
 from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, ReceivedMessage, send
 from trackmilter.lab.daemon import BASE_URL, milter_process, wait_status, write_config
 from trackmilter.tokens import Kind, Signer
+from trackmilter.webhooks.schema import webhook_outbox
 
 REFUSED = "refused@example.net"
 ACCESS = {REFUSED: "REJECT 5.7.1 Recipient refused by policy"}
@@ -229,3 +232,36 @@ def test_base64_single_part_roundtrip(rig: Rig) -> None:
     clicks = [d for k, d in tokens_in(body, rig.signer) if k == "c"]
     assert [d.url for d in clicks] == [f"https://example.com/p/{i}?q=%C3%A9" for i in range(5)]
     assert base64.b64decode(msg.get_payload())  # still valid base64
+
+
+def test_inline_refusal_enters_the_webhook_outbox(fake_mx: FakeMX, postfix_lab: Any,
+                                                  socket_dir: Path, tmp_path: Path) -> None:
+    key = tmp_path / "hook.key"
+    key.write_text("s" * 32 + "\n")
+    sock = socket_dir / "trackmilter.sock"
+    cfg = write_config(tmp_path / "tm", sock, extra={"webhooks": {"endpoints": [
+        {"url": "http://127.0.0.1:9/hook", "secret_file": str(key), "events": ["delivery"]}]}})
+    milter = milter_process(cfg, sock).start()
+    try:
+        postfix = postfix_lab(milter=milter.spec, recipient_access=ACCESS)
+        raw = html_message("<p>x</p>", extra={"Message-ID": "<hooked@example.com>"})
+        refused = send("127.0.0.1", postfix.smtp_port, "alice@example.com",
+                       ["bob@example.net", REFUSED], raw)
+        assert list(refused) == [REFUSED]
+        [stored] = wait_status(cfg, "hooked@example.com")
+        engine = create_engine(f"sqlite:///{tmp_path / 'tm' / 'trackmilter.db'}")
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(select(webhook_outbox.c.event_type,
+                                           webhook_outbox.c.payload)).all()
+        finally:
+            engine.dispose()
+    finally:
+        milter.stop()
+    # One event for the refused recipient; bob's acceptance by our MTA is no news.
+    [(etype, payload)] = rows
+    data = json.loads(payload)["data"]
+    assert etype == "delivery.refused"
+    assert (data["recipient"], data["dsn"], data["tracking_id"], data["mta"]) == (
+        REFUSED, "5.7.1", stored["tracking_id"], "lab.example")
+    assert "Recipient refused by policy" in data["text"]

@@ -16,7 +16,7 @@ from trackmilter.model import Event
 # The module, not the table: store/sql.py imports this module and webhooks/schema.py imports
 # the store's schema (which runs store/__init__.py, hence sql.py), so it may be half-loaded here.
 from trackmilter.webhooks import schema
-from trackmilter.webhooks.payload import WEBHOOK_KINDS, encode, event_id, event_type
+from trackmilter.webhooks.payload import WEBHOOK_KINDS, items, webhook_kind
 
 MAX_ERROR_CHARS = 500
 
@@ -46,18 +46,19 @@ def enqueue(conn: Connection, events: Sequence[Event],
         return 0
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for ev in events:
-        if ev.kind not in WEBHOOK_KINDS:
+        kind = webhook_kind(ev)
+        if kind not in WEBHOOK_KINDS:
             continue
-        wanted = [e.url for e in endpoints if ev.kind in e.events]
+        wanted = [e.url for e in endpoints if kind in e.events]
         if not wanted:
             continue
-        eid, etype, body = event_id(ev), event_type(ev), encode(ev)
-        for url in wanted:
-            rows[(url, eid)] = {
-                "event_id": eid, "endpoint": url, "event_type": etype, "payload": body,
-                "created_at": now, "attempts": 0, "next_attempt_at": now,
-                "delivered_at": None, "last_error": "",
-            }
+        for eid, etype, body in items(ev):
+            for url in wanted:
+                rows[(url, eid)] = {
+                    "event_id": eid, "endpoint": url, "event_type": etype, "payload": body,
+                    "created_at": now, "attempts": 0, "next_attempt_at": now,
+                    "delivered_at": None, "last_error": "",
+                }
     if not rows:
         return 0
     # RETURNING, not rowcount: psycopg's executemany rowcount counts statements, not rows.

@@ -8,7 +8,15 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from trackmilter.model import DeliveryObserved, Event, HitRecorded, ReportReceived
+from trackmilter.model import (
+    DeliveryObserved,
+    Direction,
+    Event,
+    HitRecorded,
+    MessageRecorded,
+    RcptOutcome,
+    ReportReceived,
+)
 
 # The configuration's `events` vocabulary; a payload's `type` is "<kind>.<subtype>".
 WEBHOOK_KINDS = ("delivery", "report", "hit")
@@ -75,6 +83,52 @@ def build_payload(ev: Event) -> dict[str, Any]:
         "occurred_at": at,
         "version": PAYLOAD_VERSION,
         "data": data,
+    }
+
+
+def webhook_kind(ev: Event) -> str:
+    """The `events` vocabulary word an endpoint subscribes with: a message the milter
+    recorded counts as `delivery` (its in-line refusals are delivery outcomes)."""
+    return "delivery" if isinstance(ev, MessageRecorded) else ev.kind
+
+
+def items(ev: Event) -> list[tuple[str, str, str]]:
+    """(id, type, body) of every webhook an event makes.
+
+    Most events make one. A message the milter recorded makes one `delivery.refused` for
+    each recipient our own MTA refused in-line (outgoing mail only: refusals at an inbound
+    MX are spam defence, not delivery news), and none otherwise: acceptance by our MTA is
+    no news, the delivery line that follows is.
+    """
+    if isinstance(ev, MessageRecorded):
+        if ev.direction is not Direction.OUTGOING:
+            return []
+        out = []
+        for r in ev.recipients:
+            if r.outcome is RcptOutcome.REFUSED:
+                payload = refusal_payload(ev, r.address, r.status, r.text, r.at.isoformat())
+                out.append((payload["id"], payload["type"], canonical_json(payload)))
+        return out
+    return [(event_id(ev), event_type(ev), encode(ev))]
+
+
+def refusal_payload(ev: MessageRecorded, address: str, dsn: str, text: str,
+                    at: str) -> dict[str, Any]:
+    """`delivery.refused`: shaped like a delivery outcome from the log (`recipient`,
+    `status`, `dsn`, `text`, `at`, `queue_id`, `mta`), with what the milter knows of the
+    message. There is no 3-digit code: Postfix does not pass it to milters."""
+    parts = ["refused", ev.mta, ev.tracking_id, _address(address)]
+    return {
+        "id": hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest(),
+        "type": "delivery.refused",
+        "occurred_at": at,
+        "version": PAYLOAD_VERSION,
+        "data": {
+            "recipient": address, "status": "refused", "dsn": dsn, "text": text, "at": at,
+            "queue_id": ev.queue_id, "mta": ev.mta, "tracking_id": ev.tracking_id,
+            "message_id": ev.message_id, "sender": ev.sender, "client_addr": ev.client_addr,
+            "auth_user": ev.auth_user, "relay": "", "transport": "",
+        },
     }
 
 

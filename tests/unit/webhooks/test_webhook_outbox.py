@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from sqlalchemy import Engine, select
 from tests.unit.store.store_helpers import T0, make_message
 
 from trackmilter.config import WebhookEndpoint
-from trackmilter.model import DeliveryObserved, DeliveryStatus, Event, HitRecorded
+from trackmilter.model import DeliveryObserved, DeliveryStatus, Direction, Event, HitRecorded
 from trackmilter.webhooks import outbox
 from trackmilter.webhooks.payload import encode, event_id
 from trackmilter.webhooks.schema import webhook_outbox
@@ -48,7 +49,14 @@ def add(engine: Engine, events: list[Event], endpoints: tuple[WebhookEndpoint, .
     pytest.param([delivery(1), hit(1)], (ALL, HITS),
                  {(ALL.url, "delivery.sent"), (ALL.url, "hit.open"), (HITS.url, "hit.open")},
                  id="routed-by-kind"),
-    pytest.param([make_message(1)], (ALL,), set(), id="messages-are-not-sent"),
+    pytest.param([make_message(1)], (ALL,), set(), id="acceptance-by-our-mta-is-no-news"),
+    pytest.param([make_message(1, refused=("no@example.net",))], (ALL, HITS),
+                 {(ALL.url, "delivery.refused")}, id="inline-refusal"),
+    pytest.param([dataclasses.replace(make_message(1, refused=("no@example.net",)),
+                                      direction=Direction.INBOUND)], (ALL,), set(),
+                 id="inbound-refusals-are-spam-defence"),
+    pytest.param([make_message(1, refused=("no@example.net",))], (HITS,), set(),
+                 id="refusals-are-delivery-kind"),
     pytest.param([delivery(1)], (HITS,), set(), id="kind-not-wanted"),
     pytest.param([delivery(1)], (), set(), id="no-endpoints"),
     pytest.param([delivery(1), dataclasses.replace(delivery(1), text="again")], (ALL,),
@@ -63,6 +71,25 @@ def test_enqueue(engine: Engine, events: list[Event], endpoints: tuple[WebhookEn
         assert r["attempts"] == 0
         assert r["next_attempt_at"] == T0
         assert r["delivered_at"] is None
+
+
+def test_each_inline_refusal_is_a_delivery_refused_once(engine: Engine) -> None:
+    msg = make_message(1, rcpts=("ok@example.net",), refused=("No@Example.net", "nope@example.net"))
+    assert add(engine, [msg]) == 2
+    got = rows(engine)
+    bodies = [json.loads(str(r["payload"])) for r in got]
+    assert [b["type"] for b in bodies] == ["delivery.refused"] * 2
+    first = bodies[0]
+    assert first["id"] == got[0]["event_id"]
+    assert first["data"]["recipient"] == "No@Example.net"
+    assert (first["data"]["status"], first["data"]["dsn"], first["data"]["text"]) == (
+        "refused", "5.7.1", "Relay access denied")
+    assert (first["data"]["tracking_id"], first["data"]["queue_id"], first["data"]["mta"]) == (
+        msg.tracking_id, msg.queue_id, "mx1")
+    assert first["occurred_at"] == first["data"]["at"] == msg.recipients[1].at.isoformat()
+    # The spool replays the same event: nothing new. Another message's refusal is news.
+    assert add(engine, [msg]) == 0
+    assert add(engine, [make_message(2, refused=("no@example.net",))]) == 1
 
 
 def test_replay_is_not_enqueued_twice(engine: Engine) -> None:
