@@ -262,8 +262,9 @@ def _seconds_or_zero(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise ValueError(f"expected a number of seconds, got {v!r}")
     f = float(v)
-    if not f >= 0 or f == float("inf"):
-        raise ValueError(f"must be 0 (no limit) or a positive number of seconds, got {v!r}")
+    # PostgreSQL's largest statement_timeout (INT_MAX ms); above it every connection fails.
+    if not 0 <= f <= 2_147_483:
+        raise ValueError(f"must be 0 (no limit) or a number of seconds up to 2147483, got {v!r}")
     return f
 
 

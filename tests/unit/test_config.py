@@ -90,6 +90,9 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         pytest.param("[database]\nstatement_timeout = -1\n", {},
                      r"\[database\] statement_timeout: must be 0 \(no limit\)",
                      id="negative-timeout"),
+        pytest.param("[database]\nstatement_timeout = 1e7\n", {},
+                     r"\[database\] statement_timeout: must be 0 \(no limit\) or a number "
+                     r"of seconds up to 2147483", id="timeout-beyond-postgresql"),
         pytest.param("", {"TRACKMILTER_DATABASE_STATEMENT_TIMEOUT": "nan"},
                      r"TRACKMILTER_DATABASE_STATEMENT_TIMEOUT: must be 0",
                      id="nan-timeout"),

@@ -65,6 +65,7 @@ def run(settings: Settings) -> int:
                     "messages are recorded and get a tracking header, links are not rewritten")
     prepare_socket(settings.milter.socket)
     store = SQLStore(settings.database.url, webhooks=settings.webhooks.endpoints,
+                     outgoing_networks=settings.milter.outgoing_networks,
                      statement_timeout=settings.database.statement_timeout)
     s = settings.store
     writer = BatchWriter(store, s.spool_dir, metrics, max_batch=s.batch_size,

@@ -16,11 +16,12 @@ from trackmilter.store.base import EventRejected, StoreConfigError, StoreError, 
 DEFAULT_BUSY_TIMEOUT = 5.0
 # libpq waits forever for an unreachable host by default; the writer thread would hang.
 DEFAULT_CONNECT_TIMEOUT = 10
-# A server that vanishes mid-statement (host down, network cut) sends no reset: without TCP
-# keepalives the client waits for the kernel's retransmission timeout (about 15 minutes),
-# or forever while idle. With these, a dead peer is noticed within about a minute.
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
-               "keepalives_count": 3}
+# A server that vanishes (host down, network cut) sends no reset: the client would wait
+# forever while idle (keepalives end that) or, with data unacknowledged mid-statement, for
+# the kernel's retransmissions, about 15 minutes (tcp_user_timeout ends that). Either way a
+# dead server is noticed within about a minute. Unix sockets ignore both.
+_TCP_LIVENESS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                 "keepalives_count": 3, "tcp_user_timeout": 60_000}
 
 # PostgreSQL SQLSTATE classes that mean "this data can never be stored", as opposed to
 # "the server cannot take it right now": 22 data exception, 23 integrity constraint
@@ -91,15 +92,9 @@ def make_engine(
         kwargs["pool_pre_ping"] = True
         if parsed.get_driver_name() in ("psycopg", "psycopg2"):
             # libpq parameters; any the URL sets itself win.
-            args: dict[str, Any] = {k: v for k, v in (("connect_timeout", connect_timeout),
-                                                       *_KEEPALIVES.items())
-                                    if k not in parsed.query}
-            given = parsed.query.get("options", "")
-            options = " ".join(given) if isinstance(given, tuple) else given
-            if statement_timeout > 0 and "statement_timeout" not in options:
-                ms = max(1, round(statement_timeout * 1000))
-                args["options"] = f"{options} -c statement_timeout={ms}".strip()
-            kwargs["connect_args"] = args
+            kwargs["connect_args"] = {
+                k: v for k, v in (("connect_timeout", connect_timeout), *_TCP_LIVENESS.items())
+                if k not in parsed.query}
     elif backend != "sqlite":
         raise StoreConfigError(
             f"unsupported database {describe(parsed)}: use sqlite:///PATH or postgresql+psycopg://…"
@@ -110,7 +105,26 @@ def make_engine(
         raise StoreConfigError(f"cannot use database {describe(parsed)}: {e}") from e
     if backend == "sqlite":
         _configure_sqlite(engine, busy_timeout)
+    elif statement_timeout > 0:
+        _set_statement_timeout(engine, statement_timeout)
     return engine
+
+
+def _set_statement_timeout(engine: Engine, seconds: float) -> None:
+    # A SET on each new connection, not libpq's `options`: that would replace PGOPTIONS and
+    # a service file's options. Behind PgBouncer in transaction mode, set it on the role
+    # instead and [database] statement_timeout = 0: a session SET does not stick there.
+    ms = max(1, round(seconds * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET statement_timeout = {ms}")
+        finally:
+            cursor.close()
+        # psycopg opens a transaction for the SET; the pool must get the connection idle.
+        dbapi_connection.commit()
 
 
 def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:

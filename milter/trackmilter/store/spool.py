@@ -67,6 +67,7 @@ class Spool:
         # Progress inside segments whose replay failed part-way, so that a flapping
         # database does not make us rewrite the same events again and again.
         self._offsets: dict[str, int] = {}
+        self._sweep_unborn()
 
     # -- appending ----------------------------------------------------------------------
 
@@ -100,7 +101,8 @@ class Spool:
         tmp = self.directory / f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Blocking: nobody else locks a name this new for longer than a glance.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             path = self.directory / name
             os.rename(tmp, path)
             _fsync_dir(self.directory)
@@ -197,12 +199,18 @@ class Spool:
         except OSError:
             return
         for path in unborn:
+            # Age first, without touching the lock: a live process creating a segment
+            # must never find its own temporary file locked by us.
+            try:
+                if time.time() - path.stat().st_mtime <= _UNBORN_AGE:
+                    continue
+            except OSError:
+                continue
             fd = self._claim(path)
             if fd is None:
                 continue
             try:
-                st = os.fstat(fd)
-                if st.st_size == 0 and time.time() - st.st_mtime > _UNBORN_AGE:
+                if os.fstat(fd).st_size == 0:
                     path.unlink()
             except OSError:
                 pass

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Row, Table, exc, select, union
 
+from trackmilter.config import Network
 from trackmilter.model import (
     DeliveryObserved,
     Event,
@@ -83,12 +84,15 @@ class SQLStore:
 
     def __init__(self, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
                  statement_timeout: float = 0.0,
-                 reviser: Reviser | None = None, webhooks: Sequence[Any] = ()) -> None:
+                 reviser: Reviser | None = None, webhooks: Sequence[Any] = (),
+                 outgoing_networks: Sequence[Network] = ()) -> None:
         self._url = parse_url(url)
         # Judges the tracker's hits again when a delivery time arrives after them.
         self._reviser = reviser
         # [webhooks] endpoints: events enter their outbox in the transaction that stores them.
         self._webhooks = tuple(webhooks)
+        # Whose in-line refusals are delivery news (webhooks.payload.items).
+        self._outgoing_networks = tuple(outgoing_networks)
         self._where = describe(self._url)
         self._engine = make_engine(self._url, busy_timeout=busy_timeout,
                                    statement_timeout=statement_timeout)
@@ -110,7 +114,8 @@ class SQLStore:
                 self._ensure_schema(conn)
                 tied = batch.write(conn)
                 if self._webhooks:
-                    webhook_outbox.enqueue(conn, events_, self._webhooks, utcnow())
+                    webhook_outbox.enqueue(conn, events_, self._webhooks, utcnow(),
+                                           self._outgoing_networks)
                 if self._reviser is not None and tied:
                     tids = tracking_ids_of(conn, tied)
                     if tids:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Insert, Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from trackmilter.config import WebhookEndpoint
+from trackmilter.config import Network, WebhookEndpoint
 from trackmilter.model import Event
 
 # The module, not the table: store/sql.py imports this module and webhooks/schema.py imports
@@ -38,7 +38,8 @@ class Claimed:
 
 
 def enqueue(conn: Connection, events: Sequence[Event],
-            endpoints: Sequence[WebhookEndpoint], now: datetime) -> int:
+            endpoints: Sequence[WebhookEndpoint], now: datetime,
+            outgoing_networks: Sequence[Network] = ()) -> int:
     """Add one row per (event, endpoint that wants its kind), due at once, in the caller's
     transaction. An event already enqueued for an endpoint (same event id) is skipped, so a
     replayed batch adds nothing. Returns how many rows were added."""
@@ -52,7 +53,7 @@ def enqueue(conn: Connection, events: Sequence[Event],
         wanted = [e.url for e in endpoints if kind in e.events]
         if not wanted:
             continue
-        for eid, etype, body in items(ev):
+        for eid, etype, body in items(ev, outgoing_networks):
             for url in wanted:
                 rows[(url, eid)] = {
                     "event_id": eid, "endpoint": url, "event_type": etype, "payload": body,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from trackmilter.config import Network
 from trackmilter.model import (
     DeliveryObserved,
     Direction,
@@ -15,6 +17,7 @@ from trackmilter.model import (
     HitRecorded,
     MessageRecorded,
     RcptOutcome,
+    RecipientRecord,
     ReportReceived,
 )
 
@@ -92,19 +95,25 @@ def webhook_kind(ev: Event) -> str:
     return "delivery" if isinstance(ev, MessageRecorded) else ev.kind
 
 
-def items(ev: Event) -> list[tuple[str, str, str]]:
+def items(ev: Event, outgoing_networks: Sequence[Network] = ()) -> list[tuple[str, str, str]]:
     """(id, type, body) of every webhook an event makes.
 
     Most events make one. A message the milter recorded makes one `delivery.refused` for
-    each recipient our own MTA refused in-line (outgoing mail only: refusals at an inbound
-    MX are spam defence, not delivery news), and none otherwise: acceptance by our MTA is
-    no news, the delivery line that follows is.
+    each recipient our own MTA refused in-line, and none otherwise (acceptance by our MTA
+    is no news; the delivery line that follows is). Only for mail from a client we trust:
+    SASL-authenticated, or in `outgoing_networks` ([milter] outgoing_networks). A sender
+    domain alone does not do: anyone can forge one at an inbound MX, and its refusals are
+    spam defence, not delivery news.
     """
     if isinstance(ev, MessageRecorded):
-        if ev.direction is not Direction.OUTGOING:
+        if ev.direction is not Direction.OUTGOING or not _trusted(ev, outgoing_networks):
             return []
+        last: dict[str, RecipientRecord] = {}
+        for r in ev.recipients:  # the same address twice: its last answer stands
+            last.pop(_address(r.address), None)
+            last[_address(r.address)] = r
         out = []
-        for r in ev.recipients:
+        for r in last.values():
             if r.outcome is RcptOutcome.REFUSED:
                 payload = refusal_payload(ev, r.address, r.status, r.text, r.at.isoformat())
                 out.append((payload["id"], payload["type"], canonical_json(payload)))
@@ -112,11 +121,24 @@ def items(ev: Event) -> list[tuple[str, str, str]]:
     return [(event_id(ev), event_type(ev), encode(ev))]
 
 
+def _trusted(ev: MessageRecorded, networks: Sequence[Network]) -> bool:
+    if ev.auth_user:
+        return True
+    try:
+        ip = ipaddress.ip_address(ev.client_addr)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == n.version and ip in n for n in networks)
+
+
 def refusal_payload(ev: MessageRecorded, address: str, dsn: str, text: str,
                     at: str) -> dict[str, Any]:
     """`delivery.refused`: shaped like a delivery outcome from the log (`recipient`,
     `status`, `dsn`, `text`, `at`, `queue_id`, `mta`), with what the milter knows of the
-    message. There is no 3-digit code: Postfix does not pass it to milters."""
+    message. There is no 3-digit code: Postfix does not pass it to milters. `temporary`:
+    a 4.x.x refusal (a rate limit, a verification not done yet), which the client retries."""
     parts = ["refused", ev.mta, ev.tracking_id, _address(address)]
     return {
         "id": hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest(),
@@ -125,6 +147,7 @@ def refusal_payload(ev: MessageRecorded, address: str, dsn: str, text: str,
         "version": PAYLOAD_VERSION,
         "data": {
             "recipient": address, "status": "refused", "dsn": dsn, "text": text, "at": at,
+            "temporary": dsn.startswith("4"),
             "queue_id": ev.queue_id, "mta": ev.mta, "tracking_id": ev.tracking_id,
             "message_id": ev.message_id, "sender": ev.sender, "client_addr": ev.client_addr,
             "auth_user": ev.auth_user, "relay": "", "transport": "",

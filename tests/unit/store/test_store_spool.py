@@ -72,7 +72,13 @@ def test_segments_a_dead_process_left_unborn_are_swept(tmp_path: Path) -> None:
     odd = tmp_path / ".spool-00000000000000000003-997-1.jsonl.tmp"
     odd.write_bytes(encode(make_message(3)))  # never written before the rename: kept
     os.utime(odd, (time.time() - 3600, time.time() - 3600))
+    Spool(tmp_path, ListLog())  # at start-up: a crash there leaves nothing to replay
+    assert not stale.exists() and fresh.exists() and odd.exists()
+    stale.touch()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     spool = Spool(tmp_path, ListLog())
+    stale.touch()  # and after each replay
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     spool.append([make_message(1)])
     assert collect(spool) == [["t000000000000001"]]
     assert not stale.exists() and fresh.exists() and odd.exists()

@@ -225,13 +225,24 @@ def test_postgresql_statement_timeout_turns_a_held_lock_into_unavailable(
 
 
 @PG_SKIP
-def test_postgresql_statement_timeout_joins_options_the_url_sets(pg_schema: str) -> None:
+def test_postgresql_statement_timeout_keeps_options_the_url_sets(
+    pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = with_schema(PG_URL, pg_schema)  # options=-csearch_path=...
     engine = make_engine(url, statement_timeout=2.5)
     try:
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "2500ms"
             assert conn.exec_driver_sql("SHOW search_path").scalar_one() == pg_schema
+    finally:
+        engine.dispose()
+    # An administrator's PGOPTIONS still applies: trackmilter does not set libpq's options.
+    monkeypatch.setenv("PGOPTIONS", "-c work_mem=1234kB")
+    engine = make_engine(PG_URL, statement_timeout=2.5)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "2500ms"
+            assert conn.exec_driver_sql("SHOW work_mem").scalar_one() == "1234kB"
     finally:
         engine.dispose()
     engine = make_engine(url)  # 0: PostgreSQL's own default (none)

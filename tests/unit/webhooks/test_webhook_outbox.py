@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +13,16 @@ from sqlalchemy import Engine, select
 from tests.unit.store.store_helpers import T0, make_message
 
 from trackmilter.config import WebhookEndpoint
-from trackmilter.model import DeliveryObserved, DeliveryStatus, Direction, Event, HitRecorded
+from trackmilter.model import (
+    DeliveryObserved,
+    DeliveryStatus,
+    Direction,
+    Event,
+    HitRecorded,
+    MessageRecorded,
+    RcptOutcome,
+    RecipientRecord,
+)
 from trackmilter.webhooks import outbox
 from trackmilter.webhooks.payload import encode, event_id
 from trackmilter.webhooks.schema import webhook_outbox
@@ -33,6 +43,12 @@ def hit(n: int) -> HitRecorded:
 
 
 
+def refusing(n: int, *refused: str) -> MessageRecorded:
+    """Outgoing mail from an authenticated client, with recipients our MTA refused."""
+    return dataclasses.replace(make_message(n, refused=refused or ("no@example.net",)),
+                               auth_user="alice")
+
+
 def rows(engine: Engine) -> list[dict[str, object]]:
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(
@@ -50,13 +66,13 @@ def add(engine: Engine, events: list[Event], endpoints: tuple[WebhookEndpoint, .
                  {(ALL.url, "delivery.sent"), (ALL.url, "hit.open"), (HITS.url, "hit.open")},
                  id="routed-by-kind"),
     pytest.param([make_message(1)], (ALL,), set(), id="acceptance-by-our-mta-is-no-news"),
-    pytest.param([make_message(1, refused=("no@example.net",))], (ALL, HITS),
-                 {(ALL.url, "delivery.refused")}, id="inline-refusal"),
-    pytest.param([dataclasses.replace(make_message(1, refused=("no@example.net",)),
-                                      direction=Direction.INBOUND)], (ALL,), set(),
-                 id="inbound-refusals-are-spam-defence"),
-    pytest.param([make_message(1, refused=("no@example.net",))], (HITS,), set(),
-                 id="refusals-are-delivery-kind"),
+    pytest.param([refusing(1)], (ALL, HITS), {(ALL.url, "delivery.refused")},
+                 id="inline-refusal"),
+    pytest.param([dataclasses.replace(refusing(1), direction=Direction.INBOUND)], (ALL,),
+                 set(), id="inbound-refusals-are-spam-defence"),
+    pytest.param([dataclasses.replace(refusing(1), auth_user="")], (ALL,), set(),
+                 id="outgoing-by-sender-domain-alone-is-not-trusted"),
+    pytest.param([refusing(1)], (HITS,), set(), id="refusals-are-delivery-kind"),
     pytest.param([delivery(1)], (HITS,), set(), id="kind-not-wanted"),
     pytest.param([delivery(1)], (), set(), id="no-endpoints"),
     pytest.param([delivery(1), dataclasses.replace(delivery(1), text="again")], (ALL,),
@@ -74,7 +90,9 @@ def test_enqueue(engine: Engine, events: list[Event], endpoints: tuple[WebhookEn
 
 
 def test_each_inline_refusal_is_a_delivery_refused_once(engine: Engine) -> None:
-    msg = make_message(1, rcpts=("ok@example.net",), refused=("No@Example.net", "nope@example.net"))
+    msg = dataclasses.replace(make_message(1, rcpts=("ok@example.net",),
+                                           refused=("No@Example.net", "nope@example.net")),
+                              auth_user="alice")
     assert add(engine, [msg]) == 2
     got = rows(engine)
     bodies = [json.loads(str(r["payload"])) for r in got]
@@ -89,7 +107,27 @@ def test_each_inline_refusal_is_a_delivery_refused_once(engine: Engine) -> None:
     assert first["occurred_at"] == first["data"]["at"] == msg.recipients[1].at.isoformat()
     # The spool replays the same event: nothing new. Another message's refusal is news.
     assert add(engine, [msg]) == 0
-    assert add(engine, [make_message(2, refused=("no@example.net",))]) == 1
+    assert add(engine, [refusing(2)]) == 1
+    assert json.loads(str(rows(engine)[0]["payload"]))["data"]["temporary"] is False
+
+
+def test_refusal_from_a_trusted_network_without_auth(engine: Engine) -> None:
+    msg = make_message(1, refused=("no@example.net",))  # from 192.0.2.1, no SASL login
+    with engine.begin() as conn:
+        assert outbox.enqueue(conn, [msg], (ALL,), T0) == 0
+        nets = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.0.2.0/24"))
+        assert outbox.enqueue(conn, [msg], (ALL,), T0, nets) == 1
+
+
+def test_a_later_answer_for_the_same_address_stands(engine: Engine) -> None:
+    at = T0 + timedelta(seconds=5)
+    msg = refusing(1)
+    temp = RecipientRecord("Try@example.net", RcptOutcome.REFUSED, "4.7.1", "Slow down", at)
+    again = RecipientRecord("no@example.net", RcptOutcome.ACCEPTED, at=at)
+    msg = dataclasses.replace(msg, recipients=(*msg.recipients, temp, again))
+    assert add(engine, [msg]) == 1  # no@ was accepted at the second try
+    data = json.loads(str(rows(engine)[0]["payload"]))["data"]
+    assert (data["recipient"], data["dsn"], data["temporary"]) == ("Try@example.net", "4.7.1", True)
 
 
 def test_replay_is_not_enqueued_twice(engine: Engine) -> None:
