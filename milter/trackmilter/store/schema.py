@@ -16,7 +16,6 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
-    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -105,6 +104,10 @@ messages = Table(
     Index(None, "envelope_id"),
     # Revision 0005: [milter] record_headers found in the message, {name: value}.
     Column("headers", JSONData, nullable=True),
+    # The rewritten links as [[index, url], ...] in index order (NULL: none). One value
+    # per message, not a row per link: the writer stores each message's links in one
+    # go, and they are only ever read with their message.
+    Column("links", JSONData, nullable=True),
 )
 
 recipients = Table(
@@ -119,15 +122,6 @@ recipients = Table(
     Column("at", UTCDateTime, nullable=False),
     UniqueConstraint("message", "address"),
     Index(None, "address"),
-)
-
-links = Table(
-    "links",
-    metadata,
-    Column("message", ID, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
-    Column("idx", Integer, nullable=False),
-    Column("url", Text, nullable=False),
-    PrimaryKeyConstraint("message", "idx"),
 )
 
 events = Table(

@@ -35,7 +35,7 @@ from trackmilter.store.hits import (
     write_hits,
 )
 from trackmilter.store.migrate import check_schema
-from trackmilter.store.schema import events, hits, links, messages, recipients
+from trackmilter.store.schema import events, hits, messages, recipients
 from trackmilter.store.views import EventView, HitView, LinkView, MessageView, RecipientView
 from trackmilter.webhooks import outbox as webhook_outbox
 
@@ -258,7 +258,6 @@ class _Batch:
     def __init__(self) -> None:
         self.messages: dict[str, dict[str, Any]] = {}
         self.recipients: dict[tuple[str, str], dict[str, Any]] = {}
-        self.links: dict[tuple[str, int], dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         # Delivery events still to be tied to a message: (queue id, mta, at, events key).
         self.deliveries: list[tuple[str, str, datetime, str]] = []
@@ -306,6 +305,8 @@ class _Batch:
             "pixel": bool(ev.pixel),
             "tracking_header": bool(ev.tracking_header),
             "link_count": len(ev.links),
+            "links": [[i, u] for i, u in sorted({int(lk.index): lk.url for lk in ev.links}.items())]
+                     or None,
             "mta": ev.mta,
             "started_at": ev.started_at,
             "finished_at": ev.finished_at,
@@ -332,8 +333,6 @@ class _Batch:
                 "dedup_key": key,
                 "_tid": tid,
             }
-        for link in ev.links:
-            self.links[(tid, int(link.index))] = {"idx": int(link.index), "url": link.url}
 
     def _add_delivery(self, ev: DeliveryObserved) -> None:
         address = normalize_address(ev.recipient)
@@ -405,9 +404,6 @@ class _Batch:
         if self.recipients:
             rows = [{"message": ids[tid], **row} for (tid, _), row in self.recipients.items()]
             upsert(conn, recipients, rows, ["message", "address"])
-        if self.links:
-            rows = [{"message": ids[tid], **row} for (tid, _), row in self.links.items()]
-            upsert(conn, links, rows, ["message", "idx"])
         by_delivery = _messages_for_deliveries(conn, self.deliveries)
         by_delivery.update(_messages_for_reports(conn, self.reports))
         if self.events:
@@ -667,9 +663,6 @@ def _views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageView]:
         select(recipients).where(recipients.c.message.in_(ids)).order_by(recipients.c.id)
     ):
         rcpts[r.message].append(RecipientView(r.address, r.outcome, r.status, r.text, r.at))
-    lnks: dict[int, list[LinkView]] = defaultdict(list)
-    for r in conn.execute(select(links).where(links.c.message.in_(ids)).order_by(links.c.idx)):
-        lnks[r.message].append(LinkView(r.idx, r.url))
     evs: dict[int, list[EventView]] = defaultdict(list)
     for r in conn.execute(
         select(events).where(events.c.message.in_(ids)).order_by(events.c.at, events.c.id)
@@ -702,7 +695,7 @@ def _views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageView]:
             link_count=m.link_count,
             mta=m.mta,
             recipients=tuple(rcpts[m.id]),
-            links=tuple(lnks[m.id]),
+            links=tuple(LinkView(int(i), str(u)) for i, u in m.links or ()),
             events=tuple(evs[m.id]),
             hits=tuple(hts.get(m.tracking_id, ())),
         )

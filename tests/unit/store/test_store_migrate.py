@@ -9,7 +9,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from trackmilter.store import (
     SchemaTooOld,
@@ -21,9 +21,9 @@ from trackmilter.store import (
 )
 from trackmilter.store.engine import make_engine
 from trackmilter.store.migrate import MIGRATIONS_DIR, VERSION_TABLE, alembic_config
-from trackmilter.store.schema import metadata
+from trackmilter.store.schema import messages, metadata
 
-TABLES = {"messages", "recipients", "links", "events", VERSION_TABLE, "hits", "hit_verdicts",
+TABLES = {"messages", "recipients", "events", VERSION_TABLE, "hits", "hit_verdicts",
           "webhook_outbox"}
 
 
@@ -126,6 +126,39 @@ def test_store_refuses_older_schema(db_url: str) -> None:
             store.ping()
     finally:
         store.close()
+
+
+def test_links_move_into_their_message_and_back(db_url: str) -> None:
+    # 0006 folds table `links` into messages.links; a store written before keeps its links.
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0005")
+            for mid, tid in ((1, "a" * 16), (2, "b" * 16), (3, "c" * 16)):
+                conn.exec_driver_sql(
+                    "INSERT INTO messages (id, tracking_id, direction, end_reason, rewritten,"
+                    " pixel, tracking_header, link_count, started_at, finished_at) VALUES"
+                    f" ({mid}, '{tid}', 'outgoing', 'queued', false, false, false, 0,"
+                    " '2026-11-27 10:00:00', '2026-11-27 10:00:01')")
+            conn.exec_driver_sql(
+                "INSERT INTO links (message, idx, url) VALUES (1, 2, 'https://e.example/2'),"
+                " (1, 1, 'https://e.example/1?a=1&b=\u00e9'), (3, 7, 'https://f.example/')")
+            command.upgrade(alembic_config(conn), "0006")
+        with engine.connect() as conn:
+            got = dict(conn.execute(select(messages.c.id, messages.c.links)).all())
+            assert "links" not in inspect(conn).get_table_names()
+        assert got == {1: [[1, "https://e.example/1?a=1&b=\u00e9"], [2, "https://e.example/2"]],
+                       2: None, 3: [[7, "https://f.example/"]]}
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "0005")
+        with engine.connect() as conn:
+            back = sorted(conn.exec_driver_sql("SELECT message, idx, url FROM links").all())
+            assert "links" not in {c["name"] for c in inspect(conn).get_columns("messages")}
+        assert [tuple(r) for r in back] == [(1, 1, "https://e.example/1?a=1&b=\u00e9"),
+                                            (1, 2, "https://e.example/2"),
+                                            (3, 7, "https://f.example/")]
+    finally:
+        engine.dispose()
 
 
 def test_store_refuses_unknown_newer_schema(db_url: str) -> None:
