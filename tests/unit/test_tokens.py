@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import random
 
 import pytest
 
 from trackmilter.model import new_tracking_id
 from trackmilter.tokens import (
+    MAC_BYTES,
     InvalidToken,
     KeyFileError,
     Kind,
@@ -188,3 +192,16 @@ def test_only_the_exact_encoding_verifies(tid: str) -> None:
         except InvalidToken:
             pass
     assert accepted == []
+
+
+@pytest.mark.parametrize("key_len", [16, 32, 63, 64, 65, 200])
+def test_mac_is_hmac_sha256_for_keys_of_every_length(key_len: int) -> None:
+    # tokens.py builds HMAC from two SHA-256 states (keys over a block are hashed first);
+    # it must be the RFC 2104 value, which nginx's Lua verifier computes too.
+    rng = random.Random(key_len)
+    key = bytes(rng.randrange(33, 127) for _ in range(key_len))
+    signer = Signer([key])
+    for n in range(50):
+        body = bytes(rng.randrange(256) for _ in range(n * 7))
+        expected = hmac.new(key, body, hashlib.sha256).digest()[:MAC_BYTES]
+        assert signer._keys[0].mac(body) == expected
