@@ -105,7 +105,7 @@ def parse_since(value: str) -> timedelta:
         if v and v[-1] in _UNITS:
             return timedelta(seconds=float(v[:-1]) * _UNITS[v[-1]])
         return timedelta(days=float(v))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "infd", "1e400d"
         raise ValueError(f"expected e.g. 7d, 12h or 30m, got {value!r}") from None
 
 

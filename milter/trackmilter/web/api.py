@@ -83,6 +83,13 @@ def _since(value: str) -> timedelta:
     return since
 
 
+def _no_nul(name: str, value: str) -> str:
+    # Nothing recorded holds a NUL (PostgreSQL cannot store one, and would refuse the query).
+    if "\x00" in value:
+        raise ApiError(400, f"{name}: contains a NUL character")
+    return value
+
+
 class Api:
     """Routes: messages/{ident} (tracking id, Message-ID, queue id or recipient), report,
     openapi.json (the latter without a token)."""
@@ -114,7 +121,7 @@ class Api:
                     b'{"error": "a valid bearer token is required"}')
         try:
             if route.startswith("messages/") and len(route) > len("messages/"):
-                ident = unquote(route[len("messages/"):])
+                ident = _no_nul("ident", unquote(route[len("messages/"):]))
                 found = await asyncio.to_thread(self._messages, ident, token)
                 if not found:
                     raise ApiError(404, f"nothing recorded for {ident!r}")
@@ -122,9 +129,9 @@ class Api:
             if route == "report":
                 query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
                 since = _since(query.get("since", ["7d"])[0])
-                sender = query.get("sender", [""])[0]
+                sender = _no_nul("sender", query.get("sender", [""])[0])
                 try:
-                    wanted = header_filter(query.get("header", []))
+                    wanted = header_filter(_no_nul("header", h) for h in query.get("header", []))
                 except ValueError as exc:
                     raise ApiError(400, f"header: {exc}") from None
                 return _json(200, await asyncio.to_thread(self._report, since, sender, wanted,
@@ -147,6 +154,16 @@ class Api:
 
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+# What _since accepts, written out exactly: 1-366 days, 1-8784 hours, 1-527040 minutes.
+_SINCE_PATTERN = (
+    "^(([1-9]|[1-9][0-9]|[12][0-9]{2}|3[0-5][0-9]|36[0-6])d"
+    "|([1-9][0-9]{0,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-7][0-9]|878[0-4])h"
+    "|([1-9][0-9]{0,4}|[1-4][0-9]{5}|5[01][0-9]{4}|52[0-6][0-9]{3}|5270[0-3][0-9]|527040)m)$"
+)
+# NAME=VALUE with a name that is not blank (by Python's idea of whitespace, a superset of
+# JSON Schema's). No value may hold a NUL: nothing recorded does.
+_HEADER_PATTERN = r"^[^=\x00]*[^=\s\x1c-\x1f\x85\x00][^=\x00]*=[^\x00]*$"
+_NO_NUL = {"type": "string", "pattern": r"^[^\x00]*$"}
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "trackmilter", "version": "1",
@@ -161,7 +178,7 @@ OPENAPI: dict[str, Any] = {
                        "(verdict, reasons, history) and engagement — as `trackmilter status "
                        "--json`.",
             "parameters": [{"name": "ident", "in": "path", "required": True,
-                            "schema": {"type": "string"}}],
+                            "schema": _NO_NUL}],
             "responses": {
                 "200": {"description": "the messages",
                         "content": {"application/json": {"schema": {"type": "array",
@@ -174,11 +191,13 @@ OPENAPI: dict[str, Any] = {
             "summary": "Counts and rates over a period, each with its denominator and notes "
                        "on what it cannot mean — as `trackmilter report --json`.",
             "parameters": [
-                {"name": "since", "in": "query", "schema": {"type": "string", "default": "7d"},
-                 "description": "7d, 12h, 30m (at most 366 days)"},
-                {"name": "sender", "in": "query", "schema": {"type": "string"}},
-                {"name": "header", "in": "query", "schema": {"type": "array",
-                                                             "items": {"type": "string"}},
+                {"name": "since", "in": "query",
+                 "schema": {"type": "string", "default": "7d", "pattern": _SINCE_PATTERN},
+                 "description": "7d, 12h, 30m: from 1 minute to 366 days"},
+                {"name": "sender", "in": "query", "schema": _NO_NUL},
+                {"name": "header", "in": "query",
+                 "schema": {"type": "array", "items": {"type": "string",
+                                                       "pattern": _HEADER_PATTERN}},
                  "description": "NAME=VALUE, repeatable: messages with these recorded headers"},
             ],
             "responses": {

@@ -78,7 +78,21 @@ def test_report_since_is_validated() -> None:
         _since("yesterday")
     with pytest.raises(ApiError):
         _since("9999d")
+    for overflowing in ("infd", "1e400d", "-infh"):
+        with pytest.raises(ApiError):
+            _since(overflowing)
     assert _since("12h").total_seconds() == 43200
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param("/api/v1/messages/a%00b", id="ident"),
+    pytest.param("/api/v1/report?sender=a%00b", id="sender"),
+    pytest.param("/api/v1/report?header=X-Campaign%3Da%00b", id="header"),
+])
+def test_nul_is_a_bad_request_not_a_store_error(path: str) -> None:
+    route, _, query = path.partition("?")
+    status, _, body = call(app_with_api(), route, headers=auth(), query=query)
+    assert status == 400 and b"NUL" in body
 
 
 def test_openapi_describes_the_served_paths() -> None:

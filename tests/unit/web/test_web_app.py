@@ -60,10 +60,12 @@ def make_app(**kw: Any) -> tuple[TrackerApp, Sink, Judge, Metrics]:
 
 
 def call(app: TrackerApp, path: str, *, method: str = "GET", peer: str = "198.51.100.4",
-         headers: Sequence[tuple[str, str]] = ()) -> tuple[int, dict[str, str], bytes]:
+         headers: Sequence[tuple[str, str]] = (), query: str = ""
+         ) -> tuple[int, dict[str, str], bytes]:
     sent: list[dict[str, Any]] = []
     scope = {"type": "http", "method": method, "path": path, "client": (peer, 5555),
-             "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers]}
+             "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers],
+             "query_string": query.encode("latin-1")}
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
