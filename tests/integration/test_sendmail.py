@@ -27,6 +27,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+ACCESS_REFUSED = "refused@example.net"
+
+
 @dataclass
 class SendmailRig:
     mx: FakeMX
@@ -40,7 +43,7 @@ def rig(fake_mx: FakeMX, socket_dir: Path, tmp_path: Path) -> Iterator[SendmailR
     sock = socket_dir / "trackmilter.sock"
     cfg = write_config(tmp_path / "tm", sock, extra={"milter": {"mta_name": "sendmail.lab"}})
     milter = milter_process(cfg, sock).start()
-    sm = SendmailInstance(fake_mx.port, sock)
+    sm = SendmailInstance(fake_mx.port, sock, access={f"To:{ACCESS_REFUSED}": "REJECT"})
     try:
         sm.start()
         yield SendmailRig(fake_mx, sm, milter, cfg)
@@ -82,6 +85,17 @@ def test_sendmail_rewrites_records_and_refuses(rig: SendmailRig) -> None:
     assert f"{queue_id}: Milter (trackmilter) message: body replaced" in log
     assert f"{queue_id}: Milter (trackmilter) add: header: X-Trackmilter-ID: {tid}" in log
     assert "to error state" not in log
+
+
+def test_access_db_refusals_never_reach_the_milter(rig: SendmailRig) -> None:
+    # The README's caveat, pinned: Debian's Sendmail refuses an access-database recipient
+    # before any milter hears of it, so trackmilter cannot record it.
+    raw = html_message("<p>x</p>", extra={"Message-ID": "<sendmail-lab-3@example.com>"})
+    refused = rig.sendmail.send("alice@example.com", ["dave@example.net", ACCESS_REFUSED], raw)
+    assert list(refused) == [ACCESS_REFUSED] and refused[ACCESS_REFUSED][0] == 550
+    (got,) = rig.mx.wait_for_count(1, timeout=30)
+    [stored] = wait_status(rig.config, html_of(got)[0]["X-Trackmilter-ID"])
+    assert [r["address"] for r in stored["recipients"]] == ["dave@example.net"]
 
 
 def test_mail_flows_on_without_the_milter(rig: SendmailRig) -> None:

@@ -60,6 +60,8 @@ define(`SMTP_MAILER_ARGS', `TCP $h {mx_port}')dnl
 FEATURE(`nocanonify')dnl
 FEATURE(`accept_unresolvable_domains')dnl
 FEATURE(`no_default_msa')dnl
+FEATURE(`access_db', `hash -T<TMPF> -o {d}/access')dnl
+FEATURE(`blocklist_recipients')dnl
 DAEMON_OPTIONS(`Port={port}, Addr=127.0.0.1, Name=MTA')dnl
 {milter}
 MAILER(`local')dnl
@@ -100,7 +102,8 @@ class SendmailInstance:
     """Build with `SendmailInstance(mx_port, milter_socket)`, then `start()` / `stop()`."""
 
     def __init__(self, mx_port: int, milter_socket: Path | None = None,
-                 home: Path = SENDMAIL_HOME) -> None:
+                 home: Path = SENDMAIL_HOME, access: dict[str, str] | None = None) -> None:
+        """`access`: access-database entries, e.g. {"To:no@example.net": "REJECT"}."""
         self.root = home / "root"
         self.base = Path(tempfile.mkdtemp(prefix="tm-sendmail-"))
         self.smtp_port = free_port()
@@ -125,14 +128,19 @@ class SendmailInstance:
         with (d / "sendmail.cf").open("wb") as cf:
             subprocess.run([str(self.root / "usr/bin/m4"), str(d / "sendmail.mc")],
                            stdout=cf, check=True, timeout=60)
+        env = {**os.environ, "LD_LIBRARY_PATH": f"{self.root}/usr/lib/x86_64-linux-gnu"}
+        entries = "".join(f"{k}\t{v}\n" for k, v in (access or {}).items())
+        subprocess.run([str(self.root / "usr/libexec/sendmail/makemap"), "-C",
+                        str(d / "sendmail.cf"), "hash", str(d / "access")],
+                       input=entries.encode(), env=env, check=True, capture_output=True,
+                       timeout=60)
         start = d / "start-sendmail.sh"
         start.write_text(_START.format(d=d, host=HOSTNAME, root=self.root))
         start.chmod(0o755)
         # The aliases database, built in a UTS namespace too (the dotless host name).
         subprocess.run(["unshare", "-u", "sh", "-c", f"hostname {HOSTNAME}; exec "
                         f"{self.root}/usr/libexec/sendmail/sendmail -C {d}/sendmail.cf -bi"],
-                       env={**os.environ, "LD_LIBRARY_PATH": f"{self.root}/usr/lib/x86_64-linux-gnu"},
-                       check=True, capture_output=True, timeout=60)
+                       env=env, check=True, capture_output=True, timeout=60)
 
     @property
     def pid(self) -> int | None:
