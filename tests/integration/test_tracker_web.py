@@ -74,8 +74,13 @@ def test_database_gone_redirects_still_work_and_hits_are_spooled(
             token = signer.sign_click(tid, i, f"https://x.example/{i}")
             assert request(web.port, f"/c/{token}", headers={"User-Agent": UA})[0] == 302
         wait_until(lambda: request(web.port, "/readyz")[0] == 503, 20, what="not ready")
-        spooled = list((cfg.parent / "spool").glob("web-*/*"))
-        assert any(p.suffix != ".lock" and p.stat().st_size > 0 for p in spooled), spooled
+
+        def spooled() -> bool:
+            # A segment is renamed into place before its first events are written to it.
+            return any(p.name.startswith("spool-") and p.stat().st_size > 0
+                       for p in (cfg.parent / "spool").glob("web-*/spool-*"))
+
+        wait_until(spooled, 20, what="hits in a spool segment")
     finally:
         # SQLite keeps the file it opened: restore it under a stopped tracker, as an
         # administrator would restore a database, and start a new one.
