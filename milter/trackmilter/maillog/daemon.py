@@ -12,7 +12,12 @@ from typing import Any, Protocol
 
 from trackmilter.config import Settings
 from trackmilter.logging import get_logger
-from trackmilter.maillog.follow import FileFollower, load_consumer_state, read_stream
+from trackmilter.maillog.follow import (
+    FileFollower,
+    load_consumer_state,
+    read_stream,
+    warn_lost,
+)
 from trackmilter.maillog.parse import LineParser
 from trackmilter.maillog.records import (
     Delivery,
@@ -217,7 +222,8 @@ def run(settings: Settings) -> int:
         else:
             restore_tracker(tracker, m.state_file, log)
             follower = FileFollower(m.path, state_path=m.state_file,
-                                    poll_interval=m.poll_interval)
+                                    poll_interval=m.poll_interval,
+                                    on_lost=warn_lost(log, "maillog_position_lost", m.path))
             follow_file(follower, parser, tracker, writer, metrics, log, lambda: stop[0],
                         providers=providers)
     except _Stopped:

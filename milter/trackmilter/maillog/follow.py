@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "FileFollower",
@@ -30,6 +31,7 @@ __all__ = [
     "load_position",
     "read_stream",
     "save_position",
+    "warn_lost",
 ]
 
 HEAD_BYTES = 256  # enough to tell two log files apart: the first line carries a timestamp
@@ -93,6 +95,18 @@ def save_position(path: Path, position: Position, consumer: str | None = None) -
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def warn_lost(log: Any, event: str, path: Path | str) -> Callable[[Position], None]:
+    """An `on_lost` that logs `event` with what an administrator needs to know."""
+
+    def lost(saved: Position) -> None:
+        log.warning(event, path=str(path), saved_offset=saved.offset,
+                    hint="the file the saved position was in is not beside the log any more "
+                         "(deleted, or compressed by logrotate): what was written to it after "
+                         "that position is not read; reading resumes at the start of the log")
+
+    return lost
 
 
 def _head_digest(fd: int, length: int) -> str:
@@ -176,6 +190,7 @@ class FileFollower:
         chunk_bytes: int = CHUNK_BYTES,
         rotate_grace: float = ROTATE_GRACE,
         clock: Callable[[], float] = time.monotonic,
+        on_lost: Callable[[Position], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.state_path = Path(state_path) if state_path is not None else None
@@ -188,6 +203,9 @@ class FileFollower:
         self._current: _Open | None = None
         self._old: _Open | None = None  # a rotated-away file still being drained
         self._done: set[tuple[int, int]] = set()  # rotated files read to their end
+        # Told when the saved position's file is nowhere to be found (deleted, or
+        # compressed by logrotate): what was written after it there is never read.
+        self._on_lost = on_lost
 
     def follow(self, should_stop: Callable[[], bool] = lambda: False) -> Generator[str, None, None]:
         """Blocks of whole lines as they are written, until `should_stop()` is true.
@@ -318,6 +336,8 @@ class FileFollower:
         rotated = self._find_rotated(saved)
         if rotated is not None:
             self._old = self._open_new(rotated, saved.offset)
+        elif self._on_lost is not None:
+            self._on_lost(saved)
         return self._open_new(self.path, 0)
 
     def _find_rotated(self, saved: Position) -> Path | None:

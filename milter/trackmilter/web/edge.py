@@ -23,7 +23,7 @@ from typing import Any
 
 from trackmilter.config import Settings
 from trackmilter.logging import get_logger
-from trackmilter.maillog.follow import FileFollower
+from trackmilter.maillog.follow import FileFollower, warn_lost
 from trackmilter.metrics import Metrics
 from trackmilter.tokens import KeyFileError, Signer
 
@@ -268,7 +268,8 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGINT, _stop)
     log.info("edge_starting", log=str(e.log), state_file=str(e.state_file),
              base_url=settings.tracking.base_url, key_ids=list(app.key_ids))
-    follower = FileFollower(e.log, state_path=e.state_file, poll_interval=e.poll_interval)
+    follower = FileFollower(e.log, state_path=e.state_file, poll_interval=e.poll_interval,
+                            on_lost=warn_lost(log, "edge_position_lost", e.log))
     try:
         keys = KeyWatcher(settings.tracking.secret_file, app, log)
         follow(follower, Ingest(app, metrics, log, keys=keys), writer, log, lambda: stop[0])

@@ -148,7 +148,21 @@ def test_restart_when_the_rotated_file_is_gone(log: Path, state: Path) -> None:
     first.close()
     log.unlink()
     append(log, "Nov 27 b1\n")  # may even reuse the inode: the first bytes differ
-    assert drain(FileFollower(log, state_path=state)) == "Nov 27 b1\n"
+    lost: list[Position] = []
+    assert drain(FileFollower(log, state_path=state, on_lost=lost.append)) == "Nov 27 b1\n"
+    assert [p.offset for p in lost] == [len("a1\n")]  # the daemons log this
+
+
+def test_a_rotated_file_found_is_not_lost(log: Path, state: Path) -> None:
+    append(log, "a1\n")
+    first = FileFollower(log, state_path=state)
+    assert drain(first) == "a1\n"
+    first.close()
+    log.rename(log.with_name("maillog.1"))
+    append(log, "b1\n")
+    lost: list[Position] = []
+    assert drain(FileFollower(log, state_path=state, on_lost=lost.append)) == "b1\n"
+    assert lost == []
 
 
 @pytest.mark.parametrize("content", ["", "not json", '{"offset": 1}', "[1, 2]"])
