@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +19,7 @@ from trackmilter.model import (
     RecipientRecord,
     ReportReceived,
 )
+from trackmilter.mta.policy import in_networks
 
 # The configuration's `events` vocabulary; a payload's `type` is "<kind>.<subtype>".
 WEBHOOK_KINDS = ("delivery", "report", "hit")
@@ -60,8 +60,11 @@ def event_id(ev: Event) -> str:
                  *sorted(_address(r.recipient) for r in ev.recipients)]
     else:
         raise ValueError(f"no webhook for {ev.kind!r} events")
-    digest = hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
+    return _digest(parts)
+
+
+def _digest(parts: list[str]) -> str:
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def event_type(ev: Event) -> str:
@@ -106,7 +109,8 @@ def items(ev: Event, outgoing_networks: Sequence[Network] = ()) -> list[tuple[st
     spam defence, not delivery news.
     """
     if isinstance(ev, MessageRecorded):
-        if ev.direction is not Direction.OUTGOING or not _trusted(ev, outgoing_networks):
+        trusted = bool(ev.auth_user) or in_networks(ev.client_addr, tuple(outgoing_networks))
+        if ev.direction is not Direction.OUTGOING or not trusted:
             return []
         last: dict[str, RecipientRecord] = {}
         for r in ev.recipients:  # the same address twice: its last answer stands
@@ -115,39 +119,26 @@ def items(ev: Event, outgoing_networks: Sequence[Network] = ()) -> list[tuple[st
         out = []
         for r in last.values():
             if r.outcome is RcptOutcome.REFUSED:
-                payload = refusal_payload(ev, r.address, r.status, r.text, r.at.isoformat())
+                payload = refusal_payload(ev, r)
                 out.append((payload["id"], payload["type"], canonical_json(payload)))
         return out
     return [(event_id(ev), event_type(ev), encode(ev))]
 
 
-def _trusted(ev: MessageRecorded, networks: Sequence[Network]) -> bool:
-    if ev.auth_user:
-        return True
-    try:
-        ip = ipaddress.ip_address(ev.client_addr)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == n.version and ip in n for n in networks)
-
-
-def refusal_payload(ev: MessageRecorded, address: str, dsn: str, text: str,
-                    at: str) -> dict[str, Any]:
+def refusal_payload(ev: MessageRecorded, r: RecipientRecord) -> dict[str, Any]:
     """`delivery.refused`: shaped like a delivery outcome from the log (`recipient`,
     `status`, `dsn`, `text`, `at`, `queue_id`, `mta`), with what the milter knows of the
     message. There is no 3-digit code: Postfix does not pass it to milters. `temporary`:
     a 4.x.x refusal (a rate limit, a verification not done yet), which the client retries."""
-    parts = ["refused", ev.mta, ev.tracking_id, _address(address)]
+    at = r.at.isoformat()
     return {
-        "id": hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest(),
+        "id": _digest(["refused", ev.mta, ev.tracking_id, _address(r.address)]),
         "type": "delivery.refused",
         "occurred_at": at,
         "version": PAYLOAD_VERSION,
         "data": {
-            "recipient": address, "status": "refused", "dsn": dsn, "text": text, "at": at,
-            "temporary": dsn.startswith("4"),
+            "recipient": r.address, "status": "refused", "dsn": r.status, "text": r.text,
+            "at": at, "temporary": r.status.startswith("4"),
             "queue_id": ev.queue_id, "mta": ev.mta, "tracking_id": ev.tracking_id,
             "message_id": ev.message_id, "sender": ev.sender, "client_addr": ev.client_addr,
             "auth_user": ev.auth_user, "relay": "", "transport": "",
