@@ -1,8 +1,16 @@
-"""Charset classification: scan the bytes directly, or decode/re-encode, or leave alone."""
+"""Charset classification: scan the bytes directly, or decode/re-encode, or leave alone.
+
+A label this module cannot vouch for (unknown to Python's codecs, not a text codec, not
+printable ASCII, absurdly long, or one whose lookup raises anything) gives None: the
+engine then leaves the part alone, byte for byte, and records why (RFC 2046 §4.1.2: a
+charset a reader does not know leaves the text unreadable to it, so we cannot find its
+links either).
+"""
 
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -36,6 +44,14 @@ _NOT_CHARSETS = frozenset(
     {"idna", "punycode", "raw-unicode-escape", "unicode-escape", "charmap", "undefined"}
 )
 _ASCII = bytes(range(128))
+# RFC 2978 §2.3 restricts new charset names to a few ASCII symbols besides letters and
+# digits, but older registered aliases use more (ISO_8859-1:1987, ISO_646.irv:1991); so any
+# printable ASCII without spaces is handed to Python's codecs, which decide. IANA's
+# registry allows 40 characters a name, though two of its own are longer (45:
+# Extended_UNIX_Code_Packed_Format_for_Japanese): 64 leaves room and keeps a hostile
+# multi-kilobyte label out of the lookup cache.
+_LABEL = re.compile(r"[!-~]{1,64}")
+_SPACE = " \t\r\n\f\v"
 
 
 @dataclass(frozen=True)
@@ -53,10 +69,19 @@ class Charset:
 
 
 def lookup(label: str | None) -> Charset | None:
-    """The handling for a charset label (None: us-ascii); None when unknown or unusable."""
+    """The handling for a charset label (None: us-ascii); None when unknown or unusable.
+
+    Never raises: whatever a message declares, the answer is a Charset or None.
+    """
     if label is None:
         return _BYTES_ASCII
-    return _lookup(label.strip().strip('"').lower())
+    # ASCII white space only: str.strip() would also take U+00A0 and friends, making
+    # "utf-8<NBSP>" (as pymilter decodes a top-level header, UTF-8) pass for UTF-8.
+    name = label.strip(_SPACE).strip('"')
+    # Checked before lower(), which maps some non-ASCII to ASCII (KELVIN SIGN to "k").
+    if _LABEL.fullmatch(name) is None:
+        return None
+    return _lookup(name.lower())
 
 
 _BYTES_ASCII = Charset("ascii", False)
@@ -66,6 +91,13 @@ _BYTES_ASCII = Charset("ascii", False)
 def _lookup(label: str) -> Charset | None:
     # A pure function of the label; cached because classifying an unfamiliar single-byte
     # codec decodes a few hundred byte pairs.
+    try:
+        return _classify(label)
+    except Exception:  # noqa: BLE001 - codecs.register() lets any code answer a lookup
+        return None
+
+
+def _classify(label: str) -> Charset | None:
     try:
         info = codecs.lookup(label)
     except LookupError:

@@ -11,6 +11,7 @@ from trackmilter.rewrite.links import LinkPolicy, check_replacement, normalize
 from trackmilter.rewrite.mime import (
     ContentType,
     PartHeaders,
+    parameter,
     parse_content_type,
     parse_headers,
     split_multipart,
@@ -166,22 +167,28 @@ def _leaf(
     if cte not in transfer.KNOWN:
         run.skip(SkipReason.UNKNOWN_TRANSFER_ENCODING)
         return
-    cs = charsets.lookup(ctype.params.get("charset"))
+    # RFC 2046 §4.1.2: the charset parameter names the part's character set, US-ASCII
+    # when absent; one we cannot vouch for leaves the part alone, as it stands.
+    cs = charsets.lookup(parameter(ctype.params, "charset"))
     if cs is None:
         run.skip(SkipReason.UNKNOWN_CHARSET)
         return
     raw = run.buf[start:end]
     try:
         data = transfer.decode(cte, raw)
-        if cs.decode_part:
+    except transfer.DecodeError:
+        run.skip(SkipReason.UNDECODABLE)
+        return
+    if cs.decode_part:
+        try:
             # Scanned as UTF-8, whose ASCII bytes are always ASCII characters.
             cs = charsets.for_part(cs, data)
             work = data[len(cs.bom) :].decode(cs.codec).encode("utf-8")
-        else:
-            work = data
-    except (transfer.DecodeError, UnicodeError):
-        run.skip(SkipReason.UNDECODABLE)
-        return
+        except UnicodeError:
+            run.skip(SkipReason.UNDECODABLE_CHARSET)
+            return
+    else:
+        work = data
 
     edits: list[_Edit] = []
     links: list[Link] = []
@@ -201,7 +208,7 @@ def _leaf(
     if encoded is None:
         new = _encode(run, cte, cs, raw, work, edits)
         if new is None:
-            run.skip(SkipReason.UNDECODABLE)
+            run.skip(SkipReason.UNDECODABLE_CHARSET)
             return
         encoded, new_cte = new
     if new_cte != cte:

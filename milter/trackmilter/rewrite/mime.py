@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "ContentType",
     "PartHeaders",
+    "parameter",
     "parse_content_type",
     "parse_headers",
     "split_multipart",
@@ -52,6 +54,43 @@ def parse_content_type(value: str | None, default: str = "text/plain") -> Conten
         # The first occurrence wins, as with the email package.
         params.setdefault(name, raw)
     return ContentType(m.group(1).lower(), m.group(2).lower(), params)
+
+
+_MAX_SECTIONS = 64  # RFC 2231 continuations of one parameter read at most
+
+
+def parameter(params: Mapping[str, str], name: str) -> str | None:
+    """The value of parameter `name` (lower case), RFC 2231 forms included; None: absent.
+
+    A plain `name=` wins. Otherwise `name*=` (RFC 2231 §4) or the continuations `name*0`,
+    `name*1*`, ... (§3, §4.1) are joined in order and their `*` sections percent-decoded,
+    dropping the leading charset'language' prefix; the octets are read as Latin-1, so a
+    value that was not ASCII stays visibly so (a charset label then matches nothing).
+    """
+    if name in params:
+        return params[name]
+    if name + "*" in params:
+        return _extended(params[name + "*"], first=True)
+    pieces: list[str] = []
+    for n in range(_MAX_SECTIONS):
+        key = f"{name}*{n}"
+        if key + "*" in params:
+            pieces.append(_extended(params[key + "*"], first=n == 0))
+        elif key in params:
+            pieces.append(params[key])
+        else:
+            break
+    return "".join(pieces) if pieces else None
+
+
+def _extended(value: str, *, first: bool) -> str:
+    """An RFC 2231 §4 extended value: charset'language'%XX-encoded (the prefix only in the
+    first section). Without both quotes the whole value is taken, as the email package does."""
+    if first:
+        prefix = value.split("'", 2)
+        if len(prefix) == 3:
+            value = prefix[2]
+    return unquote_to_bytes(value).decode("latin-1")
 
 
 @dataclass(frozen=True)

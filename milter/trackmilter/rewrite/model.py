@@ -13,10 +13,14 @@ class SkipReason:
     SIGNED_OR_ENCRYPTED = "signed_or_encrypted"
     ATTACHMENT = "attachment"
     ATTACHED_MESSAGE = "attached_message"
-    UNDECODABLE = "undecodable"
-    UNKNOWN_CHARSET = "unknown_charset"
+    UNDECODABLE = "undecodable"  # not valid in its Content-Transfer-Encoding
+    UNKNOWN_CHARSET = "unknown_charset"  # a charset label we cannot vouch for
+    UNDECODABLE_CHARSET = "undecodable_charset"  # bytes that are not text in the charset
     UNKNOWN_TRANSFER_ENCODING = "unknown_transfer_encoding"
     MALFORMED = "malformed"
+
+    CHARSET = frozenset({UNKNOWN_CHARSET, UNDECODABLE_CHARSET})
+    """The reasons that are about a part's charset."""
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ LEFT_ALONE = [
         mixed(
             b"Content-Type: text/html; charset=utf-16\nContent-Transfer-Encoding: base64\n\nAAAA\n"
         ),
-        [(1, "undecodable")],
+        [(1, "undecodable_charset")],
         id="broken-utf16",
     ),
     pytest.param("multipart/mixed", mixed(html_part()), [(1, "malformed")], id="no-boundary-param"),
