@@ -49,7 +49,7 @@ local VERSION = 1
 local MAC_BYTES = 10
 local HEADER = 12           -- head, key id, tracking id
 local MIN_KEY_LENGTH = 16
-local MAX_TOKEN = 4096
+local MAX_TOKEN = 4096      -- tokens.MAX_TOKEN_CHARS (a unit test keeps them equal)
 local KIND_CLICK, KIND_OPEN = 0, 1
 
 -- 1x1 transparent GIF, the bytes the Python tracker sends.

@@ -13,6 +13,9 @@ Layout before base64url (no padding)::
 
 80 bits of MAC make forging a token a 2^80 guess per try; the tracker also answers any
 failure with the same plain 404, so there is no oracle to guide a search.
+
+A token is at most MAX_TOKEN_CHARS long: both verifiers refuse longer ones, so the
+signer refuses to write them (URLTooLong) and the link stays as the sender wrote it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,21 @@ _IPAD = bytes(b ^ 0x36 for b in range(256))
 _OPAD = bytes(b ^ 0x5C for b in range(256))
 MIN_KEY_LENGTH = 16
 _HEADER = 2 + TRACKING_ID_BYTES
+
+# The longest token the signer writes and the trackers accept: web/app.py uses this one,
+# conf/nginx/trackmilter.lua has the same number as its MAX_TOKEN (a unit test keeps them
+# equal; Lua cannot import it). A link is requested as "GET <base path>/c/<token>
+# HTTP/1.1", and nginx refuses a request line longer than one of its
+# large_client_header_buffers with 414 (default "4 8k": 8,192 bytes; HTTP/2's :path has
+# the same limit since 1.19.7), https://nginx.org/en/docs/http/ngx_http_core_module.html
+# #large_client_header_buffers. 4,096 leaves 4 KB for the method, base_url's path and the
+# protocol, and keeps every link signed before the limit was enforced valid. It allows
+# http(s) URLs of up to about 3,050 characters (after percent-encoding).
+MAX_TOKEN_CHARS = 4096
+# The most bytes that encode (base64url, unpadded) to MAX_TOKEN_CHARS characters or fewer.
+_MAX_TOKEN_BYTES = 3 * MAX_TOKEN_CHARS // 4
+# The longest canonical URL that can fit (link index < 128, a one-byte varint).
+_MAX_URL_CHARS = _MAX_TOKEN_BYTES - _HEADER - 1 - MAC_BYTES + len("https://")
 
 
 class TokenError(Exception):
@@ -199,10 +217,21 @@ class MessageSigner:
         self._key, self._kid, self._tid = key, key.kid, tid
 
     def click(self, index: int, url: str) -> str:
+        """The token for link `index`; raises :class:`UnsignableURL` (or its subclass
+        :class:`URLTooLong` when the token would be longer than MAX_TOKEN_CHARS)."""
+        # A long URL is refused before any work in proportion to it (percent-encoding,
+        # base64, the MAC): canonicalising never makes a URL shorter than this bound.
+        if len(url) > _MAX_URL_CHARS and _shortest_canonical(url) > _MAX_URL_CHARS:
+            raise URLTooLong(f"URL of {len(url)} characters: its token would exceed "
+                             f"{MAX_TOKEN_CHARS}")
         canon = canonical_url(url)
         https = canon.startswith("https://")
-        tail = (canon[8:] if https else canon[7:]).encode("ascii")
-        return self._sign(Kind.CLICK, https, index, tail)
+        tail = canon[8:] if https else canon[7:]
+        varint = 1 if 0 <= index < 0x80 else len(_varint(index))
+        if len(tail) > _MAX_TOKEN_BYTES - _HEADER - varint - MAC_BYTES:
+            raise URLTooLong(f"URL of {len(canon)} characters once canonical: its token "
+                             f"would exceed {MAX_TOKEN_CHARS}")
+        return self._sign(Kind.CLICK, https, index, tail.encode("ascii"))
 
     def open(self) -> str:
         return self._sign(Kind.OPEN, False, 0, b"")
@@ -226,6 +255,19 @@ _TABNL = str.maketrans("", "", "\t\r\n")
 
 class UnsignableURL(ValueError):
     """Not an absolute http(s) URL with a host."""
+
+
+class URLTooLong(UnsignableURL):
+    """A URL whose token would be longer than MAX_TOKEN_CHARS: the trackers would refuse it."""
+
+
+def _shortest_canonical(url: str) -> int:
+    """A lower bound on len(canonical_url(url)) from C-speed counts (nothing per character
+    in Python): canonical_url only removes surrounding C0 controls and spaces, tabs and
+    newlines anywhere, and the '?' and '#' of an empty query or fragment; everything else
+    it keeps or lengthens (percent-encoding)."""
+    around = len(url) - len(url.strip(_STRIP))
+    return len(url) - around - url.count("\t") - url.count("\n") - url.count("\r") - 2
 
 
 # The common case, already canonical: lower-case scheme, an ASCII host, printable ASCII rest.

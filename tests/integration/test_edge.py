@@ -27,7 +27,7 @@ from trackmilter.lab.daemon import command, write_config
 from trackmilter.lab.postfix import wait_until
 from trackmilter.lab.webproc import request
 from trackmilter.model import new_tracking_id, tracking_id_to_bytes
-from trackmilter.tokens import InvalidToken, KeyFileError, Kind, Signer, TokenData
+from trackmilter.tokens import MAX_TOKEN_CHARS, InvalidToken, KeyFileError, Kind, Signer, TokenData
 
 pytestmark = pytest.mark.skipif(edgeproc.available() is not None,
                                 reason=f"{edgeproc.available()}: scripts/setup installs it")
@@ -91,8 +91,14 @@ def corpus() -> list[tuple[str, str]]:
     out += [(f"/o/{tok}", "click token on the pixel path"), (f"/c/{m.open()}", "open on click"),
             ("/c//evil.example/", "protocol-relative"), ("/c/https://evil.example/", "absolute"),
             (f"/c/%EF%BD%81{tok}", "fullwidth prefix"), (f"/c/x/{tok}", "extra segment")]
-    # Over MAX_TOKEN (4096) characters, though validly signed: refused by both.
-    out.append((f"/c/{m.click(1, 'https://example.com/' + 'y' * 3100)}", "longer than 4096"))
+    # The longest token the signer writes fits nginx's default request line (8k)...
+    longest = m.click(1, "https://example.com/" + "y" * 3037)
+    assert len(longest) == MAX_TOKEN_CHARS
+    out.append((f"/c/{longest}", "exactly MAX_TOKEN_CHARS"))
+    # ...one longer, though validly signed (the signer refuses to make it): refused by both.
+    toolong = raw_token(head(0) + tidb + bytes((1,)) + b"example.com/" + b"y" * 3038)
+    assert len(toolong) == MAX_TOKEN_CHARS + 2  # (+1 is no base64 length)
+    out.append((f"/c/{toolong}", "longer than MAX_TOKEN_CHARS"))
     # Signed with our key, but not what the signer ever writes.
     idx = bytes((5,))
     crafted: list[tuple[str, bytes, str]] = [
@@ -122,7 +128,7 @@ def python_answer(signer: Signer, path: str) -> tuple[int, str | None]:
     kind, _, token = path[1:].partition("/")
     want = {"c": Kind.CLICK, "o": Kind.OPEN}[kind]
     try:
-        if len(token) > 4096 or "/" in token or "%" in token:
+        if len(token) > MAX_TOKEN_CHARS or "/" in token or "%" in token:
             raise InvalidToken("not a token")
         data: TokenData = signer.verify(token)
     except InvalidToken:

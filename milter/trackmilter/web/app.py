@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.model import HitReason, HitRecorded, utcnow
-from trackmilter.tokens import InvalidToken, Kind, Signer, TokenData
+from trackmilter.tokens import MAX_TOKEN_CHARS, InvalidToken, Kind, Signer, TokenData
 from trackmilter.web.api import PREFIX as API_PREFIX
 from trackmilter.web.api import Api
 from trackmilter.web.forwarded import ClientResolver, IPAddress, parse_ip, truncate
@@ -34,7 +34,6 @@ Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
 )
-MAX_TOKEN = 4096
 # Request headers kept as evidence: intent (prefetch / preview), fetch metadata, proxies.
 EVIDENCE_HEADERS = frozenset({
     b"sec-purpose", b"purpose", b"x-purpose", b"x-moz", b"sec-fetch-mode", b"sec-fetch-site",
@@ -221,7 +220,7 @@ class TrackerApp:
     def _verified(self, token: str, want: Kind, target: str) -> TokenData | None:
         """The token's data, or None (counted) for anything but a token of kind `want`."""
         try:
-            if len(token) > MAX_TOKEN:
+            if len(token) > MAX_TOKEN_CHARS:  # never signed: checked before any decoding
                 raise InvalidToken("too long")
             data = self._signer.verify(token)
             if data.kind is not want:
