@@ -200,6 +200,32 @@ class DeliveryObserved(_Stored):
 
 
 @dataclass(frozen=True)
+class Reinjected(_Stored):
+    """A content filter handed the message the milter saw under `queue_id` back to our MTA
+    as `queued_as`, and the log told outcomes under `queued_as` before it told the hand-off.
+
+    Those outcomes were stored tied to no message; the store ties the ones for these
+    recipients to the message of `queue_id`, and doing so twice changes nothing.
+    """
+
+    queue_id: str  # the queue id the milter saw (after any earlier hops)
+    queued_as: str  # the queue id the filter's re-injection got
+    at: datetime  # when the hand-off was logged
+    recipients: tuple[str, ...] = ()  # the hand-off line's to= and orig_to=
+    mta: str = ""  # which MTA host logged it
+
+    kind = "reinjected"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Reinjected:
+        data = dict(data)
+        data.pop("kind", None)
+        data["at"] = datetime.fromisoformat(data["at"])
+        data["recipients"] = tuple(str(r) for r in data.get("recipients", ()))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class ReportRecipient:
     """One recipient of a report: a DSN's per-recipient fields, an MDN or ARF's subject."""
 
@@ -296,16 +322,19 @@ class HitRecorded(_Stored):
         return cls(**data)
 
 
-Event = MessageRecorded | DeliveryObserved | ReportReceived | HitRecorded
+Event = MessageRecorded | DeliveryObserved | ReportReceived | HitRecorded | Reinjected
 """Union of everything the store accepts; grows as later layers add event kinds."""
 
 EVENT_KINDS: dict[
-    str, type[MessageRecorded] | type[DeliveryObserved] | type[ReportReceived] | type[HitRecorded]
+    str,
+    type[MessageRecorded] | type[DeliveryObserved] | type[ReportReceived] | type[HitRecorded]
+    | type[Reinjected],
 ] = {
     MessageRecorded.kind: MessageRecorded,
     HitRecorded.kind: HitRecorded,
     DeliveryObserved.kind: DeliveryObserved,
     ReportReceived.kind: ReportReceived,
+    Reinjected.kind: Reinjected,
 }
 
 

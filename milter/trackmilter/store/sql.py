@@ -16,9 +16,11 @@ from trackmilter.model import (
     Event,
     HitRecorded,
     MessageRecorded,
+    Reinjected,
     ReportReceived,
     utcnow,
 )
+from trackmilter.store import relink
 from trackmilter.store.base import EventRejected, StoreError
 from trackmilter.store.engine import (
     DEFAULT_BUSY_TIMEOUT,
@@ -264,6 +266,8 @@ class _Batch:
         # Report events still to be tied: (report, events keys).
         self.reports: list[tuple[ReportReceived, list[str]]] = []
         self.hits: list[HitRecorded] = []
+        # Content-filter hand-offs logged after the re-injected copy's deliveries.
+        self.reinjected: list[Reinjected] = []
 
     @classmethod
     def build(cls, items: Iterable[Event]) -> _Batch:
@@ -278,6 +282,8 @@ class _Batch:
                     batch._add_report(event)
                 elif isinstance(event, HitRecorded):
                     batch.hits.append(event)
+                elif isinstance(event, Reinjected):
+                    batch.reinjected.append(event)
                 else:  # pragma: no cover - grows with model.Event
                     raise EventRejected(f"the SQL store cannot store {type(event).__name__}")
             except (AttributeError, TypeError, ValueError) as e:
@@ -407,16 +413,22 @@ class _Batch:
         by_delivery = _messages_for_deliveries(conn, self.deliveries)
         by_delivery.update(_messages_for_reports(conn, self.reports))
         if self.events:
+            # A row tied since it was first written (store/relink.py) stays tied.
+            kept = relink.kept_ties(conn, [key for key, row in self.events.items()
+                                           if row["_tid"] is None and key not in by_delivery])
             rows = []
             for key, row in self.events.items():
                 row = dict(row)
                 tid = row.pop("_tid")
-                row["message"] = ids[tid] if tid is not None else by_delivery.get(key)
+                row["message"] = ids[tid] if tid is not None else by_delivery.get(key, kept.get(key))
                 rows.append(row)
             upsert(conn, events, rows, ["dedup_key"])
         if self.hits:
             write_hits(conn, self.hits)
-        return sorted({by_delivery[key] for _, _, _, key in self.deliveries if key in by_delivery})
+        tied = {by_delivery[key] for _, _, _, key in self.deliveries if key in by_delivery}
+        # After the upsert: this batch's own deliveries under the new queue id are there.
+        tied.update(relink.apply(conn, self.reinjected))
+        return sorted(tied)
 
 
 class _Upsert:
