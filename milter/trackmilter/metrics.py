@@ -16,6 +16,10 @@ DELAY_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 8640
 # Stages of trackmilter_errors_total: the milter callbacks, link rewriting, report decoding.
 ERROR_STAGES = ("connect", "helo", "envfrom", "envrcpt", "header", "body", "eom", "abort",
                 "close", "rewrite", "report")
+# Why a link was left as written though it is an http(s) link the milter would track:
+# its token would be longer than the trackers accept (tokens.MAX_TOKEN_CHARS), or it is
+# not a URL a browser would fetch as we would sign it (an internationalised host...).
+LINK_SKIP_REASONS = ("url_too_long", "unsignable")
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
@@ -47,6 +51,14 @@ class Metrics:
         self.links_rewritten = Counter(
             "trackmilter_milter_links_rewritten_total",
             "Links replaced by signed tracking links",
+            registry=r,
+        )
+        self.links_skipped = Counter(
+            "trackmilter_milter_links_skipped_total",
+            "Links left as written in messages that were tracked, by reason: url_too_long "
+            "(the token would be longer than the trackers accept), unsignable (e.g. an "
+            "internationalised host)",
+            ["reason"],
             registry=r,
         )
         self.pixels = Counter(
@@ -247,6 +259,8 @@ class Metrics:
             self.reports_skipped.labels(reason)
         for target in ("click", "open"):
             self.invalid_tokens.labels(target)
+        for reason in LINK_SKIP_REASONS:
+            self.links_skipped.labels(reason)
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, remembered: prometheus-client validates and locks on

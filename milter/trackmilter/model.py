@@ -51,6 +51,12 @@ class SkipReason(StrEnum):
     TOO_LARGE = "too_large"
     OPT_OUT = "opt_out_header"
     NO_LINKS = "no_links"
+    # Nothing was rewritten, and some part was left alone because its charset is unknown
+    # or its bytes are not text in it (RFC 2046 §4.1.2).
+    CHARSET = "charset"
+    # Nothing was rewritten, and some link was left as written because its token would be
+    # longer than the trackers accept (tokens.MAX_TOKEN_CHARS).
+    URL_TOO_LONG = "url_too_long"
     DISABLED = "disabled"
     ERROR = "error"
 

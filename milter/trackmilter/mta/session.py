@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import socket
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
@@ -28,7 +29,8 @@ from trackmilter.model import (
 from trackmilter.mta import policy
 from trackmilter.mta.reports import ReportQueue, decode_verp
 from trackmilter.rewrite import RewriteOptions, RewriteResult, rewrite_message
-from trackmilter.tokens import Signer, UnsignableURL
+from trackmilter.rewrite import SkipReason as PartSkip
+from trackmilter.tokens import Signer, UnsignableURL, URLTooLong
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -267,19 +269,23 @@ class Session(Milter.Base):  # type: ignore[misc]
         if skip is None and policy.too_large(tx, cfg.milter):
             skip = SkipReason.TOO_LARGE
         result: RewriteResult | None = None
+        declined: Counter[str] = Counter()  # links left as written, by reason
         header_added = False
         if tx.direction is Direction.OUTGOING and skip not in _NEVER_TOUCH:
             if skip is None and not tx.already_tracked:
                 try:
-                    result = self._rewrite(tx)
+                    result = self._rewrite(tx, declined)
                 except Exception:  # noqa: BLE001 - pass the message through unmodified
                     self.deps.metrics.errors.labels("rewrite").inc()
                     self.log.exception("rewrite_failed", tracking_id=tx.tracking_id,
                                        queue_id=tx.queue_id)
                     skip = SkipReason.ERROR
+                    declined.clear()
                 else:
-                    if result is None or (result.body is None and not result.links):
-                        skip = SkipReason.NO_LINKS if result is not None else SkipReason.DISABLED
+                    if result is None:
+                        skip = SkipReason.DISABLED
+                    elif result.body is None and not result.links:
+                        skip = _unchanged_reason(result, declined)
             if not tx.already_tracked and skip is not SkipReason.ERROR:
                 self.addheader(cfg.tracking.header, tx.tracking_id)
                 header_added = True
@@ -294,9 +300,11 @@ class Session(Milter.Base):  # type: ignore[misc]
             pixel=bool(result and result.pixel_added and cfg.tracking.open_pixel), links=links, tracking_header=header_added,
             record_headers=cfg.milter.record_headers,
         )
-        self._record(event, time.perf_counter() - start)
+        self._record(event, time.perf_counter() - start, declined)
 
-    def _rewrite(self, tx: policy.Transaction) -> RewriteResult | None:
+    def _rewrite(self, tx: policy.Transaction, declined: Counter[str]) -> RewriteResult | None:
+        """Rewrite the body (and replace it); links the signer refuses are left as written
+        and counted in `declined` by reason (metrics.LINK_SKIP_REASONS)."""
         signer = self.deps.signer
         t = self.deps.settings.tracking
         if signer is None or not (t.rewrite_links or t.text_links or t.open_pixel or t.honeypot):
@@ -309,9 +317,15 @@ class Session(Milter.Base):  # type: ignore[misc]
             nonlocal growth
             try:
                 new = prefix + sign.click(index, url)
+            except URLTooLong:
+                # The trackers would refuse its token (tokens.MAX_TOKEN_CHARS): a link that
+                # answers 404 is worse than an untracked one. Declined, as below.
+                declined["url_too_long"] += 1
+                return url
             except UnsignableURL:
                 # Not something a browser would fetch as http(s): returning the URL
                 # unchanged declines it, and the engine leaves the link as written.
+                declined["unsignable"] += 1
                 return url
             growth += len(new) - len(url)
             return new
@@ -340,7 +354,8 @@ class Session(Milter.Base):  # type: ignore[misc]
                               record_headers=self.deps.settings.milter.record_headers)
         self._record(event, 0.0)
 
-    def _record(self, event: MessageRecorded, seconds: float) -> None:
+    def _record(self, event: MessageRecorded, seconds: float,
+                links_skipped: Mapping[str, int] | None = None) -> None:
         m = self.deps.metrics
         action = ("rewritten" if event.rewritten else "tracked" if event.tracking_header
                   else "recorded") if event.end is EndReason.QUEUED else str(event.end)
@@ -350,6 +365,8 @@ class Session(Milter.Base):  # type: ignore[misc]
         if event.skip_reason:
             m.child(m.skips, event.skip_reason).inc()
         m.links_rewritten.inc(len(event.links))
+        for reason, n in (links_skipped or {}).items():
+            m.child(m.links_skipped, reason).inc(n)
         if event.pixel:
             m.pixels.inc()
         self.deps.sink.submit(event)
@@ -364,7 +381,20 @@ class Session(Milter.Base):  # type: ignore[misc]
                         for r in event.recipients],
             links=len(event.links), pixel=event.pixel, rewritten=event.rewritten,
             skip_reason=event.skip_reason or None, ms=round(seconds * 1000, 3),
+            links_skipped=dict(links_skipped) if links_skipped else None,
         )
+
+
+def _unchanged_reason(result: RewriteResult, declined: Mapping[str, int]) -> SkipReason:
+    """Why the engine left a message as it was: a part it could not read (charset), a link
+    whose token would be too long, or no link to track."""
+    if any(reason in PartSkip.CHARSET for _, reason in result.skipped):
+        return SkipReason.CHARSET
+    if declined.get("url_too_long"):
+        return SkipReason.URL_TOO_LONG
+    return SkipReason.NO_LINKS
+
+
 
 
 # Categories where even a header would be a modification the sender or a signature forbids.
