@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import Milter
 from prometheus_client import start_http_server
 
 from trackmilter.config import Settings
+from trackmilter.lifecycle import Deadline, InFlight, block_stop_signals
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.mta.session import Deps, Session
@@ -51,8 +53,42 @@ def prepare_socket(spec: str) -> None:
     os.umask(0o007)
 
 
+# The callbacks libmilter makes (pymilter's *_bytes variants call these).
+_CALLBACKS = ("connect", "hello", "envfrom", "envrcpt", "header", "body", "eom", "abort",
+              "close")
+
+
+def counted_session(inflight: InFlight) -> type[Session]:
+    """Session whose callbacks count in ``inflight`` while they run, so that a stop waits
+    for a callback in flight (an end of message replacing a body) before the process exits.
+
+    libmilter, once stopped, ends each connection's thread at its next command without
+    another callback: a transaction still open then is cut short, and Postfix applies the
+    milter's default_action to it (tempfail: the client sends it again). A callback already
+    running is not interrupted; it is what this waits for.
+    """
+
+    def counting(func: Any) -> Any:
+        @functools.wraps(func)  # keeps pymilter's milter_protocol (noreply) attributes
+        def inner(self: Session, *args: Any) -> Any:
+            inflight.enter()
+            try:
+                return func(self, *args)
+            finally:
+                inflight.leave()
+
+        return inner
+
+    return type("CountedSession", (Session,),
+                {name: counting(getattr(Session, name)) for name in _CALLBACKS})
+
+
 def run(settings: Settings) -> int:
-    """Run until libmilter returns (SIGTERM/SIGINT); flush the writer before exiting."""
+    """Run until SIGTERM/SIGINT; then let transactions in flight finish and store what was
+    recorded, within [store] stop_timeout, and exit 0."""
+    # First: every thread started below inherits the block, so SIGTERM reaches libmilter's
+    # signal thread and never kills the process by its default action.
+    block_stop_signals()
     from trackmilter.mta.reports import ReportQueue, decode_report
     from trackmilter.store import SQLStore
     from trackmilter.store.writer import BatchWriter
@@ -67,28 +103,44 @@ def run(settings: Settings) -> int:
     store = SQLStore(settings.database.url, webhooks=settings.webhooks.endpoints,
                      outgoing_networks=settings.milter.outgoing_networks,
                      statement_timeout=settings.database.statement_timeout)
-    s = settings.store
-    writer = BatchWriter(store, s.spool_dir, metrics, max_batch=s.batch_size,
-                         flush_interval=s.flush_interval, retry_interval=s.retry_interval,
-                         logger=log)
+    writer = BatchWriter.configured(store, settings.store.spool_dir, metrics, settings.store,
+                                    logger=log)
     start_metrics(settings.metrics.listen, metrics)
     # The tracking header's configured name ties a returned original back to its message.
     decoder = functools.partial(decode_report, header=settings.tracking.header)
     reports = ReportQueue(decoder, writer, metrics, log)
     deps = Deps(settings=settings, signer=signer, sink=writer, metrics=metrics, log=log,
                 reports=reports)
-    Milter.factory = functools.partial(Session, deps)
+    inflight = InFlight()
+    Milter.factory = functools.partial(counted_session(inflight), deps)
     log.info("milter_starting", socket=settings.milter.socket, database=_redact(
         settings.database.url), metrics=settings.metrics.listen or None,
-        key_ids=list(signer.key_ids) if signer else [], config=settings.source)
+        key_ids=list(signer.key_ids) if signer else [], config=settings.source,
+        stop_timeout=settings.store.stop_timeout)
     try:
         Milter.runmilter("trackmilter", settings.milter.socket, settings.milter.timeout)
     finally:
-        reports.close(timeout=10.0)  # its events go to the writer: close it first
-        writer.close(timeout=10.0)
+        stop_stats = _stop(settings, inflight, reports, writer, log)
         store.close()
-        log.info("milter_stopped")
+        log.info("milter_stopped", **stop_stats)
     return 0
+
+
+def _stop(settings: Settings, inflight: InFlight, reports: Any, writer: Any, log: Any
+          ) -> dict[str, Any]:
+    """libmilter has stopped listening and ends each connection at its next command. Let
+    the callbacks in flight finish, then decode queued reports and store what was recorded;
+    what the database does not take in time stays on disk (the journal) for the next start."""
+    deadline = Deadline(settings.store.stop_timeout)
+    in_flight = inflight.count
+    log.info("milter_stopping", callbacks_in_flight=in_flight,
+             timeout=settings.store.stop_timeout)
+    idle = inflight.wait_idle(deadline.left(0.0))
+    reports.close(timeout=deadline.left())  # its events go to the writer: close it first
+    counts = writer.close(timeout=deadline.left())
+    return {"callbacks": inflight.finished, "cut_short": 0 if idle else inflight.count,
+            "events": counts.get("submitted", 0), "stored": counts.get("written", 0),
+            "left_on_disk": counts.get("on_disk", 0), "dropped": counts.get("dropped", 0)}
 
 
 def _redact(url: str) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +175,59 @@ def translate(error: Exception, url: str | URL) -> StoreError:
     if isinstance(error, (exc.DisconnectionError, exc.TimeoutError)):
         return StoreUnavailable(f"database {where} unavailable: {error}")
     return StoreError(f"database {where} error: {error}")
+
+
+class Interrupter:
+    """Ends, from another thread, whatever an engine's connections are waiting on.
+
+    A database that stops answering without closing anything (its processes stopped, a
+    network path that drops packets) leaves a statement waiting forever: PostgreSQL's own
+    ``statement_timeout`` runs in the server, which is not running. The client-side deadline
+    is this: the writer's watchdog calls :meth:`interrupt`, which shuts down the socket of
+    every PostgreSQL connection the engine has open (the blocked ``recv`` returns, psycopg
+    raises OperationalError, the pool discards the connection) and interrupts every SQLite
+    connection (``sqlite3.Connection.interrupt``, documented as safe from another thread).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._lock = threading.Lock()
+        # sqlite3 connections cannot be weakly referenced: kept by id until the pool closes them.
+        self._connections: dict[int, Any] = {}
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            with self._lock:
+                self._connections[id(dbapi_connection)] = dbapi_connection
+
+        @event.listens_for(engine, "close")
+        def _on_close(dbapi_connection: Any, _record: Any) -> None:
+            with self._lock:
+                self._connections.pop(id(dbapi_connection), None)
+
+        @event.listens_for(engine, "close_detached")
+        def _on_close_detached(dbapi_connection: Any) -> None:
+            with self._lock:
+                self._connections.pop(id(dbapi_connection), None)
+
+    def interrupt(self) -> int:
+        """Interrupt every open connection; returns how many were reached."""
+        with self._lock:
+            connections = list(self._connections.values())
+        reached = 0
+        for conn in connections:
+            pgconn = getattr(conn, "pgconn", None)  # psycopg 3
+            if pgconn is not None:
+                with contextlib.suppress(Exception):
+                    fd = pgconn.socket
+                    # shutdown(2) acts on the socket, which the dup shares with libpq's fd.
+                    sock = socket.socket(fileno=os.dup(fd))
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                        reached += 1
+                    finally:
+                        sock.close()
+            elif hasattr(conn, "interrupt"):  # sqlite3
+                with contextlib.suppress(Exception):
+                    conn.interrupt()
+                    reached += 1
+        return reached

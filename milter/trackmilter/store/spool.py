@@ -39,7 +39,7 @@ def encode(event: Event) -> bytes:
     return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -64,6 +64,7 @@ class Spool:
         self._fd: int | None = None  # the segment we append to, flock'ed while open
         self._path: Path | None = None
         self._counter = 0
+        self._counter_lock = threading.Lock()
         # Progress inside segments whose replay failed part-way, so that a flapping
         # database does not make us rewrite the same events again and again.
         self._offsets: dict[str, int] = {}
@@ -80,7 +81,7 @@ class Spool:
             fd = self._fd if self._fd is not None else self._open_segment()
             size = os.fstat(fd).st_size
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.fsync(fd)
             except OSError:
                 # Never leave half a line for the next append to run into: cut back, then
@@ -93,9 +94,18 @@ class Spool:
                 raise
 
     def _open_segment(self) -> int:
+        fd, path = self.open_segment()
+        self._fd, self._path = fd, path
+        return fd
+
+    def open_segment(self, *, sync_directory: bool = True) -> tuple[int, Path]:
+        """A new segment, created, locked (``flock``, held while the fd is open) and named
+        so that a replay takes it only once the fd is closed. Thread-safe."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._counter += 1
-        name = f"spool-{time.time_ns():020d}-{os.getpid()}-{self._counter}.jsonl"
+        with self._counter_lock:
+            self._counter += 1
+            n = self._counter
+        name = f"spool-{time.time_ns():020d}-{os.getpid()}-{n}.jsonl"
         # Created under a name replay ignores, locked, then renamed: a replay in another
         # process can never claim (and delete) a segment before we hold its lock.
         tmp = self.directory / f".{name}.tmp"
@@ -105,14 +115,20 @@ class Spool:
             fcntl.flock(fd, fcntl.LOCK_EX)
             path = self.directory / name
             os.rename(tmp, path)
-            _fsync_dir(self.directory)
+            if sync_directory:
+                _fsync_dir(self.directory)
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        self._fd, self._path = fd, path
-        return fd
+        return fd, path
+
+    def resume_at(self, path: Path, offset: int) -> None:
+        """This process's replay of ``path`` starts at ``offset`` (the lines before it are
+        stored already; another process would replay them again, harmlessly)."""
+        if offset > 0:
+            self._offsets[path.name] = offset
 
     def _close_segment(self) -> None:
         if self._fd is not None:
@@ -135,7 +151,7 @@ class Spool:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                _write_all(fd, b"".join(encode(e) for e in events))
+                write_all(fd, b"".join(encode(e) for e in events))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -270,7 +286,7 @@ class Spool:
             return
         fd = os.open(bad_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
-            _write_all(fd, b"".join(lines))
+            write_all(fd, b"".join(lines))
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from trackmilter.config import Settings
+from trackmilter.lifecycle import Deadline
 from trackmilter.logging import get_logger
 from trackmilter.maillog.follow import FileFollower, warn_lost
 from trackmilter.metrics import Metrics
@@ -252,6 +253,14 @@ def run(settings: Settings) -> int:
     from trackmilter.mta.runner import start_metrics
     from trackmilter.web.server import build
 
+    stop = [False]
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop[0] = True
+
+    # Before any thread starts: a stop asked for during start-up is a stop, not a kill.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     log = get_logger(component="edge")
     metrics = Metrics()
     e = settings.edge
@@ -259,13 +268,6 @@ def run(settings: Settings) -> int:
     # logged address as it is and never looks at forwarding headers again.
     app, writer, store, revisor = build(settings, metrics, spool_prefix="edge")
     start_metrics(e.metrics_listen, metrics)
-    stop = [False]
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop[0] = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     log.info("edge_starting", log=str(e.log), state_file=str(e.state_file),
              base_url=settings.tracking.base_url, key_ids=list(app.key_ids))
     follower = FileFollower(e.log, state_path=e.state_file, poll_interval=e.poll_interval,
@@ -274,10 +276,12 @@ def run(settings: Settings) -> int:
         keys = KeyWatcher(settings.tracking.secret_file, app, log)
         follow(follower, Ingest(app, metrics, log, keys=keys), writer, log, lambda: stop[0])
     finally:
+        deadline = Deadline(settings.store.stop_timeout)
         app.close()
-        writer.flush(timeout=10.0)
-        revisor.close(timeout=10.0)
-        writer.close(timeout=10.0)
+        writer.flush(timeout=deadline.left())
+        revisor.close(timeout=deadline.left())
+        counts = writer.close(timeout=deadline.left())
         store.close()
-        log.info("edge_stopped")
+        log.info("edge_stopped", hits=counts.get("submitted", 0), stored=counts.get("written", 0),
+                 left_on_disk=counts.get("on_disk", 0))
     return 0

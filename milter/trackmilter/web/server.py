@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trackmilter.config import Settings
+from trackmilter.lifecycle import Deadline
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.tokens import Signer
@@ -59,9 +60,7 @@ def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web"
     s = settings.store
     spool, _lock = claim_spool(s.spool_dir, spool_prefix)
     revisor = Revisor(store, metrics, log)
-    writer = BatchWriter(NotingStore(store, revisor), spool, metrics, max_batch=s.batch_size,
-                         flush_interval=s.flush_interval, retry_interval=s.retry_interval,
-                         logger=log)
+    writer = BatchWriter.configured(NotingStore(store, revisor), spool, metrics, s, logger=log)
     w = settings.web
     api = Api(store, load_tokens(Path(w.api_token_file))) if w.api_token_file else None
     rdns = ReverseDNS() if w.reverse_dns else None
@@ -91,17 +90,20 @@ def worker_app() -> TrackerApp:
     log = get_logger(component="web")
 
     def shutdown() -> None:
-        # Hits answered are written, or spooled, before the worker exits.
+        # Every hit answered is in the journal already; what the database takes within
+        # the stop timeout is stored, the rest is replayed at the next start.
+        deadline = Deadline(settings.store.stop_timeout)
         app.close()
-        writer.flush(timeout=10.0)
-        revisor.close(timeout=10.0)
-        writer.close(timeout=10.0)
+        writer.flush(timeout=deadline.left())
+        revisor.close(timeout=deadline.left())
+        counts = writer.close(timeout=deadline.left())
         store.close()
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-        log.info("web_worker_stopped", pid=os.getpid())
+        log.info("web_worker_stopped", pid=os.getpid(), hits=counts.get("submitted", 0),
+                 stored=counts.get("written", 0), left_on_disk=counts.get("on_disk", 0))
 
     app.on_shutdown = shutdown
     log.info("web_worker_started", pid=os.getpid(), key_ids=list(app.key_ids))

@@ -135,6 +135,16 @@ class SocketProxy:
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._acceptor: threading.Thread | None = None
+        self._thawed = threading.Event()
+        self._thawed.set()
+
+    def freeze(self) -> None:
+        """Hold every byte from now on without closing anything: a server whose processes
+        were stopped (SIGSTOP), seen from the client."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
 
     def _upstream(self) -> socket.socket:
         if isinstance(self._target, str):
@@ -158,6 +168,7 @@ class SocketProxy:
         self._acceptor.start()
 
     def down(self) -> None:
+        self._thawed.set()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
@@ -202,10 +213,10 @@ class SocketProxy:
                 t.start()
                 self._threads.append(t)
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._thawed.wait()
                 dst.sendall(data)
         except OSError:
             pass

@@ -32,6 +32,7 @@ from trackmilter.store import (
     SQLStore,
     StoreConfigError,
 )
+from trackmilter.store.engine import DEFAULT_CONNECT_TIMEOUT
 from trackmilter.store.spool import REJECTED_FILE, Spool
 from trackmilter.store.writer import BatchWriter
 
@@ -128,7 +129,8 @@ def test_retries_only_every_retry_interval(
     wait_for(lambda: sorted(store.written()) == tids(4), what="replay + new event")
     assert store.written()[:3] == tids(3)  # the spool goes first
     assert writer.healthy
-    assert sample(metrics, "trackmilter_store_spool_replayed_total") == 3
+    # The event that woke the writer is replayed from the journal too, after the others.
+    assert sample(metrics, "trackmilter_store_spool_replayed_total") == 4
     assert sample(metrics, "trackmilter_store_spool_events") == 0
 
 
@@ -137,7 +139,7 @@ def test_submit_never_blocks_when_database_hangs(spool_dir: Path, metrics: Metri
     store.gate = threading.Event()
     log = ListLog()
     writer = BatchWriter(store, spool_dir, metrics, max_batch=10, flush_interval=0,
-                         high_water=20, logger=log)
+                         high_water=20, write_timeout=0, logger=log)
     writer.submit(make_message(0))
     wait_for(store.entered.is_set, what="writer inside store.write")
     start = time.monotonic()
@@ -146,14 +148,15 @@ def test_submit_never_blocks_when_database_hangs(spool_dir: Path, metrics: Metri
     elapsed = time.monotonic() - start
     assert not store.gate.is_set()  # the database still hangs: nothing waited for it
     assert elapsed < 1.0, f"100 submits took {elapsed:.3f}s"
-    # 20 stay queued in memory (the high-water mark), the rest go to disk directly.
-    wait_for(lambda: Spool(spool_dir, ListLog()).count() == 80, what="overflow spooled")
+    # Every event is in the journal on disk the moment submit returns; 20 also wait in
+    # memory (the high-water mark), the rest only on disk.
+    assert Spool(spool_dir, ListLog()).count() == 101
     assert sample(metrics, "trackmilter_store_queue_events") == 20
     assert "store_queue_overflow" in log.events()
 
-    writer.close(timeout=0.2)  # the writer is still stuck: close spools what it holds
-    assert Spool(spool_dir, ListLog()).count() == 101  # 80 + 20 queued + 1 in flight
-    assert "store_close_timeout" in log.events()
+    writer.close(timeout=0.2)  # the writer is still stuck: the journal stays for the replay
+    assert Spool(spool_dir, ListLog()).count() == 101
+    assert "store_close_left_on_disk" in log.events()
     store.gate.set()
     wait_for(lambda: not writer._writer.is_alive(), what="stuck writer finished")
 
@@ -162,29 +165,117 @@ def test_submit_never_blocks_when_database_hangs(spool_dir: Path, metrics: Metri
     store2 = FakeStore()
     writer2 = BatchWriter(store2, spool_dir, Metrics(CollectorRegistry()),
                           flush_interval=0)
-    wait_for(lambda: len(store2.written()) == 101, what="replay after restart")
+    wait_for(lambda: len(set(store2.written())) == 101, what="replay after restart")
     writer2.close()
-    assert sorted(store2.written()) == tids(101)
+    assert sorted(set(store2.written())) == tids(101)
     assert Spool(spool_dir, ListLog()).segments() == []
 
 
-def test_queue_and_overflow_full_drops_and_counts(spool_dir: Path, metrics: Metrics) -> None:
+def test_stalled_write_is_reported_and_interrupted(spool_dir: Path, metrics: Metrics) -> None:
+    """A database that stops answering (not refusing): past write_timeout the writer says
+    store_unavailable, counts a stall, and interrupts the write; the events are replayed."""
     store = FakeStore()
     store.gate = threading.Event()
-    writer = BatchWriter(store, spool_dir, metrics, max_batch=1, flush_interval=0,
-                         high_water=1, overflow_limit=1, logger=ListLog())
-    try:
-        # Hold the overflow thread too: its spool append waits on our lock of the spool.
-        writer.submit(make_message(0))
-        wait_for(store.entered.is_set, what="writer inside store.write")
-        with writer._spool._lock:
-            for i in range(1, 50):
-                writer.submit(make_message(i))  # never raises, never blocks
-            dropped = sample(metrics, "trackmilter_store_events_dropped_total")
-        assert dropped > 0
-    finally:
+    interrupted: list[bool] = []
+
+    def interrupt() -> None:
+        interrupted.append(True)
+        store.down = True  # what an interrupted write raises: StoreUnavailable
+        assert store.gate is not None
         store.gate.set()
+
+    store.interrupt = interrupt  # type: ignore[attr-defined]
+    log = ListLog()
+    writer = BatchWriter(store, spool_dir, metrics, flush_interval=0, retry_interval=0.05,
+                         write_timeout=0.3, logger=log)
+    try:
+        for i in range(5):
+            writer.submit(make_message(i))
+        wait_for(lambda: interrupted, what="the stalled write interrupted")
+        assert not writer.healthy
+        assert sample(metrics, "trackmilter_store_stalls_total") == 1
+        assert "store_unavailable" in log.events()
+        store.gate = None
+        store.down = False
+        wait_for(lambda: sorted(set(store.written())) == tids(5), what="events replayed")
+    finally:
         writer.close(timeout=5)
+    assert Spool(spool_dir, ListLog()).segments() == []
+
+
+@PG_SKIP
+def test_frozen_postgresql_write_is_interrupted_and_replayed(
+    request: pytest.FixtureRequest, spool_dir: Path, metrics: Metrics
+) -> None:
+    """PostgreSQL stops answering mid-run (every byte held, nothing closed): its own
+    statement_timeout cannot fire, so the writer's deadline does: the write is interrupted
+    within write_timeout, the events wait on disk, and are stored once it answers again."""
+    from trackmilter.store import upgrade
+
+    schema: str = request.getfixturevalue("pg_schema")
+    proxy: SocketProxy = request.getfixturevalue("pg_proxy")
+    direct = with_schema(PG_URL, schema)
+    upgrade(direct)
+    proxy.up()
+    store = SQLStore(via_proxy(direct, proxy), statement_timeout=60)
+    log = ListLog()
+    writer = BatchWriter(store, spool_dir, metrics, flush_interval=0, retry_interval=0.2,
+                         write_timeout=0.5, logger=log)
+    try:
+        writer.submit(make_message(0))
+        wait_for(lambda: row_counts(direct)["messages"] == 1, what="first write")
+        proxy.freeze()
+        start = time.monotonic()
+        for i in range(1, 21):
+            writer.submit(make_message(i))
+        wait_for(lambda: sample(metrics, "trackmilter_store_stalls_total") == 1,
+                 what="the stall reported")
+        # Interrupted at 0.5 s; the pool's pre-ping then tries one new connection, which
+        # libpq's connect_timeout bounds.
+        wait_for(lambda: writer._write_started is None, timeout=DEFAULT_CONNECT_TIMEOUT + 5,
+                 what="the write interrupted")
+        assert time.monotonic() - start < 0.5 + DEFAULT_CONNECT_TIMEOUT + 3
+        assert "store_unavailable" in log.events()
+        proxy.thaw()
+        wait_for(lambda: row_counts(direct)["messages"] == 21, what="replayed after thaw")
+    finally:
+        proxy.thaw()
+        writer.close(timeout=5)
+        store.close()
+
+
+def test_full_disk_keeps_events_in_memory_then_stores_them(
+    spool_dir: Path, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal cannot be written and the database is down: events wait in memory
+    (bounded: beyond it they are dropped and counted), and reach the database once it is
+    back."""
+    import errno
+
+    store = FakeStore()
+    store.down = True
+    log = ListLog()
+    writer = BatchWriter(store, spool_dir, metrics, max_batch=5, flush_interval=0,
+                         retry_interval=0.05, high_water=10, overflow_limit=10, logger=log)
+    real_append = writer._journal.append
+
+    def full(line: bytes) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer._journal, "append", full)
+    try:
+        for i in range(30):
+            writer.submit(make_message(i))
+        assert "journal_write_failed" in log.events()
+        assert sample(metrics, "trackmilter_store_journal_failures_total") == 30
+        dropped = sample(metrics, "trackmilter_store_events_dropped_total")
+        assert dropped == 10  # 20 fit in memory (queue + held), the rest are counted
+        monkeypatch.setattr(writer._journal, "append", real_append)
+        store.down = False
+        wait_for(lambda: len(set(store.written())) == 20, what="held events stored")
+    finally:
+        writer.close(timeout=5)
+    assert sorted(set(store.written())) == tids(20)
 
 
 def test_unusable_spool_directory(tmp_path: Path, metrics: Metrics) -> None:
