@@ -40,6 +40,12 @@ class MilterSettings:
     optout_header: str = "X-Trackmilter-Opt-Out"
     # Headers recorded with each message (lower-cased), e.g. for `report --header`.
     record_headers: tuple[str, ...] = ("x-campaign",)
+    # Bytes that buffered bodies and their rewriting may cost in all (trackmilter.mta.budget:
+    # ~12 x body + 2 KiB a link; a 10 MiB body needs ~120 MiB). 0: no limit.
+    memory_budget: int = 256 * 1024 * 1024
+    # Seconds a message may wait in all for room in the budget; then it passes unmodified
+    # (skip reason busy). libmilter's thread waits; keep it well below the MTA's timeouts.
+    memory_wait: float = 5.0
     timeout: int = 600
     mta_name: str = field(default_factory=_socket.getfqdn)
 
@@ -74,6 +80,14 @@ class StoreSettings:
     batch_size: int = 500
     flush_interval: float = 0.2
     retry_interval: float = 5.0
+    # A database write taking longer is reported (store_unavailable) and interrupted: the
+    # events wait in the journal and are replayed. 0: no client-side deadline.
+    write_timeout: float = 30.0
+    # On SIGTERM/SIGINT a daemon stops taking work, lets what is in flight finish and
+    # stores what it holds for at most this long, then exits 0; what the database did not
+    # take stays in the journal on disk for the next start. The systemd units'
+    # TimeoutStopSec is this plus 10 s.
+    stop_timeout: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -416,6 +430,26 @@ def _db_url(v: Any) -> str:
     return s
 
 
+MIN_MEMORY_BUDGET = 1024 * 1024
+MAX_MEMORY_WAIT = 60.0
+
+
+def _memory_budget(v: Any) -> int:
+    n = _int(v)
+    if 0 < n < MIN_MEMORY_BUDGET:
+        raise ValueError(f"expected 0 (no limit) or at least {MIN_MEMORY_BUDGET} bytes, got {n}")
+    return n
+
+
+def _memory_wait(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError(f"expected a number of seconds, got {v!r}")
+    f = float(v)
+    if not 0 <= f <= MAX_MEMORY_WAIT:
+        raise ValueError(f"expected 0 to {MAX_MEMORY_WAIT:g} seconds, got {v!r}")
+    return f
+
+
 def _verp_delimiters(v: Any) -> str:
     s = _str(v)
     if s and (len(s) != 2 or not s.isprintable() or "@" in s or " " in s):
@@ -442,6 +476,8 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "verp_delimiters": _verp_delimiters,
             "optout_header": _header_name,
             "record_headers": lambda v: tuple(_header_name(h).lower() for h in _strlist(v)),
+            "memory_budget": _memory_budget,
+            "memory_wait": _memory_wait,
             "timeout": _int,
             "mta_name": _str,
         },
@@ -469,6 +505,8 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "batch_size": _int,
             "flush_interval": _float,
             "retry_interval": _float,
+            "write_timeout": _seconds_or_zero,
+            "stop_timeout": _float,
         },
     ),
     "metrics": (MetricsSettings, {"listen": _listen, "providers": _domains}),

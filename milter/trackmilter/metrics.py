@@ -89,6 +89,25 @@ class Metrics:
             "for the mean overhead per link)",
             registry=r,
         )
+        # [milter] memory_budget: what buffered bodies and their rewriting may cost
+        self.memory_budget = Gauge(
+            "trackmilter_milter_memory_budget_bytes",
+            "The milter's budget for message bytes in flight ([milter] memory_budget; 0: "
+            "no limit)",
+            registry=r,
+        )
+        self.memory_reserved = Gauge(
+            "trackmilter_milter_memory_reserved_bytes",
+            "Bytes reserved now by messages in flight (their buffered bodies and what "
+            "rewriting them will cost)",
+            registry=r,
+        )
+        self.memory_waits = Counter(
+            "trackmilter_milter_memory_waits_total",
+            "Times a message waited for room in the memory budget (those that got none in "
+            "time are skipped with reason busy)",
+            registry=r,
+        )
 
         # reports (DSN, MDN, ARF) seen by the milter
         self.reports = Counter(
@@ -100,7 +119,7 @@ class Metrics:
         self.reports_skipped = Counter(
             "trackmilter_reports_skipped_total",
             "Possible reports not decoded, by reason (not_a_report, too_large, queue_full, "
-            "error, shutdown)",
+            "error, shutdown, busy: no room in the memory budget)",
             ["reason"],
             registry=r,
         )
@@ -243,6 +262,17 @@ class Metrics:
             "Events replayed from the spool into the database",
             registry=r,
         )
+        self.store_stalls = Counter(
+            "trackmilter_store_stalls_total",
+            "Database writes that outlived [store] write_timeout (interrupted; events waited "
+            "in the journal)",
+            registry=r,
+        )
+        self.journal_failures = Counter(
+            "trackmilter_store_journal_failures_total",
+            "Events the on-disk journal could not take (full disk): they waited in memory",
+            registry=r,
+        )
         self.store_dropped = Counter(
             "trackmilter_store_events_dropped_total",
             "Events lost because neither the database nor the spool could take them",
@@ -255,8 +285,9 @@ class Metrics:
         a first event `increase()` never sees (an alert on the first error would miss it)."""
         for stage in ERROR_STAGES:
             self.errors.labels(stage)
-        for reason in ("not_a_report", "too_large", "queue_full", "error", "shutdown"):
+        for reason in ("not_a_report", "too_large", "queue_full", "error", "shutdown", "busy"):
             self.reports_skipped.labels(reason)
+        self.skips.labels("busy")  # an alert on the first message the budget turned away
         for target in ("click", "open"):
             self.invalid_tokens.labels(target)
         for reason in LINK_SKIP_REASONS:
