@@ -24,6 +24,7 @@ from trackmilter.store import relink
 from trackmilter.store.base import EventRejected, StoreError
 from trackmilter.store.engine import (
     DEFAULT_BUSY_TIMEOUT,
+    Interrupter,
     describe,
     make_engine,
     parse_url,
@@ -98,6 +99,7 @@ class SQLStore:
         self._where = describe(self._url)
         self._engine = make_engine(self._url, busy_timeout=busy_timeout,
                                    statement_timeout=statement_timeout)
+        self._interrupter = Interrupter(self._engine)
         # Only SQLite looks at this option (see engine._configure_sqlite).
         self._write_engine = self._engine.execution_options(sqlite_begin="IMMEDIATE")
         self._schema_ok = False
@@ -241,6 +243,11 @@ class SQLStore:
                 self._ensure_schema(conn)
         except exc.SQLAlchemyError as e:
             raise translate(e, self._url) from e
+
+    def interrupt(self) -> int:
+        """End a write that hangs (the writer's watchdog, from another thread): see
+        engine.Interrupter. The interrupted write raises StoreUnavailable."""
+        return self._interrupter.interrupt()
 
     def close(self) -> None:
         self._engine.dispose()
