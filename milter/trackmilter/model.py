@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 
 class Direction(StrEnum):
@@ -59,6 +59,9 @@ class SkipReason(StrEnum):
     URL_TOO_LONG = "url_too_long"
     DISABLED = "disabled"
     ERROR = "error"
+    # The milter's memory budget ([milter] memory_budget) had no room for the message in
+    # time: it passed unmodified (with the tracking header).
+    BUSY = "busy"
 
 
 TRACKING_ID_BYTES = 10
@@ -112,10 +115,10 @@ class _Stored:
     kind: ClassVar[str]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(cast(Any, self))
+        # dataclasses.asdict's form, in one pass without its deep copies: every event is encoded for the journal before the MTA gets its answer.
+        data: dict[str, Any] = _plain(self)
         data["kind"] = self.kind
-        result: dict[str, Any] = _jsonable(data)
-        return result
+        return data
 
 
 @dataclass(frozen=True)
@@ -354,11 +357,24 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     return cls.from_dict(data)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of a value: dataclasses as dicts of their fields (in order),
+    tuples and lists as lists, datetimes as ISO 8601, StrEnums as their string."""
+    cls = type(value)
+    if cls is str or cls is int or cls is bool or value is None or cls is float:
+        return value
+    names = _FIELDS.get(cls)
+    if names is None and is_dataclass(value) and not isinstance(value, type):
+        names = _FIELDS[cls] = tuple(f.name for f in fields(value))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, StrEnum):

@@ -35,8 +35,12 @@ class Log(Protocol):
     def error(self, event: str, **kw: Any) -> Any: ...
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(event: Event) -> bytes:
-    return json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """One event as one JSON line (the journal's and the spool's format)."""
+    return _ENCODER.encode(event.to_dict()).encode() + b"\n"
 
 
 def write_all(fd: int, data: bytes) -> None:
