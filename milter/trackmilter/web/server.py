@@ -38,8 +38,40 @@ def claim_spool(base: Path, prefix: str = "web") -> tuple[Path, int]:
         except BlockingIOError:
             os.close(fd)
             continue
+        adopt_orphans(base, prefix, directory)
         return directory, fd  # the fd stays open: the lock lives as long as we do
     raise StartupError(f"no free spool directory under {base}")
+
+
+def adopt_orphans(base: Path, prefix: str, own: Path) -> int:
+    """Move the journal and spool segments of sibling directories no live process holds
+    into ``own``, to be replayed by this process: a tracker restarted with fewer workers
+    than before, or whose dead worker's directory is taken by nobody, still stores every
+    hit its predecessors answered. Returns the number of segments moved."""
+    moved = 0
+    for directory in sorted(base.glob(f"{prefix}-*")):
+        if directory == own or not directory.is_dir():
+            continue
+        try:
+            fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live process owns it (and replays it)
+            for segment in sorted(directory.glob("spool-*.jsonl")):
+                # Same file system: rename(2) is atomic; a segment some process still
+                # appends to is flock'ed by it, and such a process would hold .lock too.
+                try:
+                    segment.rename(own / segment.name)
+                    moved += 1
+                except OSError:
+                    continue
+        finally:
+            os.close(fd)
+    return moved
 
 
 def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web"
