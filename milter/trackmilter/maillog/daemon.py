@@ -28,7 +28,7 @@ from trackmilter.maillog.records import (
 )
 from trackmilter.maillog.tracker import MAX_REMEMBERED, Tracker, TrackerStateError, received_ids
 from trackmilter.metrics import Metrics
-from trackmilter.model import Event
+from trackmilter.model import DeliveryObserved, Event, Reinjected
 
 __all__ = [
     "KINDS",
@@ -98,9 +98,9 @@ def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
     outcome_lines = 0
     for record in parser.scan(block):
         try:
-            events = tracker.events(record)
-            for ev in events:
-                submit(ev)
+            tracked = tracker.events(record)
+            for item in tracked:
+                submit(item)
         except Exception as exc:  # noqa: BLE001 - one record must not stop the follower
             (log or get_logger(component="maillog")).warning(
                 "maillog_line_failed", stage="track", record=_cut(repr(record)),
@@ -108,6 +108,16 @@ def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
             continue
         if isinstance(record, (Delivery, MessageExpired)):
             outcome_lines += 1
+        if tracked and isinstance(tracked[0], Reinjected):
+            # A hand-off logged after outcomes under its new queue id: it is no outcome
+            # itself (a record gives outcomes or this, never both), it ties those.
+            if log is not None:
+                late = tracked[0]
+                log.info("hand_off_after_outcomes", queue_id=late.queue_id,
+                         queued_as=late.queued_as, recipients=list(late.recipients),
+                         at=late.at.isoformat(), mta=late.mta)
+            continue
+        events: list[DeliveryObserved] = tracked  # type: ignore[assignment]
         if isinstance(record, Delivery) and record.delay is not None and events:
             metrics.child(metrics.delivery_delay, str(record.status)).observe(record.delay)
         for ev in events:

@@ -1,8 +1,8 @@
 """Per-recipient outcomes from log records, with the state the log spreads over lines.
 
-Pure: records in, `DeliveryObserved` events out; the state (re-injection chains,
-deferred recipients, our own queue ids) is bounded and can be dumped to JSON and
-restored, so a restarted follower knows what it knew before.
+Pure: records in, `DeliveryObserved` (and `Reinjected`) events out; the state
+(re-injection chains, deferred recipients, our own queue ids) is bounded and can be dumped
+to JSON and restored, so a restarted follower knows what it knew before.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
+from trackmilter.maillog.handoff import Unclaimed
 from trackmilter.maillog.records import Delivery, LogRecord, MessageExpired, MessageRemoved
-from trackmilter.model import DeliveryObserved, DeliveryStatus
+from trackmilter.model import DeliveryObserved, DeliveryStatus, Reinjected
 
-__all__ = ["MAX_REMEMBERED", "Tracker", "TrackerStateError", "received_ids"]
+__all__ = ["MAX_REMEMBERED", "Tracker", "TrackerEvent", "TrackerStateError", "received_ids"]
 
 # Queue ids remembered for re-injection chains, for deferred recipients and as our own;
 # the oldest are forgotten first, so memory (and the state file) stays bounded whatever
@@ -29,6 +30,7 @@ STATE_VERSION = 1
 # the message and so before the 250 the sending side logs as `queued as QID`.
 _RECEIVED = ": client="
 V = TypeVar("V")
+TrackerEvent = DeliveryObserved | Reinjected
 
 
 class TrackerStateError(ValueError):
@@ -80,6 +82,9 @@ class Tracker:
       listens on loopback (a test MX, a relay on the same host) by NEW being one of our
       own queue ids (`received()`): the re-injecting smtpd logs `NEW: client=` before it
       answers 250, so that line comes first in the log.
+    - The hand-off may be logged after outcomes under NEW, even after NEW was removed (see
+      maillog.handoff): those went out under NEW, and the hand-off gives a `Reinjected`
+      event that ties them to the original in the store.
     - Postfix 3.7 logs `status=expired, returned to sender` once per message, not per
       recipient: the recipients whose last attempt was deferred are the expired ones.
 
@@ -93,9 +98,10 @@ class Tracker:
         self._origin: OrderedDict[str, str] = OrderedDict()
         self._deferred: OrderedDict[str, dict[tuple[str, str], _Pending]] = OrderedDict()
         self._local: OrderedDict[str, None] = OrderedDict()
+        self._unclaimed = Unclaimed(limit)
         self._dump: str | None = None  # dump()'s text while nothing changed
 
-    def events(self, record: LogRecord) -> list[DeliveryObserved]:
+    def events(self, record: LogRecord) -> list[TrackerEvent]:
         """The events a record gives (a list, not a generator: this runs once per line)."""
         if isinstance(record, Delivery):
             return self._delivery(record)
@@ -105,6 +111,9 @@ class Tracker:
             # The queue id is free again (Postfix may reuse a short one): every line
             # about it has been logged, so what we kept about it is of no further use.
             qid = record.queue_id
+            if qid in self._unclaimed.reported:
+                self._unclaimed.removed(qid, int(record.time.timestamp()))
+                self._dump = None
             for table in (self._deferred, self._origin, self._local):
                 if qid in table:
                     del table[qid]
@@ -120,13 +129,12 @@ class Tracker:
     def origin(self, queue_id: str) -> str:
         return self._origin.get(queue_id, queue_id)
 
-    def _delivery(self, d: Delivery) -> list[DeliveryObserved]:
-        out: list[DeliveryObserved] = []
+    def _delivery(self, d: Delivery) -> list[TrackerEvent]:
+        out: list[TrackerEvent] = []
         new = d.queued_as
         handed_back = False
         if new is not None and _loopback(d.relay):
-            self._remember(self._origin, new, self.origin(d.queue_id))
-            handed_back = new in self._local
+            handed_back = self._hand_off(d, new, out)
         waiting = self._deferred.get(d.queue_id)
         orig_to = d.orig_to or ""
         for to in d.recipients:
@@ -142,12 +150,46 @@ class Tracker:
             if not handed_back:
                 out.append(self._event(d.queue_id, to, orig_to, d.relay, d.status, d.dsn,
                                        d.reply, d.time, d.transport))
+        if out and not handed_back:
+            self._reported(d.queue_id)
         return out
 
-    def _expired(self, e: MessageExpired) -> list[DeliveryObserved]:
+    def _hand_off(self, d: Delivery, new: str, out: list[TrackerEvent]) -> bool:
+        """Whether the line hands the message back to our own MTA as `new` (then it is no
+        outcome); adds the `Reinjected` event when outcomes under `new` came first."""
+        old = self.origin(d.queue_id)
+        queued = new in self._local
+        late = self._unclaimed.late(new, queued)
+        if queued or not late:
+            self._remember(self._origin, new, old)
+        # A removed queue id is free again: nothing more is logged under it for this message.
+        if not (queued or late):
+            return False
+        if self._unclaimed.handed_back():
+            self._dump = None
+        if late:
+            # Hops after `new` that were chained to it before this line lead back to `old`.
+            for qid in [q for q, o in self._origin.items() if o == new]:
+                self._origin[qid] = old
+            self._dump = None
+            rcpts = tuple(dict.fromkeys(r for r in (*d.recipients, d.orig_to or "") if r))
+            out.append(Reinjected(queue_id=old, queued_as=new, at=d.time, recipients=rcpts,
+                                  mta=self.mta))
+        return True
+
+    def _reported(self, qid: str) -> None:
+        """Outcomes of `qid` went out under the queue id it leads back to: when that is one
+        of ours still queued, a hand-off naming it after this is late (a chain of two
+        filters whose first hand-off comes last has its later hops stored under the first)."""
+        root = self.origin(qid)
+        if root in self._local and self._unclaimed.report(root):
+            self._dump = None
+
+    def _expired(self, e: MessageExpired) -> list[TrackerEvent]:
         waiting = self._deferred.pop(e.queue_id, {})
         if waiting:
             self._dump = None
+            self._reported(e.queue_id)
         # The last deferral's reply is the reason it never went through.
         return [
             self._event(e.queue_id, last.to, last.orig_to, last.relay, DeliveryStatus.EXPIRED,
@@ -183,6 +225,7 @@ class Tracker:
                     for qid, waiting in self._deferred.items() if waiting
                 ],
                 "local": list(self._local),
+                **self._unclaimed.dump(),
             }, separators=(",", ":"))  # fmt: skip
         return self._dump
 
@@ -200,12 +243,14 @@ class Tracker:
                 waiting = [_pending(p) for p in _list(pendings)]
                 deferred[_str(qid)] = {p.key: p for p in waiting}
             local = OrderedDict.fromkeys(_str(q) for q in _list(data["local"]))
+            unclaimed = self._unclaimed.restore(data)
         except (KeyError, TypeError, ValueError) as exc:
             raise TrackerStateError(f"damaged tracker state: {exc!r}") from exc
         for table in (origin, deferred, local):
             while len(table) > self._limit:
                 table.popitem(last=False)
         self._origin, self._deferred, self._local = origin, deferred, local
+        self._unclaimed = unclaimed
         self._dump = None
 
 

@@ -328,7 +328,8 @@ def test_removed_forgets_what_was_kept_about_a_queue_id() -> None:
     _consume("".join(f"Nov 27 11:00:00 mx postfix/qmgr[3]: {q}: removed\n"
                      for q in ("DDD111", "AAA111", "NEW222")), tracker)
     assert json.loads(tracker.dump()) == {"version": 1, "origin": [], "deferred": [],
-                                          "local": []}
+                                          "local": [], "reported": [], "finished": [],
+                                          "filtering": True}
 
 
 def test_tracker_state_is_bounded() -> None:
