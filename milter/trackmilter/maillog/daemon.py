@@ -193,20 +193,6 @@ def run(settings: Settings) -> int:
     from trackmilter.store.writer import BatchWriter
 
     m = settings.maillog
-    log = get_logger(component="maillog")
-    metrics = Metrics()
-    from trackmilter.web.judging import reviser_from
-
-    # With a reviser: a delivery time stored after the tracker's hits revises their verdicts.
-    store = SQLStore(settings.database.url, reviser=reviser_from(settings),
-                     statement_timeout=settings.database.statement_timeout,
-                     webhooks=settings.webhooks.endpoints)
-    s = settings.store
-    # Its own spool directory: two processes must never append to the same segments.
-    writer = BatchWriter(store, s.spool_dir / "maillog", metrics, max_batch=s.batch_size,
-                         flush_interval=s.flush_interval, retry_interval=s.retry_interval,
-                         logger=log)
-    start_metrics(m.metrics_listen, metrics)
     stop = [False]
     reading_stdin = m.path == "-"
 
@@ -216,8 +202,21 @@ def run(settings: Settings) -> int:
             # A read from a pipe is resumed after a signal (PEP 475): interrupt it.
             raise _Stopped
 
+    # Before any thread starts: a stop asked for during start-up is a stop, not a kill.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    log = get_logger(component="maillog")
+    metrics = Metrics()
+    from trackmilter.web.judging import reviser_from
+
+    # With a reviser: a delivery time stored after the tracker's hits revises their verdicts.
+    store = SQLStore(settings.database.url, reviser=reviser_from(settings),
+                     statement_timeout=settings.database.statement_timeout,
+                     webhooks=settings.webhooks.endpoints)
+    # Its own spool directory: two processes must never append to the same segments.
+    writer = BatchWriter.configured(store, settings.store.spool_dir / "maillog", metrics,
+                                    settings.store, logger=log)
+    start_metrics(m.metrics_listen, metrics)
     flavor: Flavor = "sendmail" if m.format == "sendmail" else "postfix"
     parser = LineParser(flavor, kinds=KINDS, on_error=bad_line_logger(log))
     tracker = Tracker(m.mta_name)
@@ -239,7 +238,10 @@ def run(settings: Settings) -> int:
     except _Stopped:
         pass
     finally:
-        writer.close(timeout=10.0)
+        # Everything read is in the journal already; the position saved covers only
+        # what was submitted, so a restart neither skips nor repeats a line.
+        counts = writer.close(timeout=settings.store.stop_timeout)
         store.close()
-        log.info("maillog_stopped")
+        log.info("maillog_stopped", events=counts.get("submitted", 0),
+                 stored=counts.get("written", 0), left_on_disk=counts.get("on_disk", 0))
     return 0
