@@ -37,6 +37,8 @@ from trackmilter.store.spool import Log, Spool, encode
 _Entry = tuple[Event, Segment | None, int]
 
 DEFAULT_WRITE_TIMEOUT = 30.0
+# On close, how long a write in progress may go on before it is interrupted (seconds).
+_CLOSE_PATIENCE = 2.0
 
 
 class WriterSettings(Protocol):
@@ -222,9 +224,17 @@ class BatchWriter:
             self._closing = True
             self._work.notify_all()
         deadline = time.monotonic() + timeout
-        self._writer.join(max(0.0, deadline - time.monotonic()))
-        if self._writer.is_alive():
-            # Stuck inside store.write (a frozen database): interrupt it, wait a little.
+        interrupted = False
+        while self._writer.is_alive() and time.monotonic() < deadline:
+            self._writer.join(min(0.1, max(0.0, deadline - time.monotonic())))
+            started = self._write_started
+            # Stopping is no time to wait out a database that does not answer: everything
+            # is in the journal, so a write older than a moment is interrupted.
+            if (not interrupted and started is not None
+                    and time.monotonic() - started > _CLOSE_PATIENCE):
+                interrupted = True
+                self._interrupt("close")
+        if self._writer.is_alive() and not interrupted:
             self._interrupt("close")
             self._writer.join(1.0)
         with self._lock:
