@@ -6,6 +6,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from trackmilter.config import MilterSettings, Network
 from trackmilter.model import (
@@ -17,12 +18,20 @@ from trackmilter.model import (
     RecipientRecord,
     SkipReason,
 )
+from trackmilter.mta.budget import Reservation
 
 # RFC 1847 security multiparts: any change to the signed part breaks the signature, and
 # encrypted content cannot be rewritten at all.
 _SECURE_TYPES = ("multipart/signed", "multipart/encrypted", "application/pkcs7-mime",
                  "application/x-pkcs7-mime")
 _ANGLE = re.compile(r"<([^<>]*)>")
+
+
+class Keep(StrEnum):
+    """Why a message's body is kept in memory until end of message."""
+
+    REWRITE = "rewrite"
+    REPORT = "report"
 
 
 @dataclass
@@ -47,6 +56,8 @@ class Transaction:
     headers: list[tuple[str, str]] = field(default_factory=list)  # as received, for reports
     size: int = 0
     failed: bool = False  # an internal error happened: pass the message through untouched
+    reservation: Reservation | None = None  # its share of the memory budget
+    busy: Keep | None = None  # the body was kept for this, but the budget had no room in time
 
     @property
     def accepted(self) -> int:
@@ -143,6 +154,21 @@ def raw_message(tx: Transaction) -> bytes:
 
 def too_large(tx: Transaction, cfg: MilterSettings) -> bool:
     return cfg.max_message_size > 0 and tx.size > cfg.max_message_size
+
+
+def keep_body(tx: Transaction, cfg: MilterSettings, *, rewriting: bool, reports: bool
+              ) -> Keep | None:
+    """Whether to keep the body (so far): to rewrite its links, or to decode it as a report.
+
+    `rewriting`: links or the pixel are rewritten at all (a tracker URL and a key are
+    configured); `reports`: reports passing through are decoded. Checked at each chunk.
+    """
+    if (rewriting and not tx.failed and not tx.already_tracked
+            and skip_reason(tx, cfg) is None and not too_large(tx, cfg)):
+        return Keep.REWRITE
+    if reports and may_be_report(tx) and tx.size <= cfg.report_max_size:
+        return Keep.REPORT
+    return None
 
 
 def finish(

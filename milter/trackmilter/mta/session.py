@@ -7,7 +7,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
@@ -27,6 +27,7 @@ from trackmilter.model import (
     utcnow,
 )
 from trackmilter.mta import policy
+from trackmilter.mta.budget import Budget, report_cost, rewrite_cost, tune_malloc
 from trackmilter.mta.reports import ReportQueue, decode_verp
 from trackmilter.rewrite import RewriteOptions, RewriteResult, rewrite_message
 from trackmilter.rewrite import SkipReason as PartSkip
@@ -63,6 +64,19 @@ class Deps:
     log: Any
     clock: Callable[[], datetime] = utcnow
     reports: ReportQueue | None = None  # None: reports passing through are not decoded
+    # Built from settings: message bytes in flight, shared by all sessions ([milter]
+    # memory_budget); and whether any message gets rewritten at all.
+    budget: Budget = field(init=False, compare=False)
+    rewriting: bool = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        m, t = self.settings.milter, self.settings.tracking
+        object.__setattr__(self, "budget", Budget(m.memory_budget, m.memory_wait,
+                                                  metrics=self.metrics))
+        if m.memory_budget:
+            tune_malloc()  # for RSS to follow the budget (before libmilter's threads start)
+        object.__setattr__(self, "rewriting", self.signer is not None and (
+            t.rewrite_links or t.text_links or t.open_pixel or t.honeypot))
 
     @functools.cached_property
     def rewrite_options(self) -> RewriteOptions:
@@ -144,7 +158,8 @@ class Session(Milter.Base):  # type: ignore[misc]
         auth = self.getsymval("{auth_authen}") or ""
         tx = policy.Transaction(tracking_id=new_tracking_id(), sender=sender,
                                 started_at=self.deps.clock(), auth_user=auth,
-                                envelope_id=policy.envelope_id(params))
+                                envelope_id=policy.envelope_id(params),
+                                reservation=self.deps.budget.reservation())
         tx.direction = policy.direction_of(self.client_addr, auth, sender,
                                            self.deps.settings.milter)
         self.tx = tx
@@ -197,14 +212,23 @@ class Session(Milter.Base):  # type: ignore[misc]
         if tx is None:
             return CONTINUE
         tx.size += len(chunk)
-        cfg = self.deps.settings.milter
-        if (self._may_modify(tx) and not policy.too_large(tx, cfg)) or (
-            self.deps.reports is not None and policy.may_be_report(tx)
-            and tx.size <= cfg.report_max_size
-        ):
-            tx.body.append(chunk)
-        else:
-            tx.body.clear()
+        keep = policy.keep_body(tx, self.deps.settings.milter, rewriting=self.deps.rewriting,
+                                reports=self.deps.reports is not None)
+        reservation = tx.reservation
+        if keep is not None and tx.busy is None and reservation is not None:
+            # Reserved as it arrives, for what it will cost up to end of message; waits
+            # (libmilter's thread) when the budget is short, up to [milter] memory_wait.
+            cost = rewrite_cost(chunk) if keep is policy.Keep.REWRITE else report_cost(chunk)
+            if reservation.take(cost):
+                tx.body.append(chunk)
+                return CONTINUE
+            tx.busy = keep
+            self.log.warning("memory_busy", tracking_id=tx.tracking_id, keep=str(keep),
+                             size=tx.size, waited=round(reservation.waited, 3),
+                             in_flight=self.deps.budget.in_flight)
+        tx.body.clear()
+        if reservation is not None:
+            reservation.release()
         return CONTINUE
 
     @guarded("eom")
@@ -219,6 +243,8 @@ class Session(Milter.Base):  # type: ignore[misc]
             self._queue_report(tx)
         finally:
             tx.body.clear()
+            if tx.reservation is not None:
+                tx.reservation.release()
         return CONTINUE
 
     @guarded("abort")
@@ -250,15 +276,16 @@ class Session(Milter.Base):  # type: ignore[misc]
             m = self.deps.metrics
             m.child(m.reports_skipped, "too_large").inc()
             return
+        if tx.busy is not None:  # no room in the memory budget: not kept
+            m = self.deps.metrics
+            m.child(m.reports_skipped, "busy").inc()
+            return
         # A bounce goes to one address: when it is a VERP address, it names the original
         # sender and recipient.
         verp = next((v for r in tx.recipients
                      if (v := decode_verp(r.address, cfg.verp_delimiters)) is not None), None)
         reports.submit(policy.raw_message(tx), queue_id=tx.queue_id, message_id=tx.message_id,
                        at=self.deps.clock(), mta=cfg.mta_name, verp=verp)
-
-    def _may_modify(self, tx: policy.Transaction) -> bool:
-        return not tx.failed and policy.skip_reason(tx, self.deps.settings.milter) is None
 
     def _finish_message(self, tx: policy.Transaction) -> None:
         start = time.perf_counter()
@@ -268,6 +295,8 @@ class Session(Milter.Base):  # type: ignore[misc]
             skip = SkipReason.ERROR
         if skip is None and policy.too_large(tx, cfg.milter):
             skip = SkipReason.TOO_LARGE
+        if skip is None and tx.busy is policy.Keep.REWRITE:
+            skip = SkipReason.BUSY  # not kept: passes unmodified, still gets the header
         result: RewriteResult | None = None
         declined: Counter[str] = Counter()  # links left as written, by reason
         header_added = False
@@ -348,6 +377,9 @@ class Session(Milter.Base):  # type: ignore[misc]
         tx, self.tx = self.tx, None
         if tx is None:
             return
+        tx.body.clear()
+        if tx.reservation is not None:
+            tx.reservation.release()
         event = policy.finish(tx, end=end, finished_at=self.deps.clock(),
                               client_addr=self.client_addr, client_name=self.client_name,
                               helo=self.helo, mta=self.deps.settings.milter.mta_name,
@@ -393,8 +425,6 @@ def _unchanged_reason(result: RewriteResult, declined: Mapping[str, int]) -> Ski
     if declined.get("url_too_long"):
         return SkipReason.URL_TOO_LONG
     return SkipReason.NO_LINKS
-
-
 
 
 # Categories where even a header would be a modification the sender or a signature forbids.
