@@ -278,7 +278,7 @@ def run(settings: Settings) -> int:
     finally:
         deadline = Deadline(settings.store.stop_timeout)
         app.close()
-        writer.flush(timeout=deadline.left())
+        writer.flush(timeout=min(2.0, deadline.left()))  # a stalled store: close() decides
         revisor.close(timeout=deadline.left())
         counts = writer.close(timeout=deadline.left())
         store.close()

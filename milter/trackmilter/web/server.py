@@ -126,7 +126,7 @@ def worker_app() -> TrackerApp:
         # the stop timeout is stored, the rest is replayed at the next start.
         deadline = Deadline(settings.store.stop_timeout)
         app.close()
-        writer.flush(timeout=deadline.left())
+        writer.flush(timeout=min(2.0, deadline.left()))  # a stalled store: close() decides
         revisor.close(timeout=deadline.left())
         counts = writer.close(timeout=deadline.left())
         store.close()
