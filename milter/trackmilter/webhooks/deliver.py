@@ -173,14 +173,19 @@ def run_once(engine: Engine, settings: WebhooksSettings, secrets: Mapping[str, b
 def serve(engine: Engine, settings: WebhooksSettings, secrets: Mapping[str, bytes],
           stop: threading.Event, http_post: HttpPost = http_post, *,
           poll_interval: float = POLL_INTERVAL, db_retry: float = DB_RETRY,
-          batch: int = BATCH, metrics: Any = None, log: Any = None) -> None:
+          batch: int = BATCH, metrics: Any = None, log: Any = None) -> dict[str, int]:
     """Deliver until `stop` is set: a full batch is followed at once by the next, otherwise
-    wait for the earliest retry or `poll_interval`, whichever comes first."""
+    wait for the earliest retry or `poll_interval`, whichever comes first. Returns the
+    totals (for the stop log)."""
     log = log if log is not None else get_logger(component="webhooks")
+    totals = {"delivered": 0, "retried": 0, "gave_up": 0}
     while not stop.is_set():
         try:
             stats = run_once(engine, settings, secrets, http_post, batch=batch,
                              metrics=metrics, log=log, stop=stop)
+            totals["delivered"] += stats.delivered
+            totals["retried"] += stats.retried
+            totals["gave_up"] += stats.gave_up
             if stats.claimed >= batch:
                 continue
             with engine.connect() as conn:
@@ -194,6 +199,7 @@ def serve(engine: Engine, settings: WebhooksSettings, secrets: Mapping[str, byte
         if due is not None:
             wait = min(wait, max(0.0, (due - utcnow()).total_seconds()))
         stop.wait(wait)
+    return totals
 
 
 def run(settings: Settings) -> int:
@@ -213,6 +219,7 @@ def run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    totals: dict[str, int] = {}
     try:
         try:
             with engine.connect() as conn:
@@ -226,10 +233,11 @@ def run(settings: Settings) -> int:
         start_metrics(w.metrics_listen, metrics)
         log.info("webhooks_starting", endpoints=[redact(e.url) for e in w.endpoints],
                  metrics=w.metrics_listen or None)
-        serve(engine, w, secrets, stop, log=log, metrics=metrics)
+        totals = serve(engine, w, secrets, stop, log=log, metrics=metrics)
     finally:
         engine.dispose()
-        log.info("webhooks_stopped")
+        # The outbox is in the database: an attempt cut short is made again at the next start.
+        log.info("webhooks_stopped", **totals)
     return 0
 
 
