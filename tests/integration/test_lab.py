@@ -259,8 +259,9 @@ def test_recipient_in_access_table_is_refused_inline(
 def test_null_milter_sees_mail_and_mail_flows_without_it(
     postfix_lab: PostfixFactory, fake_mx: FakeMX, null_milter: NullMilter
 ) -> None:
-    pf = postfix_lab(milter=null_milter.spec)
-    assert pf.postconf("-h", "smtpd_milters").strip() == null_milter.spec
+    pf = postfix_lab(milter=null_milter.spec, milter_default_action="accept")
+    assert pf.postconf("-h", "smtpd_milters").strip() == (
+        f"{{ {null_milter.spec}, default_action=accept }}")
 
     pf.send(SENDER, ["erin@example.net", "reject-frank@example.net"], plain_message("e", "x\r\n"))
     fake_mx.wait_for_count(2)  # the message, and the bounce for reject-frank

@@ -186,9 +186,13 @@ class PostfixInstance:
 
     Mail for any domain is relayed to `relay_port` on 127.0.0.1 (a FakeMX or smtp-sink).
     Recipients listed in `recipient_access` (`address -> action`, e.g. `REJECT 5.7.1 ...`)
-    are refused in-line by smtpd itself. When `milter` is set, smtpd and Postfix's own
-    bounces (`internal_mail_filter_classes = bounce`) go through it, and mail still flows
-    when the milter is down (`milter_default_action = accept`).
+    are refused in-line by smtpd itself. When `milter` is set, smtpd, sendmail(1) and
+    Postfix's own bounces (`internal_mail_filter_classes = bounce`) go through it, written
+    as conf/postfix/main.cf.snippet does: `{ MILTER, default_action=ACTION }`.
+    `milter_default_action` is what Postfix does when it loses the milter: "tempfail" (as
+    shipped: 451, the client retries), "accept" (mail flows on unmodified; a milter dying
+    mid-replacement leaves a corrupt queue file, docs/postfix-milter-failure.md), "reject",
+    "quarantine"; None writes `milter` as given (the global setting decides).
     """
 
     def __init__(
@@ -198,6 +202,7 @@ class PostfixInstance:
         relay_port: int | None = None,
         relayhost: str | None = None,
         milter: str | None = None,
+        milter_default_action: str | None = "tempfail",
         smtp_port: int = 0,
         recipient_access: Mapping[str, str] | None = None,
         maximal_queue_lifetime: str = "1d",
@@ -218,6 +223,7 @@ class PostfixInstance:
             relayhost = f"[127.0.0.1]:{relay_port}"
         self.relayhost = relayhost
         self.milter = milter
+        self.milter_default_action = milter_default_action
         self.smtp_port = smtp_port or free_port()
         self.recipient_access: dict[str, str] = dict(recipient_access or {})
         self.maximal_queue_lifetime = maximal_queue_lifetime
@@ -296,21 +302,23 @@ class PostfixInstance:
         }
         if not self.relayhost:
             cf["default_transport"] = "error:5.3.0 lab instance has no relayhost"
-        cf.update(self._milter_cf(self.milter))
+        cf.update(self._milter_cf(self.milter, self.milter_default_action))
         cf.update(self.extra_main_cf)
         return cf
 
     @staticmethod
-    def _milter_cf(milter: str | None) -> dict[str, str]:
+    def _milter_cf(milter: str | None, default_action: str | None = "tempfail") -> dict[str, str]:
         if not milter:
             return {"smtpd_milters": "", "non_smtpd_milters": ""}
+        if default_action is not None:
+            # Per-milter form: no space around "=" (Postfix's smtpd dies on "a = b" here).
+            milter = f"{{ {milter}, default_action={default_action} }}"
         return {
             "smtpd_milters": milter,
             "non_smtpd_milters": milter,
             # Postfix's own bounces go through the milter too (they carry
             # X-Postfix-Queue-ID of the original message and a null sender).
             "internal_mail_filter_classes": "bounce",
-            "milter_default_action": "accept",
             "milter_protocol": "6",
             "milter_connect_timeout": "5s",
             "milter_command_timeout": "10s",
@@ -511,9 +519,12 @@ class PostfixInstance:
         if self.running:
             self.reload()
 
-    def set_milter(self, milter: str | None) -> None:
-        """Attach (or detach, with None) a milter for smtpd and Postfix's own bounces."""
+    def set_milter(self, milter: str | None, *, default_action: str | None = None) -> None:
+        """Attach (or detach, with None) a milter for smtpd and Postfix's own bounces;
+        `default_action` replaces milter_default_action (kept when None)."""
         self.milter = milter
+        if default_action is not None:
+            self.milter_default_action = default_action
         self.write_config()
         if self.running:
             self.reload()
