@@ -272,14 +272,19 @@ def _float(v: Any) -> float:
     return f
 
 
-def _seconds_or_zero(v: Any) -> float:
+def _seconds(v: Any, most: float, zero: str = "0") -> float:
+    """A number of seconds from 0 (meaning ``zero``) to ``most``."""
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
         raise ValueError(f"expected a number of seconds, got {v!r}")
     f = float(v)
-    # PostgreSQL's largest statement_timeout (INT_MAX ms); above it every connection fails.
-    if not 0 <= f <= 2_147_483:
-        raise ValueError(f"must be 0 (no limit) or a number of seconds up to 2147483, got {v!r}")
+    if not 0 <= f <= most:
+        raise ValueError(f"must be {zero} or a number of seconds up to {most:.10g}, got {v!r}")
     return f
+
+
+def _seconds_or_zero(v: Any) -> float:
+    # PostgreSQL's largest statement_timeout (INT_MAX ms); above it every connection fails.
+    return _seconds(v, 2_147_483, "0 (no limit)")
 
 
 def _strlist(v: Any) -> tuple[str, ...]:
@@ -442,12 +447,7 @@ def _memory_budget(v: Any) -> int:
 
 
 def _memory_wait(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise ValueError(f"expected a number of seconds, got {v!r}")
-    f = float(v)
-    if not 0 <= f <= MAX_MEMORY_WAIT:
-        raise ValueError(f"expected 0 to {MAX_MEMORY_WAIT:g} seconds, got {v!r}")
-    return f
+    return _seconds(v, MAX_MEMORY_WAIT, "0 (no wait)")
 
 
 def _verp_delimiters(v: Any) -> str:

@@ -30,8 +30,8 @@ def test_file_and_environment(tmp_path: Path) -> None:
         ("memory_budget = 1000", r"\[milter\] memory_budget: expected 0 \(no limit\) or at least"),
         ("memory_budget = -1", r"\[milter\] memory_budget: must not be negative"),
         ('memory_budget = "lots"', r"\[milter\] memory_budget"),
-        ("memory_wait = -1", r"\[milter\] memory_wait: expected 0 to 60 seconds"),
-        ("memory_wait = 600", r"\[milter\] memory_wait: expected 0 to 60 seconds"),
+        ("memory_wait = -1", r"\[milter\] memory_wait: must be 0 \(no wait\) or a number of seconds up to 60"),
+        ("memory_wait = 600", r"\[milter\] memory_wait: must be 0 \(no wait\) or a number of seconds up to 60"),
         ("memory_wait = true", r"\[milter\] memory_wait: expected a number of seconds"),
     ],
 )
