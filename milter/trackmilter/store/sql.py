@@ -20,7 +20,7 @@ from trackmilter.model import (
     ReportReceived,
     utcnow,
 )
-from trackmilter.store import relink
+from trackmilter.store import backfill, relink
 from trackmilter.store.base import EventRejected, StoreError
 from trackmilter.store.engine import (
     DEFAULT_BUSY_TIMEOUT,
@@ -411,16 +411,24 @@ class _Batch:
 
     def write(self, conn: Connection) -> list[int]:
         """Write the batch; return the messages that delivery lines were tied to."""
+        # Before any row is written: a concurrent writer of these deliveries' messages (or
+        # of these messages' deliveries) would not see our rows, nor we theirs.
+        backfill.serialize(conn, ties=bool(self.deliveries or self.reinjected),
+                           messages=bool(self.messages))
         if self.messages:
             upsert(conn, messages, list(self.messages.values()), ["tracking_id"])
         ids = _message_ids(conn, list(self.messages))
         if self.recipients:
             rows = [{"message": ids[tid], **row} for (tid, _), row in self.recipients.items()]
             upsert(conn, recipients, rows, ["message", "address"])
+        # Deliveries stored before their message (a milter's journal replayed late).
+        tied = set(backfill.apply(conn, [(ids[tid], row["queue_id"], row["started_at"])
+                                         for tid, row in self.messages.items()]))
         by_delivery = _messages_for_deliveries(conn, self.deliveries)
         by_delivery.update(_messages_for_reports(conn, self.reports))
         if self.events:
-            # A row tied since it was first written (store/relink.py) stays tied.
+            # A row tied since it was first written (store/relink.py, store/backfill.py)
+            # stays tied.
             kept = relink.kept_ties(conn, [key for key, row in self.events.items()
                                            if row["_tid"] is None and key not in by_delivery])
             rows = []
@@ -432,7 +440,7 @@ class _Batch:
             upsert(conn, events, rows, ["dedup_key"])
         if self.hits:
             write_hits(conn, self.hits)
-        tied = {by_delivery[key] for _, _, _, key in self.deliveries if key in by_delivery}
+        tied.update(by_delivery[key] for _, _, _, key in self.deliveries if key in by_delivery)
         # After the upsert: this batch's own deliveries under the new queue id are there.
         tied.update(relink.apply(conn, self.reinjected))
         return sorted(tied)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select
+from sqlalchemy.schema import CreateIndex
 
 from trackmilter.store import (
     SchemaTooOld,
@@ -21,8 +23,9 @@ from trackmilter.store import (
 )
 from trackmilter.store.engine import make_engine
 from trackmilter.store.migrate import MIGRATIONS_DIR, VERSION_TABLE, alembic_config
-from trackmilter.store.schema import messages, metadata
+from trackmilter.store.schema import events, messages, metadata
 
+UNTIED = "ix_events_untied_queue_id"
 TABLES = {"messages", "recipients", "events", VERSION_TABLE, "hits", "hit_verdicts",
           "webhook_outbox"}
 
@@ -39,7 +42,16 @@ def test_upgrade_creates_schema(db_url: str) -> None:
             ctx = MigrationContext.configure(
                 conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
             )
-            assert compare_metadata(ctx, metadata) == []
+            with warnings.catch_warnings():
+                if conn.dialect.name == "sqlite":
+                    # SQLite's expression indexes cannot be reflected: compared below.
+                    warnings.filterwarnings("ignore", f".*{UNTIED}.*")
+                assert compare_metadata(ctx, metadata) == []
+            if conn.dialect.name == "sqlite":
+                [sql] = conn.exec_driver_sql(
+                    f"SELECT sql FROM sqlite_master WHERE name = '{UNTIED}'").scalars()
+                [index] = [i for i in events.indexes if i.name == UNTIED]
+                assert sql == str(CreateIndex(index).compile(dialect=conn.dialect)).strip()
     finally:
         engine.dispose()
 
