@@ -48,8 +48,27 @@ MAX_LOGGED_CHARS = 300
 KINDS: frozenset[RecordType] = frozenset({Delivery, MessageExpired, MessageRemoved})
 
 
-class _Stopped(Exception):
-    """SIGTERM/SIGINT while blocked reading standard input."""
+class _Stopped(BaseException):
+    """SIGTERM/SIGINT while blocked reading standard input (a BaseException, so that no
+    `except Exception` on the way swallows it; raised only while blocked in a read)."""
+
+
+class _FlaggedStream:
+    """Standard input whose read1 says when it is blocked in it: only then may the stop
+    signal's handler interrupt it (a read from a pipe is resumed after a signal, PEP 475);
+    anywhere else the stop waits for the end of the block being processed."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.blocked = False
+
+    def read1(self, n: int) -> bytes:
+        self.blocked = True
+        try:
+            data: bytes = self._stream.read1(n)
+            return data
+        finally:
+            self.blocked = False
 
 
 class Sink(Protocol):
@@ -195,11 +214,11 @@ def run(settings: Settings) -> int:
     m = settings.maillog
     stop = [False]
     reading_stdin = m.path == "-"
+    stdin = _FlaggedStream(sys.stdin.buffer)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         stop[0] = True
-        if reading_stdin:
-            # A read from a pipe is resumed after a signal (PEP 475): interrupt it.
+        if stdin.blocked:
             raise _Stopped
 
     # Before any thread starts: a stop asked for during start-up is a stop, not a kill.
@@ -224,10 +243,12 @@ def run(settings: Settings) -> int:
     log.info("maillog_starting", path=m.path, format=m.format, state_file=str(m.state_file))
     try:
         if reading_stdin:
-            for block in read_stream(sys.stdin.buffer):  # type: ignore[arg-type]
+            for block in read_stream(stdin):  # type: ignore[arg-type]
                 consume(block, parser, tracker, writer, metrics, log, providers)
                 if not writer.flush(timeout=30.0):
                     log.warning("maillog_flush_incomplete", timeout=30.0)
+                if stop[0]:
+                    break
         else:
             restore_tracker(tracker, m.state_file, log)
             follower = FileFollower(m.path, state_path=m.state_file,
@@ -243,5 +264,6 @@ def run(settings: Settings) -> int:
         counts = writer.close(timeout=settings.store.stop_timeout)
         store.close()
         log.info("maillog_stopped", events=counts.get("submitted", 0),
-                 stored=counts.get("written", 0), left_on_disk=counts.get("on_disk", 0))
+                 stored=counts.get("written", 0), left_on_disk=counts.get("on_disk", 0),
+                 dropped=counts.get("dropped", 0))
     return 0

@@ -141,7 +141,9 @@ def _stop(settings: Settings, inflight: InFlight, reports: Any, writer: Any, log
     log.info("milter_stopping", callbacks_in_flight=in_flight,
              timeout=settings.store.stop_timeout)
     idle = inflight.wait_idle(deadline.left(0.0))
-    reports.close(timeout=deadline.left())  # its events go to the writer: close it first
+    # Its events go to the writer: close it first. Its close may take twice the timeout
+    # given (a put, then a join), hence half of what is left.
+    reports.close(timeout=deadline.left() / 2)
     counts = writer.close(timeout=deadline.left())
     return {"callbacks": inflight.finished, "cut_short": 0 if idle else inflight.count,
             "events": counts.get("submitted", 0), "stored": counts.get("written", 0),

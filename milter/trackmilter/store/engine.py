@@ -215,19 +215,23 @@ class Interrupter:
             connections = list(self._connections.values())
         reached = 0
         for conn in connections:
-            pgconn = getattr(conn, "pgconn", None)  # psycopg 3
-            if pgconn is not None:
-                with contextlib.suppress(Exception):
-                    fd = pgconn.socket
-                    # shutdown(2) acts on the socket, which the dup shares with libpq's fd.
-                    sock = socket.socket(fileno=os.dup(fd))
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                        reached += 1
-                    finally:
-                        sock.close()
-            elif hasattr(conn, "interrupt"):  # sqlite3
-                with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):
+                pgconn = getattr(conn, "pgconn", None)
+                if pgconn is not None:  # psycopg 3
+                    _shut(pgconn.socket)
+                elif hasattr(conn, "interrupt"):  # sqlite3
                     conn.interrupt()
-                    reached += 1
+                else:  # psycopg2
+                    _shut(conn.fileno())
+                reached += 1
         return reached
+
+
+def _shut(fd: int) -> None:
+    """shutdown(2) a connection's socket: it acts on the socket, which a dup shares with the
+    driver's own descriptor, so a receive blocked on it returns at once."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()

@@ -136,15 +136,17 @@ class Journal:
         (fsynced first); a fully stored one is deleted. Returns the events handed over."""
         handed = 0
         for seg in segs:
-            if seg.stored_to >= seg.size:
-                os.close(seg.fd)
+            try:
+                if seg.stored_to >= seg.size:
+                    with contextlib.suppress(OSError):
+                        seg.path.unlink()
+                    continue
+                _sync(seg)
+                self._spool.resume_at(seg.path, seg.stored_to)
+                handed += seg.events - seg.stored
+            finally:
                 with contextlib.suppress(OSError):
-                    seg.path.unlink()
-                continue
-            _sync(seg)
-            self._spool.resume_at(seg.path, seg.stored_to)
-            handed += seg.events - seg.stored
-            os.close(seg.fd)  # releases the flock: the segment is now the spool's
+                    os.close(seg.fd)  # releases the flock: the segment is now the spool's
         return handed
 
     def close(self) -> list[Segment]:

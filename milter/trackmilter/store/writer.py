@@ -159,8 +159,13 @@ class BatchWriter:
                 self._spool_or_drop([event], "late")
         except Exception as e:  # noqa: BLE001 - mail must never break because of the store
             try:
-                self._metrics.store_dropped.inc()
-                self._log.error("store_event_dropped", reason=f"submit failed: {e!r}")
+                with self._lock:
+                    # It may be in the journal without being queued: a hand-over from the
+                    # first unstored line then replays it rather than skip it.
+                    self._behind = True
+                    self._work.notify()
+                self._log.error("store_submit_failed", error=repr(e),
+                                action="replayed from the journal if it was written")
             except Exception:  # noqa: BLE001, S110
                 pass
 
@@ -169,7 +174,7 @@ class BatchWriter:
         end = 0
         try:
             seg, end = self._journal.append(line)
-        except OSError as e:
+        except OSError as e:  # the journal cannot take it: it waits in memory (below)
             self._metrics.journal_failures.inc()
             if not self._journal_failing:
                 self._journal_failing = True
@@ -179,7 +184,10 @@ class BatchWriter:
         else:
             if self._journal_failing:
                 self._journal_failing = False
-                self._log.info("journal_write_recovered")
+                try:
+                    self._log.info("journal_write_recovered")
+                except Exception:  # noqa: BLE001 - on disk already: it must reach the queue
+                    pass
         if seg is not None and (self._behind or len(self._queue) >= self._high_water):
             # On disk already: the writer hands over and the replay reads it from there.
             if not self._behind:
@@ -309,8 +317,12 @@ class BatchWriter:
 
     def _step(self, batch: list[_Entry]) -> None:
         if self._behind:
-            with self._lock:
-                self._gap = True
+            # Journaled events were left out of memory: hand over now, whatever the
+            # database's state (a hand-over needs none), so that memory drains and the
+            # writer waits for the next retry instead of coming straight back here.
+            self._drop(batch)
+            batch = []
+            self._hand_over()
         due = self._retry_due()
         if due or self._gap or not self._healthy:
             # Down, or events wait on disk: keep the order — nothing new reaches the
@@ -366,6 +378,8 @@ class BatchWriter:
         if handed:
             self.counts["handed_over"] += handed
             self._metrics.spool_events.inc(handed)
+            with self._lock:
+                self._spool_wanted = True
         if not behind:
             self._overflowing = False
         return handed
@@ -381,32 +395,46 @@ class BatchWriter:
     def _retry(self) -> None:
         """Held events into the journal if it works again; hand over; replay the spool
         (oldest first); then held events the journal still cannot take, straight in."""
-        with self._lock:
-            still: list[Event] = []
-            for event in self._held:
-                if not still:
-                    try:
-                        self._journal.append(encode(event))
-                        continue
-                    except OSError:
-                        pass
-                still.append(event)
-            self._held = still
-        self._hand_over()
+        self._journal_held()
         try:
+            self._hand_over()
             replayed = self._spool.replay(self._write_replayed, self._max_batch)
-            with self._lock:
-                held = list(self._held)
-            if held:
-                self._write(held)
+            while True:
                 with self._lock:
-                    del self._held[:len(held)]
+                    chunk = self._held[:self._max_batch]
+                if not chunk:
+                    break
+                self._write(chunk)
+                with self._lock:
+                    del self._held[:len(chunk)]
         except Exception as e:  # noqa: BLE001 - StoreError, OSError: all mean "later"
             with self._lock:
                 self._spool_wanted = True
             self._mark_down(e)
             return
         self._mark_up(replayed)
+
+    def _journal_held(self) -> None:
+        """Journal events held in memory (the journal failed before), a chunk at a time:
+        encoded outside the lock, the lock held only for the appends, so that submit never
+        waits long behind it."""
+        while True:
+            with self._lock:
+                chunk = self._held[:100]
+            if not chunk:
+                return
+            lines = [encode(e) for e in chunk]
+            with self._lock:
+                done = 0
+                for line in lines:
+                    try:
+                        self._journal.append(line)
+                    except OSError:
+                        break
+                    done += 1
+                del self._held[:done]
+            if done < len(lines):
+                return  # the disk is still full: they stay held
 
     def _write_replayed(self, batch: list[Event]) -> None:
         self._write(batch)

@@ -283,5 +283,6 @@ def run(settings: Settings) -> int:
         counts = writer.close(timeout=deadline.left())
         store.close()
         log.info("edge_stopped", hits=counts.get("submitted", 0), stored=counts.get("written", 0),
-                 left_on_disk=counts.get("on_disk", 0))
+                 left_on_disk=counts.get("on_disk", 0),
+                 dropped=counts.get("dropped", 0))
     return 0

@@ -135,7 +135,8 @@ def worker_app() -> TrackerApp:
 
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
         log.info("web_worker_stopped", pid=os.getpid(), hits=counts.get("submitted", 0),
-                 stored=counts.get("written", 0), left_on_disk=counts.get("on_disk", 0))
+                 stored=counts.get("written", 0), left_on_disk=counts.get("on_disk", 0),
+                 dropped=counts.get("dropped", 0))
 
     app.on_shutdown = shutdown
     log.info("web_worker_started", pid=os.getpid(), key_ids=list(app.key_ids))

@@ -171,6 +171,40 @@ def test_submit_never_blocks_when_database_hangs(spool_dir: Path, metrics: Metri
     assert Spool(spool_dir, ListLog()).segments() == []
 
 
+def test_overflow_while_database_down_hands_over_without_spinning(
+    spool_dir: Path, metrics: Metrics
+) -> None:
+    """Memory full while the database is down: the writer hands the journal over at once
+    and then waits for the retry — it does not come straight back (a busy loop would hold
+    the GIL and the lock against mail threads)."""
+    store = FakeStore()
+    store.down = True
+    writer = BatchWriter(store, spool_dir, metrics, max_batch=5, flush_interval=0,
+                         retry_interval=60, high_water=10, logger=ListLog())
+    steps = [0]
+    real_step = writer._step
+
+    def counting(batch: Any) -> None:
+        steps[0] += 1
+        real_step(batch)
+
+    writer._step = counting  # type: ignore[method-assign]
+    try:
+        for i in range(200):
+            writer.submit(make_message(i))
+        wait_for(lambda: not writer._behind and not writer._queue, what="handed over")
+        before = steps[0]
+        time.sleep(0.5)  # measuring idleness: nothing to poll for
+        assert steps[0] - before <= 2, f"{steps[0] - before} steps in 0.5 s while waiting"
+        assert Spool(spool_dir, ListLog()).count() == 200
+    finally:
+        writer.close(timeout=5)
+    store.down = False
+    writer2 = BatchWriter(store, spool_dir, Metrics(CollectorRegistry()), flush_interval=0)
+    wait_for(lambda: len(set(store.written())) == 200, what="replayed after restart")
+    writer2.close()
+
+
 def test_stalled_write_is_reported_and_interrupted(spool_dir: Path, metrics: Metrics) -> None:
     """A database that stops answering (not refusing): past write_timeout the writer says
     store_unavailable, counts a stall, and interrupts the write; the events are replayed."""
