@@ -12,6 +12,7 @@ import click
 from trackmilter import __version__
 from trackmilter import config as cfgmod
 from trackmilter import logging as tmlog
+from trackmilter.daemon import StartupError
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 
@@ -48,7 +49,7 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_context
 def milter(ctx: click.Context) -> None:
     """Run the milter daemon (Postfix smtpd_milters / Sendmail INPUT_MAIL_FILTER)."""
-    from trackmilter.mta.runner import StartupError, run
+    from trackmilter.mta.runner import run
     from trackmilter.store import StoreError
     from trackmilter.tokens import KeyFileError
 
@@ -72,7 +73,6 @@ def maillog(ctx: click.Context, path: str | None) -> None:
     import dataclasses
 
     from trackmilter.maillog.daemon import run
-    from trackmilter.mta.runner import StartupError
     from trackmilter.store import StoreError
 
     settings = _settings(ctx)
@@ -100,7 +100,7 @@ def web(ctx: click.Context) -> None:
     from trackmilter.store import StoreError
     from trackmilter.tokens import KeyFileError
     from trackmilter.web.networks import NetworkFileError
-    from trackmilter.web.server import StartupError, run
+    from trackmilter.web.server import run
 
     try:
         ctx.exit(run(settings))
@@ -119,7 +119,7 @@ def edge(ctx: click.Context) -> None:
     from trackmilter.tokens import KeyFileError
     from trackmilter.web.edge import run
     from trackmilter.web.networks import NetworkFileError
-    from trackmilter.web.server import StartupError, build_check
+    from trackmilter.web.server import build_check
 
     try:
         build_check(settings)
@@ -175,7 +175,6 @@ def purge(ctx: click.Context, days: int | None) -> None:
 def webhooks(ctx: click.Context) -> None:
     """Deliver stored events to the [webhooks] endpoints: signed POSTs from a durable outbox,
     retried with backoff."""
-    from trackmilter.mta.runner import StartupError
     from trackmilter.store import StoreError
     from trackmilter.webhooks.deliver import WebhookConfigError, run
 
@@ -198,8 +197,7 @@ def networks_refresh(ctx: click.Context) -> None:
     """Download every source that has a url (needs internet; run it daily from a timer).
     A file is replaced only by a download that parses; the tracker reads the new lists
     when it restarts."""
-    from trackmilter.web.judging import sources_from
-    from trackmilter.web.networks import refresh
+    from trackmilter.web.networks import refresh, sources_from
 
     ctx.ensure_object(dict)["cli"] = True
     settings = _settings(ctx)
@@ -215,8 +213,7 @@ def networks_refresh(ctx: click.Context) -> None:
 @click.pass_context
 def networks_check(ctx: click.Context) -> None:
     """Parse every configured list and say how many ranges each holds."""
-    from trackmilter.web.judging import sources_from
-    from trackmilter.web.networks import NetworkFileError, NetworkSet
+    from trackmilter.web.networks import NetworkFileError, NetworkSet, sources_from
 
     ctx.ensure_object(dict)["cli"] = True
     settings = _settings(ctx)

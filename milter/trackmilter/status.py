@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from trackmilter.verdict import reason_text
+
 # What each in-line event proves, in words a sender can read without over-reading them.
 _INLINE = {
     "accepted": "accepted by our MTA for delivery (not yet delivered)",
@@ -184,8 +186,6 @@ def annotate(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _reason_text(reason: Mapping[str, Any]) -> str:
-    from trackmilter.web.judging import reason_text
-
     return reason_text(str(reason.get("code", "")), str(reason.get("evidence", "")))
 
 

@@ -11,6 +11,8 @@ from types import FrameType
 from typing import Any, Protocol
 
 from trackmilter.config import Settings
+from trackmilter.daemon import start_metrics
+from trackmilter.judging import reviser_from
 from trackmilter.logging import get_logger
 from trackmilter.maillog.follow import (
     FileFollower,
@@ -207,7 +209,6 @@ def follow_file(follower: FileFollower, parser: LineParser, tracker: Tracker,
 
 def run(settings: Settings) -> int:
     """Follow until SIGTERM/SIGINT (or the end of standard input); flush before exiting."""
-    from trackmilter.mta.runner import start_metrics
     from trackmilter.store import SQLStore
     from trackmilter.store.writer import BatchWriter
 
@@ -226,8 +227,6 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGINT, _stop)
     log = get_logger(component="maillog")
     metrics = Metrics()
-    from trackmilter.web.judging import reviser_from
-
     # With a reviser: a delivery time stored after the tracker's hits revises their verdicts.
     store = SQLStore(settings.database.url, reviser=reviser_from(settings),
                      statement_timeout=settings.database.statement_timeout,

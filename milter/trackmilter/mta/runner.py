@@ -8,36 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import Milter
-from prometheus_client import start_http_server
 
 from trackmilter.config import Settings
+from trackmilter.daemon import StartupError, load_signer, start_metrics
 from trackmilter.lifecycle import Deadline, InFlight, block_stop_signals
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.mta.session import Deps, Session
-from trackmilter.tokens import Signer
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message says what to fix."""
-
-
-def start_metrics(listen: str, metrics: Metrics) -> None:
-    """Serve ``/metrics`` on HOST:PORT in a daemon thread (empty string: disabled)."""
-    if not listen:
-        return
-    host, _, port = listen.rpartition(":")
-    try:
-        start_http_server(int(port), addr=host.strip("[]"), registry=metrics.registry)
-    except OSError as exc:
-        raise StartupError(f"[metrics] listen = {listen!r}: {exc.strerror}") from exc
-
-
-def load_signer(settings: Settings) -> Signer | None:
-    t = settings.tracking
-    if not t.base_url:
-        return None
-    return Signer.from_file(t.secret_file)
 
 
 def prepare_socket(spec: str) -> None:

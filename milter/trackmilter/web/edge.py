@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from trackmilter.config import Settings
+from trackmilter.daemon import start_metrics
 from trackmilter.lifecycle import Deadline
 from trackmilter.logging import get_logger
 from trackmilter.maillog.follow import FileFollower, warn_lost
@@ -250,7 +251,6 @@ def follow(follower: FileFollower, ingest: Ingest, writer: Any, log: Any,
 
 def run(settings: Settings) -> int:
     """Follow [edge] log until SIGTERM/SIGINT; what was read is stored before exiting."""
-    from trackmilter.mta.runner import start_metrics
     from trackmilter.web.server import build
 
     stop = [False]

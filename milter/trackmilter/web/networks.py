@@ -25,7 +25,9 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
+
+from trackmilter.config import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Format = Literal["cidr", "apple-csv", "google-json", "microsoft-json", "o365-json"]
@@ -311,6 +313,20 @@ def _replace(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# -- from the settings -------------------------------------------------------------------
+
+def sources_from(settings: Settings) -> list[NetworkSource]:
+    return [NetworkSource(s.label, cast(Format, s.format), s.path, s.url, s.names)
+            for s in settings.networks.sources]
+
+
+def networks_from(settings: Settings) -> NetworkSet | None:
+    """The configured lists; a file not downloaded yet is skipped (the tracker still starts,
+    and `trackmilter networks refresh` fetches it), a malformed one is an error."""
+    sources = sources_from(settings)
+    return NetworkSet.load(sources, missing_ok=True) if sources else None
 
 
 # Reverse DNS moved to trackmilter.web.rdns; kept importable from here.

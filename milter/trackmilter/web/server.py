@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from trackmilter.config import Settings
+from trackmilter.daemon import StartupError
+from trackmilter.judging import request_judge, reviser_from
 from trackmilter.lifecycle import Deadline
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
@@ -16,12 +18,9 @@ from trackmilter.tokens import Signer
 from trackmilter.web.api import Api, load_tokens
 from trackmilter.web.app import TrackerApp
 from trackmilter.web.forwarded import ClientResolver
+from trackmilter.web.networks import networks_from
 from trackmilter.web.rdns import ReverseDNS
 from trackmilter.web.revisor import NotingStore, Revisor
-
-
-class StartupError(Exception):
-    """The tracker cannot start; the message says what to fix."""
 
 
 def claim_spool(base: Path, prefix: str = "web") -> tuple[Path, int]:
@@ -79,7 +78,6 @@ def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web"
     """The app, its writer, store and revisor (the caller closes them)."""
     from trackmilter.store import SQLStore
     from trackmilter.store.writer import BatchWriter
-    from trackmilter.web.judging import networks_from, request_judge, reviser_from
 
     t = settings.tracking
     if not t.base_url:
@@ -178,8 +176,6 @@ def run(settings: Settings) -> int:
 
 def build_check(settings: Settings) -> None:
     """What every worker will need, checked once in the parent."""
-    from trackmilter.web.judging import networks_from
-
     if not settings.tracking.base_url:
         raise StartupError("[tracking] base_url is empty: the tracker has no URLs to answer")
     if settings.web.workers < 1:

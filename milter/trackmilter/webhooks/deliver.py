@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Connection, Engine, exc
 
 from trackmilter.config import Settings, WebhookEndpoint, WebhooksSettings
+from trackmilter.daemon import start_metrics
 from trackmilter.logging import get_logger
 from trackmilter.model import utcnow
 from trackmilter.store.engine import describe, make_engine, translate
@@ -227,7 +228,6 @@ def run(settings: Settings) -> int:
         except exc.SQLAlchemyError as e:
             raise translate(e, engine.url) from e
         from trackmilter.metrics import Metrics
-        from trackmilter.mta.runner import start_metrics
 
         metrics = Metrics()
         start_metrics(w.metrics_listen, metrics)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from trackmilter.config import ConfigError, load
+from trackmilter.judging import request_judge, reviser_from, thresholds_from
 from trackmilter.model import HitRecorded
-from trackmilter.web.judging import networks_from, request_judge, reviser_from, thresholds_from
+from trackmilter.web.networks import networks_from
 
 DATA = Path(__file__).parent / "data"
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from trackmilter.judging import hit_from_record
 from trackmilter.model import HitReason, HitRecorded
 from trackmilter.verdict import (
     TEXTS,
@@ -23,7 +24,6 @@ from trackmilter.verdict import (
     reason_text,
     rejudge,
 )
-from trackmilter.web.judging import hit_from_record
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)  # the remote server accepted the message
 LATER = T0 + timedelta(hours=2)

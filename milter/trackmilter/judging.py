@@ -1,5 +1,8 @@
-"""Between the tracker, the store and trackmilter.verdict: settings into thresholds and
-network lists, hits as the verdict module takes them, and the store's reviser."""
+"""Between the daemons, the store and trackmilter.verdict: settings into thresholds, hits as
+the verdict module takes them, the tracker's judge at answer time and the store's reviser.
+
+A neutral module: the tracker (web, edge) and maillog use it, it uses none of them (the
+network lists, a tracker's own, are `trackmilter.web.networks.networks_from`)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import cast
 
 from trackmilter.config import Settings
 from trackmilter.model import HitReason, HitRecorded
@@ -17,12 +19,10 @@ from trackmilter.verdict import (
     Thresholds,
     group_key,
     judge_keyed,
-    reason_text,
     rejudge,
 )
-from trackmilter.web.networks import Format, NetworkSet, NetworkSource
 
-__all__ = ["hit_from_record", "networks_from", "parse_client", "reason_text", "request_judge",
+__all__ = ["RequestJudge", "Reviser", "hit_from_record", "parse_client", "request_judge",
            "reviser_from", "thresholds_from"]
 
 Judged = tuple[str, tuple[HitReason, ...]]
@@ -38,18 +38,6 @@ def thresholds_from(settings: Settings) -> Thresholds:
         scanner_networks=frozenset(v.scanner_networks),
         proxy_networks=frozenset(v.proxy_networks),
     )
-
-
-def sources_from(settings: Settings) -> list[NetworkSource]:
-    return [NetworkSource(s.label, cast(Format, s.format), s.path, s.url, s.names)
-            for s in settings.networks.sources]
-
-
-def networks_from(settings: Settings) -> NetworkSet | None:
-    """The configured lists; a file not downloaded yet is skipped (the tracker still starts,
-    and `trackmilter networks refresh` fetches it), a malformed one is an error."""
-    sources = sources_from(settings)
-    return NetworkSet.load(sources, missing_ok=True) if sources else None
 
 
 # Other hits of a message this process remembers for the verdict at answer time (a burst
