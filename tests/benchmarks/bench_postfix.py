@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-CORPUS_HTML = REPO.parent / "shared" / "corpus" / "html"
+CORPUS_HTML = REPO / "tests" / "corpus" / "html"
 DEFAULT_TEMPLATE = CORPUS_HTML / "postmark" / "basic-receipt.html"
 NULLMILTER = HERE / "nullmilter.py"
 

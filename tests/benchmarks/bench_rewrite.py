@@ -20,7 +20,7 @@ from pathlib import Path
 from trackmilter.rewrite import RewriteOptions, rewrite_message
 
 TARGET_RATIO = 4.0
-CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus" / "html"
+CORPUS = Path(__file__).resolve().parents[2] / "tests" / "corpus" / "html"
 BOUNDARY = "=_bench_5f3a9c_="
 
 

@@ -1,4 +1,4 @@
-"""Shared test helpers: polling with a deadline, and where the shared corpus lives."""
+"""Shared test helpers: polling with a deadline, and where the test corpus lives."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from trackmilter.lab.postfix import wait_until
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The shared folder sits beside the repository checkout (CI copies it there too).
-SHARED = REPO_ROOT.parent / "shared"
-CORPUS = SHARED / "corpus"
+# The corpus ships with the repository (tests/corpus/README.md: sources and licences).
+CORPUS = REPO_ROOT / "tests" / "corpus"
 HTML_CORPUS = CORPUS / "html"
 MIME_CORPUS = CORPUS / "mime"
 BOUNCE_CORPUS = CORPUS / "bounces"

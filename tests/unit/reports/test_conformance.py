@@ -97,8 +97,7 @@ def measure(corpus: Path = BOUNCE_CORPUS) -> Figures:
 
 @pytest.fixture(scope="module")
 def figures() -> Figures:
-    if not (BOUNCE_CORPUS / "expected.json").exists():
-        pytest.skip(f"bounce corpus not found at {BOUNCE_CORPUS}")
+    assert (BOUNCE_CORPUS / "expected.json").is_file(), f"bounce corpus not found at {BOUNCE_CORPUS}"
     result = measure()
     print(f"\nbounce corpus conformance: {result.summary()}")
     return result

@@ -1,4 +1,4 @@
-"""Shared helpers for the rewrite tests: corpus location, an independent link oracle, mapping back."""
+"""Shared helpers for the rewrite tests: an independent link oracle, mapping back."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import email
 import email.message
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 
 from trackmilter.rewrite import Link, RewriteOptions, RewriteResult, rewrite_message
 
-CORPUS = Path(__file__).resolve().parents[3] / ".." / "shared" / "corpus"
 PIXEL_URL = "https://t.example/o/PIXEL"
 TRACKED = re.compile(rb"https://t\.example/c/(\d+)")
 PIXEL_TAG = re.compile(rb'<img src="https://t\.example/o/PIXEL"[^>]*/>')

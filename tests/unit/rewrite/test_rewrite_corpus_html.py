@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.support import CORPUS
 from tests.unit.rewrite.rewrite_support import (
-    CORPUS,
     PIXEL_TAG,
     assert_single_eol,
     expected_urls,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.support import CORPUS
 from tests.unit.rewrite.rewrite_support import (
-    CORPUS,
     assert_same_structure,
     header_values,
     rewrite,
