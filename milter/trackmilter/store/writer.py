@@ -232,17 +232,22 @@ class BatchWriter:
             self._closing = True
             self._work.notify_all()
         deadline = time.monotonic() + timeout
-        interrupted = False
+        interrupted_at: float | None = None
         while self._writer.is_alive() and time.monotonic() < deadline:
             self._writer.join(min(0.1, max(0.0, deadline - time.monotonic())))
             started = self._write_started
+            now = time.monotonic()
             # Stopping is no time to wait out a database that does not answer: everything
-            # is in the journal, so a write older than a moment is interrupted.
-            if (not interrupted and started is not None
-                    and time.monotonic() - started > _CLOSE_PATIENCE):
-                interrupted = True
+            # is in the journal, so a write older than a moment is interrupted, and a writer
+            # that still does not come back (libpq opening a connection to a server that
+            # does not answer waits out its connect_timeout, which no interrupt reaches)
+            # is left behind a second later: its events are in the journal.
+            if interrupted_at is None and started is not None and now - started > _CLOSE_PATIENCE:
+                interrupted_at = now
                 self._interrupt("close")
-        if self._writer.is_alive() and not interrupted:
+            elif interrupted_at is not None and now - interrupted_at > 1.0:
+                break
+        if self._writer.is_alive() and interrupted_at is None:
             self._interrupt("close")
             self._writer.join(1.0)
         with self._lock:
