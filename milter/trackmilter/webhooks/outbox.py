@@ -12,17 +12,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from trackmilter.config import Network, WebhookEndpoint
 from trackmilter.model import Event
-
-# The module, not the table: store/sql.py imports this module and webhooks/schema.py imports
-# the store's schema (which runs store/__init__.py, hence sql.py), so it may be half-loaded here.
-from trackmilter.webhooks import schema
+from trackmilter.store.schema import webhook_outbox
 from trackmilter.webhooks.payload import WEBHOOK_KINDS, items, webhook_kind
 
 MAX_ERROR_CHARS = 500
 
 
 def _outbox() -> Table:
-    return schema.webhook_outbox
+    return webhook_outbox
 
 
 @dataclass(frozen=True)
