@@ -52,10 +52,11 @@ def milter(ctx: click.Context) -> None:
     from trackmilter.mta.runner import run
     from trackmilter.store import StoreError
     from trackmilter.tokens import KeyFileError
+    from trackmilter.wiring import milter_hooks
 
     settings = _settings(ctx)
     try:
-        ctx.exit(run(settings))
+        ctx.exit(run(settings, hooks=milter_hooks(settings)))
     except (StartupError, KeyFileError, StoreError) as exc:
         click.echo(f"trackmilter milter: {exc}", err=True)
         ctx.exit(EX_CONFIG if not isinstance(exc, StoreError) else 1)
@@ -74,13 +75,14 @@ def maillog(ctx: click.Context, path: str | None) -> None:
 
     from trackmilter.maillog.daemon import run
     from trackmilter.store import StoreError
+    from trackmilter.wiring import store_hooks
 
     settings = _settings(ctx)
     if path is not None:
         settings = dataclasses.replace(
             settings, maillog=dataclasses.replace(settings.maillog, path=path))
     try:
-        ctx.exit(run(settings))
+        ctx.exit(run(settings, hooks=store_hooks(settings)))
     except (StartupError, StoreError, OSError) as exc:
         click.echo(f"trackmilter maillog: {exc}", err=True)
         ctx.exit(EX_CONFIG if isinstance(exc, StartupError) else 1)
@@ -101,9 +103,10 @@ def web(ctx: click.Context) -> None:
     from trackmilter.tokens import KeyFileError
     from trackmilter.web.networks import NetworkFileError
     from trackmilter.web.server import run
+    from trackmilter.wiring import WEB_WORKER
 
     try:
-        ctx.exit(run(settings))
+        ctx.exit(run(settings, worker=WEB_WORKER))
     except (StartupError, KeyFileError, NetworkFileError, StoreError, OSError) as exc:
         click.echo(f"trackmilter web: {exc}", err=True)
         ctx.exit(1 if isinstance(exc, (StoreError, OSError)) else EX_CONFIG)
@@ -120,10 +123,11 @@ def edge(ctx: click.Context) -> None:
     from trackmilter.web.edge import run
     from trackmilter.web.networks import NetworkFileError
     from trackmilter.web.server import build_check
+    from trackmilter.wiring import store_hooks
 
     try:
         build_check(settings)
-        ctx.exit(run(settings))
+        ctx.exit(run(settings, hooks=store_hooks(settings)))
     except (StartupError, KeyFileError, NetworkFileError, StoreError, OSError) as exc:
         click.echo(f"trackmilter edge: {exc}", err=True)
         ctx.exit(1 if isinstance(exc, (StoreError, OSError)) else EX_CONFIG)
@@ -379,7 +383,18 @@ def decode(as_json: bool, files: tuple[Path, ...]) -> None:
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("/var/tmp/trackmilter-demo"),
               show_default=True, help="Where the private Postfix instance and database live.")
 def demo(workdir: Path) -> None:
-    """Start a private Postfix instance with trackmilter attached, send samples, show status."""
-    from trackmilter.lab.demo import run_demo
+    """Start a private Postfix instance with trackmilter attached, send samples, show status.
+
+    The demo is test equipment (the lab: lab/trackmilter_lab in the source tree), not part
+    of the installed package: scripts/setup installs it beside trackmilter."""
+    try:
+        from trackmilter_lab.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if exc.name != "trackmilter_lab":
+            raise
+        raise click.ClickException(
+            "the demo needs the test lab (trackmilter_lab), which is not part of the "
+            "trackmilter package: from a source checkout run scripts/quickstart, or "
+            "`pip install -e lab` into this environment") from None
 
     sys.exit(run_demo(workdir, sys.executable, sys.stdout))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -31,6 +31,7 @@ from trackmilter.maillog.records import (
 from trackmilter.maillog.tracker import MAX_REMEMBERED, Tracker, TrackerStateError, received_ids
 from trackmilter.metrics import Metrics
 from trackmilter.model import DeliveryObserved, Event, Reinjected
+from trackmilter.store.base import WriteHook
 
 __all__ = [
     "KINDS",
@@ -207,7 +208,7 @@ def follow_file(follower: FileFollower, parser: LineParser, tracker: Tracker,
         follower.close()
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     """Follow until SIGTERM/SIGINT (or the end of standard input); flush before exiting."""
     from trackmilter.store import SQLStore
     from trackmilter.store.writer import BatchWriter
@@ -230,7 +231,7 @@ def run(settings: Settings) -> int:
     # With a reviser: a delivery time stored after the tracker's hits revises their verdicts.
     store = SQLStore(settings.database.url, reviser=reviser_from(settings),
                      statement_timeout=settings.database.statement_timeout,
-                     webhooks=settings.webhooks.endpoints)
+                     hooks=hooks)
     # Its own spool directory: two processes must never append to the same segments.
     writer = BatchWriter.configured(store, settings.store.spool_dir / "maillog", metrics,
                                     settings.store, logger=log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from trackmilter.lifecycle import Deadline, InFlight, block_stop_signals
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.mta.session import Deps, Session
+from trackmilter.store.base import WriteHook
 
 
 def prepare_socket(spec: str) -> None:
@@ -64,7 +66,7 @@ def counted_session(inflight: InFlight) -> type[Session]:
                 {name: counting(getattr(Session, name)) for name in _CALLBACKS})
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     """Run until SIGTERM/SIGINT; then let transactions in flight finish and store what was
     recorded, within [store] stop_timeout, and exit 0."""
     # First: every thread started below inherits the block, so SIGTERM reaches libmilter's
@@ -81,8 +83,8 @@ def run(settings: Settings) -> int:
         log.warning("tracking_disabled", reason="[tracking] base_url is empty: "
                     "messages are recorded and get a tracking header, links are not rewritten")
     prepare_socket(settings.milter.socket)
-    store = SQLStore(settings.database.url, webhooks=settings.webhooks.endpoints,
-                     outgoing_networks=settings.milter.outgoing_networks,
+    # `hooks` (the webhook outbox, trackmilter.wiring): in the transaction storing the events.
+    store = SQLStore(settings.database.url, hooks=hooks,
                      statement_timeout=settings.database.statement_timeout)
     writer = BatchWriter.configured(store, settings.store.spool_dir, metrics, settings.store,
                                     logger=log)

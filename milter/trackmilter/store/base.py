@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
+
+from sqlalchemy import Connection
 
 from trackmilter.model import Event
 from trackmilter.store.views import MessageView
@@ -53,4 +56,17 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
+        ...
+
+
+class WriteHook(Protocol):
+    """Something more to do with the events a store writes, in the same transaction.
+
+    A SQL store calls each of its hooks after the events are stored and before the commit,
+    with the write transaction's connection: what a hook writes commits or rolls back with
+    the events (the webhook outbox is one, see trackmilter.webhooks.outbox.OutboxHook). It
+    is called with hits whose verdict a revision changed too. Raising aborts the write.
+    """
+
+    def written(self, conn: Connection, events: Sequence[Event], now: datetime) -> None:
         ...

@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Row, Table, exc, select, union
 
-from trackmilter.config import Network
 from trackmilter.model import (
     DeliveryObserved,
     Event,
@@ -21,7 +20,7 @@ from trackmilter.model import (
     utcnow,
 )
 from trackmilter.store import backfill, relink
-from trackmilter.store.base import EventRejected, StoreError
+from trackmilter.store.base import EventRejected, StoreError, WriteHook
 from trackmilter.store.engine import (
     DEFAULT_BUSY_TIMEOUT,
     Interrupter,
@@ -38,9 +37,8 @@ from trackmilter.store.hits import (
     write_hits,
 )
 from trackmilter.store.migrate import check_schema
-from trackmilter.store.schema import events, hits, messages, recipients
+from trackmilter.store.schema import events, hits, messages, recipients, webhook_outbox
 from trackmilter.store.views import EventView, HitView, LinkView, MessageView, RecipientView
-from trackmilter.webhooks import outbox as webhook_outbox
 
 # PostgreSQL refuses B-tree index entries over ~2700 bytes; clipping indexed text keeps a
 # pathological Message-ID or address from making a whole batch unstorable (4 bytes/char max).
@@ -87,15 +85,13 @@ class SQLStore:
 
     def __init__(self, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
                  statement_timeout: float = 0.0,
-                 reviser: Reviser | None = None, webhooks: Sequence[Any] = (),
-                 outgoing_networks: Sequence[Network] = ()) -> None:
+                 reviser: Reviser | None = None, hooks: Sequence[WriteHook] = ()) -> None:
         self._url = parse_url(url)
         # Judges the tracker's hits again when a delivery time arrives after them.
         self._reviser = reviser
-        # [webhooks] endpoints: events enter their outbox in the transaction that stores them.
-        self._webhooks = tuple(webhooks)
-        # Whose in-line refusals are delivery news (webhooks.payload.items).
-        self._outgoing_networks = tuple(outgoing_networks)
+        # Called in each write transaction with what it stored (and with revised hits): the
+        # webhook outbox, so events enter it in the transaction that stores them.
+        self._hooks = tuple(hooks)
         self._where = describe(self._url)
         self._engine = make_engine(self._url, busy_timeout=busy_timeout,
                                    statement_timeout=statement_timeout)
@@ -117,9 +113,7 @@ class SQLStore:
             with self._write_engine.begin() as conn:
                 self._ensure_schema(conn)
                 tied = batch.write(conn)
-                if self._webhooks:
-                    webhook_outbox.enqueue(conn, events_, self._webhooks, utcnow(),
-                                           self._outgoing_networks)
+                self._hooked(conn, events_)
                 if self._reviser is not None and tied:
                     tids = tracking_ids_of(conn, tied)
                     if tids:
@@ -140,10 +134,16 @@ class SQLStore:
             raise translate(e, self._url) from e
 
     def _revised(self, conn: Connection, revised: list[HitRecorded]) -> int:
-        """Revised verdicts go to the webhooks too (hit.<target>.revised)."""
-        if revised and self._webhooks:
-            webhook_outbox.enqueue(conn, revised, self._webhooks, utcnow())
+        """Revised verdicts go to the hooks too (webhooks: hit.<target>.revised)."""
+        if revised:
+            self._hooked(conn, revised)
         return len(revised)
+
+    def _hooked(self, conn: Connection, events_: Sequence[Event]) -> None:
+        if self._hooks:
+            now = utcnow()
+            for hook in self._hooks:
+                hook.written(conn, events_, now)
 
     def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]:
         ident = ident.strip()
@@ -231,7 +231,11 @@ class SQLStore:
                 counts["untied_events"] = conn.execute(
                     delete(events).where(events.c.message.is_(None), events.c.at < before)
                 ).rowcount
-                counts["webhook_deliveries"] = webhook_outbox.purge(conn, before)
+                # Finished deliveries only: pending rows stay whatever their age.
+                counts["webhook_deliveries"] = conn.execute(
+                    delete(webhook_outbox).where(webhook_outbox.c.created_at < before,
+                                                 webhook_outbox.c.next_attempt_at.is_(None))
+                ).rowcount
         except exc.SQLAlchemyError as e:
             raise translate(e, self._url) from e
         return counts

@@ -27,6 +27,7 @@ from trackmilter.lifecycle import Deadline
 from trackmilter.logging import get_logger
 from trackmilter.maillog.follow import FileFollower, warn_lost
 from trackmilter.metrics import Metrics
+from trackmilter.store.base import WriteHook
 from trackmilter.tokens import KeyFileError, Signer
 
 FORMAT_TAG = "tm1"
@@ -249,7 +250,7 @@ def follow(follower: FileFollower, ingest: Ingest, writer: Any, log: Any,
         follower.close()
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     """Follow [edge] log until SIGTERM/SIGINT; what was read is stored before exiting."""
     from trackmilter.web.server import build
 
@@ -266,7 +267,7 @@ def run(settings: Settings) -> int:
     e = settings.edge
     # nginx decided who the client is (its real-IP module): TrackerApp.ingest takes the
     # logged address as it is and never looks at forwarding headers again.
-    app, writer, store, revisor = build(settings, metrics, spool_prefix="edge")
+    app, writer, store, revisor = build(settings, metrics, hooks=hooks, spool_prefix="edge")
     start_metrics(e.metrics_listen, metrics)
     log.info("edge_starting", log=str(e.log), state_file=str(e.state_file),
              base_url=settings.tracking.base_url, key_ids=list(app.key_ids))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from trackmilter.judging import request_judge, reviser_from
 from trackmilter.lifecycle import Deadline
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
+from trackmilter.store.base import WriteHook
 from trackmilter.tokens import Signer
 from trackmilter.web.api import Api, load_tokens
 from trackmilter.web.app import TrackerApp
@@ -73,9 +75,10 @@ def adopt_orphans(base: Path, prefix: str, own: Path) -> int:
     return moved
 
 
-def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web"
-          ) -> tuple[TrackerApp, Any, Any, Revisor]:
-    """The app, its writer, store and revisor (the caller closes them)."""
+def build(settings: Settings, metrics: Metrics, *, hooks: Sequence[WriteHook],
+          spool_prefix: str = "web") -> tuple[TrackerApp, Any, Any, Revisor]:
+    """The app, its writer, store and revisor (the caller closes them); `hooks` go to the
+    store (the webhook outbox, see trackmilter.wiring)."""
     from trackmilter.store import SQLStore
     from trackmilter.store.writer import BatchWriter
 
@@ -86,7 +89,7 @@ def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web"
     log = get_logger(component="web")
     store = SQLStore(settings.database.url, reviser=reviser_from(settings),
                      statement_timeout=settings.database.statement_timeout,
-                     webhooks=settings.webhooks.endpoints)
+                     hooks=hooks)
     s = settings.store
     spool, _lock = claim_spool(s.spool_dir, spool_prefix)
     revisor = Revisor(store, metrics, log)
@@ -105,9 +108,10 @@ def build(settings: Settings, metrics: Metrics, *, spool_prefix: str = "web"
     return app, writer, store, revisor
 
 
-def worker_app() -> TrackerApp:
-    """Granian's factory, called in every worker process: settings from the same file and
-    environment as the parent, a writer, spool directory and revisor of its own."""
+def worker_app(hooks: Callable[[Settings], Sequence[WriteHook]]) -> TrackerApp:
+    """Granian's factory (through trackmilter.wiring.web_worker_app), called in every worker
+    process: settings from the same file and environment as the parent, a writer, spool
+    directory and revisor of its own; `hooks` gives the store's write hooks for them."""
     from trackmilter import config as cfgmod
     from trackmilter import logging as tmlog
 
@@ -116,7 +120,7 @@ def worker_app() -> TrackerApp:
     tmlog.configure(settings.log.format, settings.log.level,
                     hash_addresses=settings.log.hash_addresses)
     metrics = Metrics()
-    app, writer, store, revisor = build(settings, metrics)
+    app, writer, store, revisor = build(settings, metrics, hooks=hooks(settings))
     log = get_logger(component="web")
 
     def shutdown() -> None:
@@ -146,9 +150,10 @@ def worker_app() -> TrackerApp:
 CONFIG_ENV = "TRACKMILTER_CONFIG"
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, *, worker: str) -> int:
     """Serve with granian (ASGI, [web] workers processes) until SIGTERM/SIGINT; each worker
-    writes or spools every hit it answered before it exits."""
+    writes or spools every hit it answered before it exits. `worker`: the workers' app
+    factory, "module:function" (trackmilter.wiring.WEB_WORKER)."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.log import LogLevels
@@ -164,7 +169,7 @@ def run(settings: Settings) -> int:
              trusted_proxies=[str(n) for n in settings.web.trusted_proxies],
              config=settings.source)
     server = Granian(
-        "trackmilter.web.server:worker_app", factory=True, address=host.strip("[]"),
+        worker, factory=True, address=host.strip("[]"),
         port=int(port), interface=Interfaces.ASGI, workers=settings.web.workers,
         loop=Loops.uvloop, http=HTTPModes.http1, websockets=False, backlog=2048,
         log_level=LogLevels.warning, respawn_failed_workers=True,

@@ -34,6 +34,29 @@ class Claimed:
     attempts: int  # before this attempt
 
 
+class OutboxHook:
+    """The store's write hook (trackmilter.store.base.WriteHook) that puts the events the
+    endpoints want into the outbox, in the transaction that stores them."""
+
+    def __init__(self, endpoints: Sequence[WebhookEndpoint],
+                 outgoing_networks: Sequence[Network] = ()) -> None:
+        self.endpoints = tuple(endpoints)
+        # Whose in-line refusals are delivery news (webhooks.payload.items).
+        self.outgoing_networks = tuple(outgoing_networks)
+
+    def __repr__(self) -> str:
+        return f"OutboxHook({[e.url for e in self.endpoints]!r})"
+
+    def written(self, conn: Connection, events: Sequence[Event], now: datetime) -> None:
+        enqueue(conn, events, self.endpoints, now, self.outgoing_networks)
+
+
+def hooks_for(endpoints: Sequence[WebhookEndpoint],
+              outgoing_networks: Sequence[Network] = ()) -> tuple[OutboxHook, ...]:
+    """The store hooks for these [webhooks] endpoints: none when there are none."""
+    return (OutboxHook(endpoints, outgoing_networks),) if endpoints else ()
+
+
 def enqueue(conn: Connection, events: Sequence[Event],
             endpoints: Sequence[WebhookEndpoint], now: datetime,
             outgoing_networks: Sequence[Network] = ()) -> int:

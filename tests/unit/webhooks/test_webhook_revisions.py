@@ -13,6 +13,7 @@ from trackmilter.config import WebhookEndpoint
 from trackmilter.model import HitReason, HitRecorded
 from trackmilter.store import SQLStore, upgrade
 from trackmilter.store.engine import make_engine
+from trackmilter.webhooks.outbox import OutboxHook
 from trackmilter.webhooks.payload import event_id, event_type
 from trackmilter.webhooks.schema import webhook_outbox
 
@@ -33,7 +34,7 @@ def all_machine(hs: Sequence[HitRecorded], accepted: datetime | None
 
 def test_revisions_are_sent_as_their_own_events(db_url: str) -> None:
     upgrade(db_url)
-    store = SQLStore(db_url, reviser=all_machine, webhooks=(HOOK,))
+    store = SQLStore(db_url, reviser=all_machine, hooks=(OutboxHook((HOOK,)),))
     try:
         store.write([hit(1), hit(2)])
         assert store.revise_hits(["abcdefghijklmnop"]) == 2
