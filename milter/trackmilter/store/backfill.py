@@ -1,14 +1,14 @@
 """Deliveries stored before their message: tied to it when the message is written.
 
 A delivery event is tied to its message when it is written, by queue id and MTA
-(`sql._messages_for_deliveries`). The milter's record of a message may be written after
+(`rows.messages_for_deliveries`). The milter's record of a message may be written after
 `trackmilter maillog` stored that message's deliveries: replayed from the milter's journal
 at its next start after a crash or a stalled database connection, or from its spool after
 its database was down while the follower's was up. Such deliveries were stored untied.
 
 Writing a message looks up the untied delivery rows under its queue id (index
 ix_events_untied_queue_id, revision 0007: one lookup per batch, only untied rows are in
-it), asks `_messages_for_deliveries` which message each would be tied to if it were
+it), asks `messages_for_deliveries` which message each would be tied to if it were
 written now (the same rules: the MTA, the latest message started before the line, or the
 first within CLOCK_SLACK after it, for a reused short queue id), and ties the ones that
 go to a message of this batch. A short queue id's earlier message, if stored, had taken
@@ -33,6 +33,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Dialect, update
 
+from trackmilter.store.rows import CLOCK_SLACK, DELIVERY_KIND, messages_for_deliveries, placeholder
 from trackmilter.store.schema import UntiedQueueId, events
 
 __all__ = ["apply", "serialize"]
@@ -61,8 +62,6 @@ def apply(conn: Connection, written: Sequence[tuple[int, str, datetime]]) -> lis
     stored deliveries a delivery line written now would be tied to; return the messages
     whose deliveries changed."""
     # sql.py imports this module: its helpers are looked up when first needed.
-    from trackmilter.store.sql import CLOCK_SLACK, DELIVERY_KIND, _messages_for_deliveries
-
     mine = {mid for mid, qid, _ in written if qid}
     # A line is tied to a message only if it was logged at most CLOCK_SLACK before the
     # message started: older lines under a reused queue id are another message's.
@@ -91,7 +90,7 @@ def apply(conn: Connection, written: Sequence[tuple[int, str, datetime]]) -> lis
         rows += [r for r in lookup.tied(conn, some, DELIVERY_KIND,
                                         min(since[others[m]] for m in some))
                  if r[5] is not None and r[4] == others[r[5]]]
-    # (queue id, mta, at, row id) as _messages_for_deliveries takes them; row id -> message.
+    # (queue id, mta, at, row id) as messages_for_deliveries takes them; row id -> message.
     found: list[tuple[str, str, datetime, str]] = []
     current: dict[str, int | None] = {}
     for rid, key, source, at, qid, mid in rows:
@@ -101,7 +100,7 @@ def apply(conn: Connection, written: Sequence[tuple[int, str, datetime]]) -> lis
     if not found:
         return []
     moves: dict[tuple[int, int | None], list[int]] = defaultdict(list)
-    for row, mid in _messages_for_deliveries(conn, found).items():
+    for row, mid in messages_for_deliveries(conn, found).items():
         if mid in mine and mid != current[row]:
             moves[(mid, current[row])].append(int(row))
     changed: set[int] = set()
@@ -139,9 +138,7 @@ class _Lookup:
     _cache: dict[str, _Lookup] = {}
 
     def __init__(self, dialect: Dialect) -> None:
-        from trackmilter.store.sql import _placeholder
-
-        self._mark = _placeholder(dialect)
+        self._mark = placeholder(dialect)
         self._qid = UntiedQueueId().compile(dialect=dialect)
         self._hint = f" INDEXED BY {INDEX}" if dialect.name == "sqlite" else ""
         at = events.c.at.type.dialect_impl(dialect)

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, insert, select, update
 
 from trackmilter.model import HitReason, HitRecorded
+from trackmilter.store.rows import upsert
 from trackmilter.store.schema import events, hit_verdicts, hits, messages
 from trackmilter.store.views import HitView
 
@@ -64,8 +65,6 @@ def write_hits(conn: Connection, batch: Sequence[HitRecorded]) -> None:
     """Insert the hits, each with the verdict it was answered with; a hit already stored (a
     spool replay) is left as it is, revisions included. One statement, no read-back: the
     tracker's writer runs beside the requests it must not slow down."""
-    from trackmilter.store.sql import upsert
-
     rows = {ev.hit_id[:64]: hit_row(ev) for ev in batch}
     upsert(conn, hits, list(rows.values()), ["hit_id"], update=False)
 

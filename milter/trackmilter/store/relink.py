@@ -2,7 +2,7 @@
 are tied to the message the milter recorded under the original one.
 
 A delivery event is tied to its message when it is written, by queue id (see
-`sql._messages_for_deliveries`); one logged under a filter's re-injected queue id NEW before
+`rows.messages_for_deliveries`); one logged under a filter's re-injected queue id NEW before
 the hand-off line named NEW matched no message and was stored untied. A `Reinjected` event
 (from `trackmilter maillog`) names NEW and the original queue id; applying it is an UPDATE
 of untied rows only, so a replay, or the same event twice, changes nothing.
@@ -16,6 +16,13 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from trackmilter.model import Reinjected
+from trackmilter.store.rows import (
+    CLOCK_SLACK,
+    DELIVERY_KIND,
+    MAX_INDEXED_CHARS,
+    messages_for_deliveries,
+    normalize_address,
+)
 from trackmilter.store.schema import events, messages
 
 __all__ = ["apply", "kept_ties"]
@@ -26,18 +33,9 @@ def apply(conn: Connection, handoffs: Sequence[Reinjected]) -> list[int]:
     recipients, to the message of its `queue_id`; return the messages that gained any."""
     if not handoffs:
         return []
-    # sql.py imports this module: its helpers are looked up when first needed.
-    from trackmilter.store.sql import (
-        CLOCK_SLACK,
-        DELIVERY_KIND,
-        MAX_INDEXED_CHARS,
-        _messages_for_deliveries,
-        normalize_address,
-    )
-
     # The message is found as a delivery line under the original queue id would find it:
     # the same rules for a reused short queue id and for several MTAs sharing a store.
-    found = _messages_for_deliveries(conn, [
+    found = messages_for_deliveries(conn, [
         (ev.queue_id[:MAX_INDEXED_CHARS], ev.mta, ev.at, str(n)) for n, ev in enumerate(handoffs)
     ])
     if not found:
