@@ -390,7 +390,7 @@ def demo(workdir: Path) -> None:
     try:
         from trackmilter_lab.demo import run_demo
     except ModuleNotFoundError as exc:
-        if exc.name != "trackmilter_lab":
+        if (exc.name or "").partition(".")[0] != "trackmilter_lab":
             raise
         raise click.ClickException(
             "the demo needs the test lab (trackmilter_lab), which is not part of the "

@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))  # tests.support
 sys.path.append(str(REPO / "milter"))  # a checkout without installing (PYTHONPATH wins)
+sys.path.append(str(REPO / "lab"))  # the test lab (trackmilter_lab), if not installed
 
 from tests.support.faults import (  # noqa: E402
     FAULTS,
@@ -56,7 +57,7 @@ from tests.support.pgcluster import PgCluster, pg_unavailable_reason  # noqa: E4
 from tests.support.smtpload import DEFAULT_TEMPLATE  # noqa: E402
 
 from trackmilter.config import StoreSettings  # noqa: E402
-from trackmilter.lab import postfix_available  # noqa: E402
+from trackmilter_lab import postfix_available  # noqa: E402
 
 WEB = "web-kill9"
 

@@ -24,6 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # tests.support
 sys.path.insert(0, str(HERE.parents[1] / "milter"))
+sys.path.insert(0, str(HERE.parents[1] / "lab"))  # the test lab (trackmilter_lab)
 
 import structlog  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402

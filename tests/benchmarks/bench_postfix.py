@@ -35,8 +35,9 @@ DEFAULT_TEMPLATE = CORPUS_HTML / "postmark" / "basic-receipt.html"
 NULLMILTER = HERE / "nullmilter.py"
 
 sys.path.insert(0, str(REPO / "milter"))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "lab"))  # the test lab (trackmilter_lab)
 from trackmilter.config import StoreSettings  # noqa: E402
-from trackmilter.lab import (  # noqa: E402
+from trackmilter_lab import (  # noqa: E402
     MilterProcess,
     PostfixInstance,
     free_port,
@@ -44,7 +45,7 @@ from trackmilter.lab import (  # noqa: E402
     postfix_available,
     wait_until,
 )
-from trackmilter.lab import daemon as tmd  # noqa: E402
+from trackmilter_lab import daemon as tmd  # noqa: E402
 
 VARIANTS = ("none", "null", "trackmilter")
 # Diagnostic variants (not in the default run): trackmilter with parts of its work turned

@@ -52,10 +52,10 @@ from asgi_servers import (  # noqa: E402
     wrk,
 )
 
-from trackmilter.lab import edgeproc  # noqa: E402
-from trackmilter.lab.daemon import command, write_config  # noqa: E402
 from trackmilter.model import new_tracking_id  # noqa: E402
 from trackmilter.tokens import Signer  # noqa: E402
+from trackmilter_lab import edgeproc  # noqa: E402
+from trackmilter_lab.daemon import command, write_config  # noqa: E402
 
 EDGE = "trackmilter edge"
 EDGE_PAUSED = "edge, reader paused"

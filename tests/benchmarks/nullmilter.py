@@ -8,7 +8,7 @@ rejected recipients. With --record, one JSON line per message is appended to FIL
 of message (queue id, envelope, header and body sizes), so a test can see what it saw.
 
 Postfix connects to the socket as user postfix: start it with umask 007 in a directory
-of group postfix with the set-gid bit (trackmilter.lab.postfix.make_socket_dir).
+of group postfix with the set-gid bit (trackmilter_lab.postfix.make_socket_dir).
 
 With --replace it also keeps the body and, at end of message, hands it back with a 1x1
 image tag appended (no parsing, one bytes concatenation): what a body change costs in

@@ -12,7 +12,7 @@ import pytest
 from tests.support import NULLMILTER
 from tests.support.lab import NullMilter, PostfixFactory
 
-from trackmilter.lab import (
+from trackmilter_lab import (
     FakeMX,
     MilterProcess,
     PostfixInstance,

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 from trackmilter import config as cfgmod
-from trackmilter.lab import edgeproc, free_port
-from trackmilter.lab.daemon import command, write_config
-from trackmilter.lab.postfix import wait_until
-from trackmilter.lab.webproc import request
 from trackmilter.model import new_tracking_id, tracking_id_to_bytes
 from trackmilter.tokens import MAX_TOKEN_CHARS, InvalidToken, KeyFileError, Kind, Signer, TokenData
+from trackmilter_lab import edgeproc, free_port
+from trackmilter_lab.daemon import command, write_config
+from trackmilter_lab.postfix import wait_until
+from trackmilter_lab.webproc import request
 
 pytestmark = pytest.mark.skipif(edgeproc.available() is not None,
                                 reason=f"{edgeproc.available()}: scripts/setup installs it")

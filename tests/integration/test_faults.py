@@ -17,8 +17,9 @@ matrix at full load.
 
 Needs root (Postfix lab, tmpfs), Postfix, and PostgreSQL's server binaries (initdb,
 postgres, pg_ctl; $TRACKMILTER_PG_BINDIR or /usr/lib/postgresql/N/bin). The daemons run
-as `python -m trackmilter`: PYTHONPATH=OTHER_TREE/milter runs them (and the lab) from
-another tree of the product, e.g. `git archive HEAD milter | tar -x -C /tmp/head`.
+as `python -m trackmilter`: PYTHONPATH=OTHER_TREE/milter runs them from another tree of
+the product, e.g. `git archive HEAD milter | tar -x -C /tmp/head` (add OTHER_TREE/lab for
+that tree's test lab too).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tests.support.faults import (
 )
 from tests.support.pgcluster import PgCluster, pg_unavailable_reason
 
-from trackmilter.lab import postfix_available
+from trackmilter_lab import postfix_available
 
 NO_POSTFIX = "Postfix is not installed (no `postfix` command or user): scripts/setup installs it"
 MESSAGES = 400

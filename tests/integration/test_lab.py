@@ -16,8 +16,8 @@ import pytest
 from tests.support import HTML_CORPUS, MIME_CORPUS, NULLMILTER, poll
 from tests.support.lab import NullMilter, PostfixFactory
 
-from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, Reply, demo
-from trackmilter.lab.postfix import postfix_available, process_gone
+from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, Reply, demo
+from trackmilter_lab.postfix import postfix_available, process_gone
 
 pytestmark = pytest.mark.integration
 

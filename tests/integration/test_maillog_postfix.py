@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, send
-from trackmilter.lab.daemon import command, milter_process, wait_status, write_config
+from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, send
+from trackmilter_lab.daemon import command, milter_process, wait_status, write_config
 
 MTA = "lab.example"  # the milter's [milter] mta_name in the lab config
 

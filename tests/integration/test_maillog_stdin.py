@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from trackmilter.lab.daemon import command, write_config
+from trackmilter_lab.daemon import command, write_config
 
 # Real Postfix 3.7 lines: pickup, aliases (orig_to), the error transport, retries.
 LAB_LOG = Path(__file__).parents[1] / "unit" / "maillog" / "data" / "postfix-3.7-pickup.log"

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from tests.support import bigmail
 
-from trackmilter.lab import FakeMX, PostfixInstance
-from trackmilter.lab.daemon import BASE_URL, milter_process, wait_status, write_config
+from trackmilter_lab import FakeMX, PostfixInstance
+from trackmilter_lab.daemon import BASE_URL, milter_process, wait_status, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from tests.support.milter_failure import (
     submit,
 )
 
-from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, free_port
+from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -40,9 +40,9 @@ from tests.support.milterkill import (
     send_until_accepted,
 )
 
-from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, ReceivedMessage
-from trackmilter.lab.daemon import milter_process, write_config
 from trackmilter.tokens import Signer
+from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, ReceivedMessage
+from trackmilter_lab.daemon import milter_process, write_config
 
 pytestmark = pytest.mark.integration
 

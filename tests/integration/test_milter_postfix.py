@@ -21,10 +21,10 @@ import pytest
 from sqlalchemy import create_engine, select
 from tests.support import HTML_CORPUS
 
-from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, ReceivedMessage, send
-from trackmilter.lab.daemon import BASE_URL, milter_process, wait_status, write_config
 from trackmilter.tokens import Kind, Signer
 from trackmilter.webhooks.schema import webhook_outbox
+from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, ReceivedMessage, send
+from trackmilter_lab.daemon import BASE_URL, milter_process, wait_status, write_config
 
 REFUSED = "refused@example.net"
 ACCESS = {REFUSED: "REJECT 5.7.1 Recipient refused by policy"}

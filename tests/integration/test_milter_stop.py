@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, wait_until
-from trackmilter.lab.daemon import milter_process, write_config
+from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, wait_until
+from trackmilter_lab.daemon import milter_process, write_config
 
 
 def stored_message_ids(db: Path) -> set[str]:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from trackmilter.lab import make_socket_dir
-from trackmilter.lab.daemon import milter_process, wait_status, write_config
+from trackmilter_lab import make_socket_dir
+from trackmilter_lab.daemon import milter_process, wait_status, write_config
 
 pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).parent / "miltertest" / "left_alone.lua"

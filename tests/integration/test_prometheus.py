@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from trackmilter.lab import FakeMX, free_port, send, wait_until
-from trackmilter.lab.daemon import BASE_URL, command, milter_process, write_config
-from trackmilter.lab.webproc import request, web_process
+from trackmilter_lab import FakeMX, free_port, send, wait_until
+from trackmilter_lab.daemon import BASE_URL, command, milter_process, write_config
+from trackmilter_lab.webproc import request, web_process
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
                                 reason="prometheus is not installed (scripts/setup installs it)")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from trackmilter.lab import FakeMX, MilterProcess
-from trackmilter.lab.daemon import BASE_URL, milter_process, wait_status, write_config
-from trackmilter.lab.sendmail import HOSTNAME, SendmailInstance, sendmail_available
+from trackmilter_lab import FakeMX, MilterProcess
+from trackmilter_lab.daemon import BASE_URL, milter_process, wait_status, write_config
+from trackmilter_lab.sendmail import HOSTNAME, SendmailInstance, sendmail_available
 
 from .test_milter_postfix import html_message, html_of
 

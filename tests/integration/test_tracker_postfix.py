@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from trackmilter.lab import FakeMX, PostfixInstance, edgeproc, free_port, send
-from trackmilter.lab.daemon import BASE_URL, command, milter_process, wait_status, write_config
-from trackmilter.lab.webproc import WebProcess, request, web_process
+from trackmilter_lab import FakeMX, PostfixInstance, edgeproc, free_port, send
+from trackmilter_lab.daemon import BASE_URL, command, milter_process, wait_status, write_config
+from trackmilter_lab.webproc import WebProcess, request, web_process
 
 DATA = Path(__file__).resolve().parents[1] / "unit" / "web" / "data"
 TOKEN_RE = re.compile(re.escape(BASE_URL) + r"(/[co]/[A-Za-z0-9_-]+)")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from trackmilter.lab import free_port, wait_until
-from trackmilter.lab.daemon import command, write_config
-from trackmilter.lab.webproc import WebProcess, request, web_process
 from trackmilter.model import new_tracking_id
 from trackmilter.tokens import Signer
+from trackmilter_lab import free_port, wait_until
+from trackmilter_lab.daemon import command, write_config
+from trackmilter_lab.webproc import WebProcess, request, web_process
 
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 

@@ -25,7 +25,6 @@ from sqlalchemy import Engine, select
 from tests.unit.store.store_helpers import T0, wait_for
 
 from trackmilter.config import WebhookEndpoint, WebhooksSettings
-from trackmilter.lab import free_port
 from trackmilter.model import (
     DeliveryObserved,
     DeliveryStatus,
@@ -42,6 +41,7 @@ from trackmilter.webhooks import outbox
 from trackmilter.webhooks.deliver import serve
 from trackmilter.webhooks.payload import SignatureError, event_id, verify
 from trackmilter.webhooks.schema import webhook_outbox
+from trackmilter_lab import free_port
 
 SECRET = b"integration-secret"
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from trackmilter.lab.postfix import wait_until
+from trackmilter_lab.postfix import wait_until
 
 T = TypeVar("T")
 

@@ -54,12 +54,12 @@ from tests.support.smtpload import (
     worst,
 )
 
-from trackmilter.lab import FakeMX, MilterProcess, PostfixInstance, free_port, make_socket_dir
-from trackmilter.lab.daemon import command, write_config
-from trackmilter.lab.postfix import process_gone, wait_until
-from trackmilter.lab.webproc import WebProcess, request
 from trackmilter.model import new_tracking_id
 from trackmilter.tokens import Signer
+from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, free_port, make_socket_dir
+from trackmilter_lab.daemon import command, write_config
+from trackmilter_lab.postfix import process_gone, wait_until
+from trackmilter_lab.webproc import WebProcess, request
 
 TRACKING_HEADER = b"X-Trackmilter-ID:"
 UA = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"

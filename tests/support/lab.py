@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trackmilter.lab import MilterProcess, PostfixInstance
+from trackmilter_lab import MilterProcess, PostfixInstance
 
 # postfix_lab(milter=None, **PostfixInstance options) -> a started instance
 PostfixFactory = Callable[..., PostfixInstance]

@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from trackmilter.lab import PostfixInstance
+from trackmilter_lab import PostfixInstance
 
 RAWMILTER = Path(__file__).resolve().parent / "rawmilter.py"
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trackmilter.lab import MilterProcess, wait_until
+from trackmilter_lab import MilterProcess, wait_until
 
 # How a round kills the milter.
 REPLACING = "replacing"  # once `target` bytes of the new body are out

@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from trackmilter.lab import child
-from trackmilter.lab.postfix import process_gone, wait_until
+from trackmilter_lab import child
+from trackmilter_lab.postfix import process_gone, wait_until
 
 PG_USER = "postgres"
 BINDIR_ENV = "TRACKMILTER_PG_BINDIR"

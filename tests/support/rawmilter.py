@@ -18,7 +18,7 @@ appended to FILE (and synced) before anything is sent: queue id, original body s
 replacement size, packets in the replacement, and how many it will send before dying.
 
 Postfix connects as user postfix: start it with umask 007 in a directory made by
-trackmilter.lab.make_socket_dir (tests use trackmilter.lab.MilterProcess).
+trackmilter_lab.make_socket_dir (tests use trackmilter_lab.MilterProcess).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from trackmilter.lab.fakemx import FakeMX, RcptAttempt, ReceivedMessage, Reply, default_rcpt_rule
-from trackmilter.lab.milterproc import MilterProcess, postfix_can_connect, unix_socket_accepts
-from trackmilter.lab.postfix import (
+from trackmilter_lab.fakemx import FakeMX, RcptAttempt, ReceivedMessage, Reply, default_rcpt_rule
+from trackmilter_lab.milterproc import MilterProcess, postfix_can_connect, unix_socket_accepts
+from trackmilter_lab.postfix import (
     PostfixError,
     PostfixInstance,
     free_port,

@@ -11,9 +11,9 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, TextIO
 
-from trackmilter.lab import daemon, demo_tracker
-from trackmilter.lab.fakemx import FakeMX
-from trackmilter.lab.postfix import (
+from trackmilter_lab import daemon, demo_tracker
+from trackmilter_lab.fakemx import FakeMX
+from trackmilter_lab.postfix import (
     PostfixError,
     PostfixInstance,
     free_port,
@@ -22,7 +22,7 @@ from trackmilter.lab.postfix import (
     postfix_ids,
     searchable_by,
 )
-from trackmilter.lab.webproc import web_process
+from trackmilter_lab.webproc import web_process
 
 __all__ = ["run_demo"]
 

@@ -25,14 +25,14 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from trackmilter.lab.postfix import free_port, send, wait_until
+from trackmilter_lab.postfix import free_port, send, wait_until
 
 __all__ = ["SENDMAIL_HOME", "SendmailInstance", "sendmail_available"]
 
 SENDMAIL_HOME = Path(os.environ.get("TRACKMILTER_LAB_SENDMAIL",
                                     "/var/cache/trackmilter/lab-sendmail"))
 HOSTNAME = "sendmail-lab.test"
-_SNIPPET = Path(__file__).resolve().parents[3] / "conf" / "sendmail" / "trackmilter.mc"
+_SNIPPET = Path(__file__).resolve().parents[2] / "conf" / "sendmail" / "trackmilter.mc"
 
 _MC = """\
 include(`{root}/usr/share/sendmail/cf/m4/cf.m4')dnl

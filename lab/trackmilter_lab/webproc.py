@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Self
 
-from trackmilter.lab import child
+from trackmilter_lab import child
 
 
 def request(port: int, path: str, *, method: str = "GET",

@@ -11,8 +11,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from trackmilter.lab import child
-from trackmilter.lab.postfix import postfix_ids, searchable_by
+from trackmilter_lab import child
+from trackmilter_lab.postfix import postfix_ids, searchable_by
 
 __all__ = ["MilterProcess", "postfix_can_connect", "unix_socket_accepts"]
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, TextIO
 
-from trackmilter.lab.webproc import request
+from trackmilter_lab.webproc import request
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trackmilter.lab.milterproc import MilterProcess
-from trackmilter.lab.postfix import wait_until
+from trackmilter_lab.milterproc import MilterProcess
+from trackmilter_lab.postfix import wait_until
 
 BASE_URL = "https://t.example"
 

@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from trackmilter.lab.postfix import wait_until
+from trackmilter_lab.postfix import wait_until
 
 Child = subprocess.Popen[bytes]
 
