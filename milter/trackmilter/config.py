@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from trackmilter.addresses import Network
+
 DEFAULT_CONFIG = Path("/etc/trackmilter/trackmilter.toml")
 ENV_PREFIX = "TRACKMILTER_"
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 
 class ConfigError(Exception):
     """A configuration problem; the message names the key and where it came from."""

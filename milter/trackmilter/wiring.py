@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from trackmilter.config import Network, Settings
+from trackmilter.addresses import Network
+from trackmilter.config import Settings
 from trackmilter.store.base import WriteHook
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trackmilter.maillog.follow import FileFollower, Position, read_stream
+from trackmilter.follow import FileFollower, Position, read_stream
 from trackmilter.maillog.parse import LineParser, parse_line
 from trackmilter.maillog.records import (
     OUTCOMES,

@@ -12,14 +12,14 @@ from typing import Any, Protocol
 
 from trackmilter.config import Settings
 from trackmilter.daemon import start_metrics
-from trackmilter.judging import reviser_from
-from trackmilter.logging import get_logger
-from trackmilter.maillog.follow import (
+from trackmilter.follow import (
     FileFollower,
     load_consumer_state,
     read_stream,
     warn_lost,
 )
+from trackmilter.judging import reviser_from
+from trackmilter.logging import get_logger
 from trackmilter.maillog.parse import LineParser
 from trackmilter.maillog.records import (
     Delivery,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from trackmilter.config import MilterSettings, Network
+from trackmilter.addresses import in_networks
+from trackmilter.config import MilterSettings
 from trackmilter.model import (
     Direction,
     EndReason,
@@ -89,16 +89,6 @@ def message_id_of(value: str) -> str:
     """The bare Message-ID (without angle brackets), or the stripped value when malformed."""
     m = _ANGLE.search(value)
     return (m.group(1) if m else value).strip()
-
-
-def in_networks(addr: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
 
 
 def direction_of(client_addr: str, auth_user: str, sender: str, cfg: MilterSettings) -> Direction:

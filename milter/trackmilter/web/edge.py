@@ -23,9 +23,9 @@ from typing import Any
 
 from trackmilter.config import Settings
 from trackmilter.daemon import start_metrics
+from trackmilter.follow import FileFollower, warn_lost
 from trackmilter.lifecycle import Deadline
 from trackmilter.logging import get_logger
-from trackmilter.maillog.follow import FileFollower, warn_lost
 from trackmilter.metrics import Metrics
 from trackmilter.store.base import WriteHook
 from trackmilter.tokens import KeyFileError, Signer

@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 from functools import lru_cache
 
-from trackmilter.config import Network
+from trackmilter.addresses import Network
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

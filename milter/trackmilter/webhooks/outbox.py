@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import Connection, Insert, Table, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from trackmilter.config import Network, WebhookEndpoint
+from trackmilter.addresses import Network
+from trackmilter.config import WebhookEndpoint
 from trackmilter.model import Event
 from trackmilter.store.schema import webhook_outbox
 from trackmilter.webhooks.payload import WEBHOOK_KINDS, items, webhook_kind

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trackmilter.config import Network
+from trackmilter.addresses import Network, in_networks
 from trackmilter.model import (
     DeliveryObserved,
     Direction,
@@ -19,7 +19,6 @@ from trackmilter.model import (
     RecipientRecord,
     ReportReceived,
 )
-from trackmilter.mta.policy import in_networks
 
 # The configuration's `events` vocabulary; a payload's `type` is "<kind>.<subtype>".
 WEBHOOK_KINDS = ("delivery", "report", "hit")

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from trackmilter.follow import FileFollower, load_consumer_state, load_position
 from trackmilter.maillog.daemon import (
     KINDS,
     MAX_LOGGED_CHARS,
@@ -20,7 +21,6 @@ from trackmilter.maillog.daemon import (
     follow_file,
     restore_tracker,
 )
-from trackmilter.maillog.follow import FileFollower, load_consumer_state, load_position
 from trackmilter.maillog.parse import LineParser
 from trackmilter.maillog.records import LogRecord
 from trackmilter.metrics import Metrics

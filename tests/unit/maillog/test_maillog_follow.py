@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from trackmilter.maillog import follow
-from trackmilter.maillog.follow import (
+from trackmilter import follow
+from trackmilter.follow import (
     Position,
     load_consumer_state,
     load_position,
