@@ -138,7 +138,8 @@ class Reservation:
     def release(self) -> None:
         """Give back everything held (idempotent; the reservation may take again only if
         it was not refused)."""
-        self._budget._release(self)
+        if self.held:  # only this session changes it: nothing held, no lock to take
+            self._budget._release(self)
 
 
 class Budget:

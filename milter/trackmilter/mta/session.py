@@ -336,7 +336,7 @@ class Session(Milter.Base):  # type: ignore[misc]
         and counted in `declined` by reason (metrics.LINK_SKIP_REASONS)."""
         signer = self.deps.signer
         t = self.deps.settings.tracking
-        if signer is None or not (t.rewrite_links or t.text_links or t.open_pixel or t.honeypot):
+        if signer is None or not self.deps.rewriting:
             return None
         prefix = t.base_url + "/c/"
         sign = signer.for_message(tx.tracking_id)

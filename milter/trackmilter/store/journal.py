@@ -49,18 +49,14 @@ class Segment:
 
 class Journal:
     """This process's journal segments in a spool directory. Not thread-safe: the caller
-    (BatchWriter) appends, seals, collects and detaches under its own lock; ``stored``,
-    ``sync`` and ``release`` run in the writer thread (or once it has stopped)."""
+    (BatchWriter) appends, seals, collects and detaches under its own lock; ``stored`` and
+    ``release`` run in the writer thread (or once it has stopped)."""
 
     def __init__(self, spool: Spool, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
         self._spool = spool
         self._segment_bytes = max(1, segment_bytes)
         self._segments: list[Segment] = []  # oldest first; the last one is current unless sealed
         self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def append(self, line: bytes) -> tuple[Segment, int]:
         """Write one encoded event; returns its segment and the offset after it.
@@ -113,15 +109,6 @@ class Journal:
                 seg.path.unlink()
             gone += 1
         return gone
-
-    def pending_events(self) -> int:
-        """Events journaled and not yet stored, in the segments this process holds."""
-        return sum(s.events - s.stored for s in self._segments)
-
-    def sync(self) -> None:
-        """fsync what was appended since the last sync (writer thread, off the mail path)."""
-        for seg in list(self._segments):
-            _sync(seg)
 
     def detach(self) -> list[Segment]:
         """Seal every segment and stop tracking them (under the caller's lock, together with

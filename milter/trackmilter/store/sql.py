@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, exc, select, union
+from sqlalchemy import Connection, Row, delete, exc, select, union
 
 from trackmilter.model import (
     DeliveryObserved,
@@ -206,8 +206,6 @@ class SQLStore:
         """Delete what is older than ``before`` (retention): messages with their recipients,
         links and timeline, hits with their verdict history, and evidence never tied to a
         message. Returns how many rows of each went."""
-        from sqlalchemy import delete
-
         counts: dict[str, int] = {}
         try:
             with self._write_engine.begin() as conn:
@@ -218,11 +216,7 @@ class SQLStore:
                 counts["untied_events"] = conn.execute(
                     delete(events).where(events.c.message.is_(None), events.c.at < before)
                 ).rowcount
-                # Finished deliveries only: pending rows stay whatever their age.
-                counts["webhook_deliveries"] = conn.execute(
-                    delete(webhook_outbox).where(webhook_outbox.c.created_at < before,
-                                                 webhook_outbox.c.next_attempt_at.is_(None))
-                ).rowcount
+                counts["webhook_deliveries"] = purge_webhook_outbox(conn, before)
         except exc.SQLAlchemyError as e:
             raise translate(e, self._url) from e
         return counts
@@ -570,3 +564,12 @@ def _views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageView]:
         )
         for m in rows
     ]
+
+
+def purge_webhook_outbox(conn: Connection, before: datetime) -> int:
+    """Delete the webhook outbox's finished rows (delivered or given up) created before
+    `before`; pending rows stay whatever their age."""
+    t = webhook_outbox.c
+    result = conn.execute(delete(webhook_outbox).where(t.created_at < before,
+                                                       t.next_attempt_at.is_(None)))
+    return int(result.rowcount or 0)

@@ -7,20 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, delete, func, select, update
+from sqlalchemy import Connection, Insert, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from trackmilter.addresses import Network
 from trackmilter.config import WebhookEndpoint
 from trackmilter.model import Event
 from trackmilter.store.schema import webhook_outbox
+from trackmilter.store.sql import purge_webhook_outbox
 from trackmilter.webhooks.payload import WEBHOOK_KINDS, items, webhook_kind
 
 MAX_ERROR_CHARS = 500
-
-
-def _outbox() -> Table:
-    return webhook_outbox
 
 
 @dataclass(frozen=True)
@@ -84,15 +81,15 @@ def enqueue(conn: Connection, events: Sequence[Event],
     if not rows:
         return 0
     # RETURNING, not rowcount: psycopg's executemany rowcount counts statements, not rows.
-    stmt = _insert_ignoring_duplicates(conn).returning(_outbox().c.id)
+    stmt = _insert_ignoring_duplicates(conn).returning(webhook_outbox.c.id)
     return len(conn.execute(stmt, list(rows.values())).all())
 
 
 def _insert_ignoring_duplicates(conn: Connection) -> Insert:
     keys = ["endpoint", "event_id"]
     if conn.dialect.name == "postgresql":
-        return postgresql.insert(_outbox()).on_conflict_do_nothing(index_elements=keys)
-    return sqlite.insert(_outbox()).on_conflict_do_nothing(index_elements=keys)
+        return postgresql.insert(webhook_outbox).on_conflict_do_nothing(index_elements=keys)
+    return sqlite.insert(webhook_outbox).on_conflict_do_nothing(index_elements=keys)
 
 
 def claim(conn: Connection, endpoints: Collection[str], now: datetime, lease: timedelta,
@@ -105,7 +102,7 @@ def claim(conn: Connection, endpoints: Collection[str], now: datetime, lease: ti
     PostgreSQL FOR UPDATE SKIP LOCKED lets them take different rows."""
     if not endpoints or limit <= 0:
         return []
-    t = _outbox().c
+    t = webhook_outbox.c
     query = (
         select(t.id, t.event_id, t.endpoint, t.event_type, t.payload, t.attempts)
         .where(t.next_attempt_at <= now, t.endpoint.in_(sorted(endpoints)))
@@ -115,22 +112,22 @@ def claim(conn: Connection, endpoints: Collection[str], now: datetime, lease: ti
     )
     claimed = [Claimed(*row) for row in conn.execute(query).all()]
     if claimed:
-        conn.execute(update(_outbox())
+        conn.execute(update(webhook_outbox)
                      .where(t.id.in_([c.id for c in claimed]))
                      .values(next_attempt_at=now + lease))
     return claimed
 
 
 def mark_delivered(conn: Connection, row_id: int, now: datetime) -> None:
-    t = _outbox().c
-    conn.execute(update(_outbox()).where(t.id == row_id).values(
+    t = webhook_outbox.c
+    conn.execute(update(webhook_outbox).where(t.id == row_id).values(
         attempts=t.attempts + 1, delivered_at=now, next_attempt_at=None, last_error=""))
 
 
 def mark_failed(conn: Connection, row_id: int, error: str, retry_at: datetime | None) -> None:
     """Count a failed attempt; `retry_at` None gives the row up."""
-    t = _outbox().c
-    conn.execute(update(_outbox()).where(t.id == row_id).values(
+    t = webhook_outbox.c
+    conn.execute(update(webhook_outbox).where(t.id == row_id).values(
         attempts=t.attempts + 1, next_attempt_at=retry_at, last_error=error[:MAX_ERROR_CHARS]))
 
 
@@ -138,7 +135,7 @@ def next_due(conn: Connection, endpoints: Collection[str]) -> datetime | None:
     """When the earliest pending row for these endpoints is due (None: nothing pending)."""
     if not endpoints:
         return None
-    t = _outbox().c
+    t = webhook_outbox.c
     value: datetime | None = conn.execute(
         select(func.min(t.next_attempt_at)).where(t.endpoint.in_(sorted(endpoints)))
     ).scalar()
@@ -147,7 +144,7 @@ def next_due(conn: Connection, endpoints: Collection[str]) -> datetime | None:
 
 def depth(conn: Connection) -> dict[str, int]:
     """Pending rows per endpoint (the queue-depth gauge)."""
-    t = _outbox().c
+    t = webhook_outbox.c
     rows = conn.execute(select(t.endpoint, func.count())
                         .where(t.next_attempt_at.is_not(None)).group_by(t.endpoint)).all()
     return {str(endpoint): int(n) for endpoint, n in rows}
@@ -155,16 +152,14 @@ def depth(conn: Connection) -> dict[str, int]:
 
 def purge(conn: Connection, before: datetime) -> int:
     """Delete finished rows (delivered or given up) created before `before` (retention);
-    pending rows stay whatever their age."""
-    t = _outbox().c
-    result = conn.execute(delete(_outbox()).where(t.created_at < before,
-                                                       t.next_attempt_at.is_(None)))
-    return int(result.rowcount or 0)
+    pending rows stay whatever their age. The store's purge does it: see
+    store.sql.purge_webhook_outbox."""
+    return purge_webhook_outbox(conn, before)
 
 
 def release(conn: Connection, row_ids: Sequence[int], now: datetime) -> None:
     """Hand claimed rows back untried (the sender is stopping): due again at `now`."""
     if row_ids:
-        t = _outbox().c
-        conn.execute(update(_outbox()).where(t.id.in_(list(row_ids)))
+        t = webhook_outbox.c
+        conn.execute(update(webhook_outbox).where(t.id.in_(list(row_ids)))
                      .values(next_attempt_at=now))
