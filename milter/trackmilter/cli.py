@@ -1,23 +1,35 @@
-"""The `trackmilter` command: one subcommand per daemon, plus status and db."""
+"""The `trackmilter` command: one subcommand per daemon, plus status, report and decode.
+
+Each command imports what it runs inside its own function, not at the top of this module:
+`trackmilter decode` and `trackmilter status` must start fast (the store, the milter
+library, the web server and the log setup take 20 to 100 ms each to import), and the
+tracker must choose prometheus-client's multiprocess mode before that library is imported.
+This is the one module where imports inside functions are the rule, for start-up time.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from trackmilter import __version__
-from trackmilter import config as cfgmod
-from trackmilter import logging as tmlog
-from trackmilter.daemon import StartupError
+
+if TYPE_CHECKING:
+    from trackmilter.config import Settings
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 
 
-def _settings(ctx: click.Context) -> cfgmod.Settings:
+def _settings(ctx: click.Context, *, logs: bool = True) -> Settings:
+    """[config] once per invocation; `logs`: set up the daemons' structured logging (the
+    read-only commands write nothing but their output and need none of it)."""
+    from trackmilter import config as cfgmod  # start-up time (module docstring)
+
     obj: dict[str, Any] = ctx.ensure_object(dict)
     if "settings" not in obj:
         path: Path | None = obj.get("config_path")
@@ -28,10 +40,14 @@ def _settings(ctx: click.Context) -> cfgmod.Settings:
         except cfgmod.ConfigError as exc:
             click.echo(f"trackmilter: configuration error: {exc}", err=True)
             ctx.exit(EX_CONFIG)
-        s = obj["settings"]
-        tmlog.configure(s.log.format, s.log.level, stream=sys.stderr if obj.get("cli") else None,
-                        hash_addresses=s.log.hash_addresses)
-    settings: cfgmod.Settings = obj["settings"]
+        if logs:
+            from trackmilter import logging as tmlog  # start-up time (module docstring)
+
+            s = obj["settings"]
+            tmlog.configure(s.log.format, s.log.level,
+                            stream=sys.stderr if obj.get("cli") else None,
+                            hash_addresses=s.log.hash_addresses)
+    settings: Settings = obj["settings"]
     return settings
 
 
@@ -49,6 +65,7 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 @click.pass_context
 def milter(ctx: click.Context) -> None:
     """Run the milter daemon (Postfix smtpd_milters / Sendmail INPUT_MAIL_FILTER)."""
+    from trackmilter.daemon import StartupError
     from trackmilter.mta.runner import run
     from trackmilter.store import StoreError
     from trackmilter.tokens import KeyFileError
@@ -73,6 +90,7 @@ def maillog(ctx: click.Context, path: str | None) -> None:
     """
     import dataclasses
 
+    from trackmilter.daemon import StartupError
     from trackmilter.maillog.daemon import run
     from trackmilter.store import StoreError
     from trackmilter.wiring import store_hooks
@@ -99,6 +117,7 @@ def web(ctx: click.Context) -> None:
         # before the library is first imported (the workers are forked from here).
         _multiprocess_metrics(settings.store.spool_dir / "prometheus")
 
+    from trackmilter.daemon import StartupError
     from trackmilter.store import StoreError
     from trackmilter.tokens import KeyFileError
     from trackmilter.web.networks import NetworkFileError
@@ -118,6 +137,7 @@ def edge(ctx: click.Context) -> None:
     """Store the hits nginx answered itself (conf/nginx/trackmilter-edge.conf): follow its
     trackmilter_hits log ([edge] log), verify, judge and store every hit."""
     settings = _settings(ctx)
+    from trackmilter.daemon import StartupError
     from trackmilter.store import StoreError
     from trackmilter.tokens import KeyFileError
     from trackmilter.web.edge import run
@@ -134,8 +154,6 @@ def edge(ctx: click.Context) -> None:
 
 
 def _multiprocess_metrics(directory: Path) -> None:
-    import os
-
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):  # counters of processes of an earlier run
         stale.unlink()
@@ -150,11 +168,12 @@ def purge(ctx: click.Context, days: int | None) -> None:
     """Delete messages, their timelines and tracker hits older than the retention period."""
     from datetime import timedelta
 
+    from trackmilter.daemon import store_from
     from trackmilter.model import utcnow
-    from trackmilter.store import SQLStore, StoreError
+    from trackmilter.store import StoreError
 
     ctx.ensure_object(dict)["cli"] = True
-    settings = _settings(ctx)
+    settings = _settings(ctx, logs=False)
     keep = days if days is not None else settings.privacy.retention_days
     if keep <= 0:
         click.echo("trackmilter purge: [privacy] retention_days is 0 (keep everything); "
@@ -162,7 +181,9 @@ def purge(ctx: click.Context, days: int | None) -> None:
         ctx.exit(2)
     before = utcnow() - timedelta(days=keep)
     try:
-        store = SQLStore(settings.database.url)
+        # No statement bound: deleting months of a large store may take longer than one
+        # of the daemons' statements may; it runs by hand or from a timer.
+        store = store_from(settings, statement_timeout=0)
         try:
             counts = store.purge(before)
         finally:
@@ -179,6 +200,7 @@ def purge(ctx: click.Context, days: int | None) -> None:
 def webhooks(ctx: click.Context) -> None:
     """Deliver stored events to the [webhooks] endpoints: signed POSTs from a durable outbox,
     retried with backoff."""
+    from trackmilter.daemon import StartupError
     from trackmilter.store import StoreError
     from trackmilter.webhooks.deliver import WebhookConfigError, run
 
@@ -261,13 +283,14 @@ def db_upgrade(ctx: click.Context) -> None:
 def status(ctx: click.Context, as_json: bool, ident: str) -> None:
     """Show what is known about a message: IDENT is a tracking id, Message-ID, queue id or
     recipient address."""
+    from trackmilter.daemon import store_from
     from trackmilter.status import annotate, render
-    from trackmilter.store import SQLStore, StoreError
+    from trackmilter.store import StoreError
 
     ctx.ensure_object(dict)["cli"] = True
-    settings = _settings(ctx)
+    settings = _settings(ctx, logs=False)
     try:
-        store = SQLStore(settings.database.url)
+        store = store_from(settings)
         try:
             views = annotate([v.to_dict() for v in store.lookup(ident)])
         finally:
@@ -295,12 +318,13 @@ def status(ctx: click.Context, as_json: bool, ident: str) -> None:
 def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...],
            as_json: bool) -> None:
     """Counts and rates over the messages of a period, each with its denominator."""
+    from trackmilter.daemon import store_from
     from trackmilter.model import utcnow
     from trackmilter.report import as_dict, header_filter, parse_since, render, tally
-    from trackmilter.store import SQLStore, StoreError
+    from trackmilter.store import StoreError
 
     ctx.ensure_object(dict)["cli"] = True
-    settings = _settings(ctx)
+    settings = _settings(ctx, logs=False)
     try:
         start = utcnow() - parse_since(since)
     except ValueError as exc:
@@ -314,7 +338,8 @@ def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...]
         click.echo(f"trackmilter report: warning: {', '.join(sorted(unknown))} not in "
                    "[milter] record_headers: no message will match", err=True)
     try:
-        store = SQLStore(settings.database.url)
+        # No statement bound: a report scans the whole period, however long that takes.
+        store = store_from(settings, statement_timeout=0)
         try:
             total = store.count_messages(start, sender)
             with click.progressbar(length=total, label="scanning", file=sys.stderr,

@@ -1,5 +1,5 @@
 """What every daemon shares at start-up: the one start-up error, the metrics server, the
-signer.
+signer, the store.
 
 A neutral module, like `trackmilter.lifecycle` (stop handling): the daemons (milter,
 maillog, web, edge, webhooks) and the command line use it, it uses none of them.
@@ -7,15 +7,19 @@ maillog, web, edge, webhooks) and the command line use it, it uses none of them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from trackmilter.config import Settings
+from trackmilter.store.base import WriteHook
+from trackmilter.store.hits import Reviser
+from trackmilter.store.sql import SQLStore
 from trackmilter.tokens import Signer
 
 if TYPE_CHECKING:
     from trackmilter.metrics import Metrics
 
-__all__ = ["StartupError", "load_signer", "start_metrics"]
+__all__ = ["StartupError", "load_signer", "start_metrics", "store_from"]
 
 
 class StartupError(Exception):
@@ -44,3 +48,19 @@ def load_signer(settings: Settings) -> Signer | None:
     if not t.base_url:
         return None
     return Signer.from_file(t.secret_file)
+
+
+def store_from(settings: Settings, *, hooks: Sequence[WriteHook] = (),
+               reviser: Reviser | None = None,
+               statement_timeout: float | None = None) -> SQLStore:
+    """The store of [database] url, as every daemon and command opens it.
+
+    `hooks`: called in each write transaction (the webhook outbox, trackmilter.wiring);
+    `reviser`: judges a message's tracker hits again when its delivery time is stored
+    (trackmilter.judging.reviser_from); `statement_timeout`: seconds, 0 for none, default
+    [database] statement_timeout. Creating it does not connect.
+    """
+    bound = settings.database.statement_timeout if statement_timeout is None \
+        else statement_timeout
+    return SQLStore(settings.database.url, hooks=hooks, reviser=reviser,
+                    statement_timeout=bound)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from trackmilter.addresses import Network
 from trackmilter.config import Settings
 from trackmilter.store.base import WriteHook
+from trackmilter.webhooks.outbox import hooks_for
 
 if TYPE_CHECKING:
     from trackmilter.web.app import TrackerApp
@@ -26,8 +27,6 @@ def store_hooks(settings: Settings, outgoing_networks: Sequence[Network] = ()
     """The webhook outbox for [webhooks] endpoints (none without endpoints): events enter
     it in the transaction that stores them. `outgoing_networks`: whose in-line refusals
     are delivery news (the milter's [milter] outgoing_networks)."""
-    from trackmilter.webhooks.outbox import hooks_for
-
     return hooks_for(settings.webhooks.endpoints, outgoing_networks)
 
 
@@ -36,6 +35,8 @@ def milter_hooks(settings: Settings) -> tuple[WriteHook, ...]:
 
 
 def web_worker_app() -> TrackerApp:
+    # Here, not above: `trackmilter milter` and `maillog` import this module too, and need
+    # none of the web server.
     from trackmilter.web.server import worker_app
 
     return worker_app(store_hooks)

@@ -11,7 +11,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from trackmilter.config import Settings
-from trackmilter.daemon import start_metrics
+from trackmilter.daemon import start_metrics, store_from
 from trackmilter.follow import (
     FileFollower,
     load_consumer_state,
@@ -32,6 +32,7 @@ from trackmilter.maillog.tracker import MAX_REMEMBERED, Tracker, TrackerStateErr
 from trackmilter.metrics import Metrics
 from trackmilter.model import DeliveryObserved, Event, Reinjected
 from trackmilter.store.base import WriteHook
+from trackmilter.store.writer import BatchWriter
 
 __all__ = [
     "KINDS",
@@ -210,9 +211,6 @@ def follow_file(follower: FileFollower, parser: LineParser, tracker: Tracker,
 
 def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     """Follow until SIGTERM/SIGINT (or the end of standard input); flush before exiting."""
-    from trackmilter.store import SQLStore
-    from trackmilter.store.writer import BatchWriter
-
     m = settings.maillog
     stop = [False]
     reading_stdin = m.path == "-"
@@ -229,9 +227,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     log = get_logger(component="maillog")
     metrics = Metrics()
     # With a reviser: a delivery time stored after the tracker's hits revises their verdicts.
-    store = SQLStore(settings.database.url, reviser=reviser_from(settings),
-                     statement_timeout=settings.database.statement_timeout,
-                     hooks=hooks)
+    store = store_from(settings, hooks=hooks, reviser=reviser_from(settings))
     # Its own spool directory: two processes must never append to the same segments.
     writer = BatchWriter.configured(store, settings.store.spool_dir / "maillog", metrics,
                                     settings.store, logger=log)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from trackmilter.metrics import Metrics
 from trackmilter.model import Event, ReportReceived, ReportRecipient, utcnow
+from trackmilter.reports import decode
 
 # raw message -> the report it holds (without the milter's own fields), or None.
 Decoder = Callable[[bytes], ReportReceived | None]
@@ -31,8 +32,6 @@ def _tracking_id_in(raw: bytes, header: str) -> str:
 
 def decode_report(raw: bytes, header: str = DEFAULT_HEADER) -> ReportReceived | None:
     """The project's decoder (trackmilter.reports), in the store's vocabulary."""
-    from trackmilter.reports import decode
-
     report = decode(raw)
     if report is None or not report.recipients:
         return None

@@ -11,12 +11,14 @@ from typing import Any
 import Milter
 
 from trackmilter.config import Settings
-from trackmilter.daemon import StartupError, load_signer, start_metrics
+from trackmilter.daemon import StartupError, load_signer, start_metrics, store_from
 from trackmilter.lifecycle import Deadline, InFlight, block_stop_signals
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
+from trackmilter.mta.reports import ReportQueue, decode_report
 from trackmilter.mta.session import Deps, Session
 from trackmilter.store.base import WriteHook
+from trackmilter.store.writer import BatchWriter
 
 
 def prepare_socket(spec: str) -> None:
@@ -72,9 +74,6 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     # First: every thread started below inherits the block, so SIGTERM reaches libmilter's
     # signal thread and never kills the process by its default action.
     block_stop_signals()
-    from trackmilter.mta.reports import ReportQueue, decode_report
-    from trackmilter.store import SQLStore
-    from trackmilter.store.writer import BatchWriter
 
     log = get_logger(component="milter")
     metrics = Metrics()
@@ -84,8 +83,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
                     "messages are recorded and get a tracking header, links are not rewritten")
     prepare_socket(settings.milter.socket)
     # `hooks` (the webhook outbox, trackmilter.wiring): in the transaction storing the events.
-    store = SQLStore(settings.database.url, hooks=hooks,
-                     statement_timeout=settings.database.statement_timeout)
+    store = store_from(settings, hooks=hooks)
     writer = BatchWriter.configured(store, settings.store.spool_dir, metrics, settings.store,
                                     logger=log)
     start_metrics(settings.metrics.listen, metrics)

@@ -6,6 +6,7 @@ A module of its own so that none of them imports another to get at these.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -106,8 +107,6 @@ class _Upsert:
         # Bound parameters per statement: SQLite before 3.32 allows 999.
         limit = 999
         if dialect.name == "sqlite":
-            import sqlite3
-
             if sqlite3.sqlite_version_info >= (3, 32, 0):
                 limit = 32766
         elif dialect.name == "postgresql":

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, exc, select, union
+from sqlalchemy import Connection, Row, delete, exc, func, select, union
 
 from trackmilter.model import (
     DeliveryObserved,
@@ -167,8 +167,6 @@ class SQLStore:
 
     def count_messages(self, since: datetime, sender: str = "") -> int:
         """How many messages `scan` will go through (for a progress bar)."""
-        from sqlalchemy import func
-
         query = select(func.count()).select_from(messages).where(messages.c.started_at >= since)
         if sender:
             query = query.where(messages.c.sender == sender)

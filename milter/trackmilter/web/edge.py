@@ -29,6 +29,7 @@ from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.store.base import WriteHook
 from trackmilter.tokens import KeyFileError, Signer
+from trackmilter.web.server import build
 
 FORMAT_TAG = "tm1"
 # The request headers logged after the user agent, in the log_format's order
@@ -252,7 +253,6 @@ def follow(follower: FileFollower, ingest: Ingest, writer: Any, log: Any,
 
 def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     """Follow [edge] log until SIGTERM/SIGINT; what was read is stored before exiting."""
-    from trackmilter.web.server import build
 
     stop = [False]
 

@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from trackmilter.config import Settings
-from trackmilter.daemon import StartupError
+from trackmilter.config import load as load_settings
+from trackmilter.daemon import StartupError, store_from
 from trackmilter.judging import request_judge, reviser_from
 from trackmilter.lifecycle import Deadline
+from trackmilter.logging import configure as configure_logging
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.store.base import WriteHook
+from trackmilter.store.writer import BatchWriter
 from trackmilter.tokens import Signer
 from trackmilter.web.api import Api, load_tokens
 from trackmilter.web.app import TrackerApp
@@ -79,17 +82,12 @@ def build(settings: Settings, metrics: Metrics, *, hooks: Sequence[WriteHook],
           spool_prefix: str = "web") -> tuple[TrackerApp, Any, Any, Revisor]:
     """The app, its writer, store and revisor (the caller closes them); `hooks` go to the
     store (the webhook outbox, see trackmilter.wiring)."""
-    from trackmilter.store import SQLStore
-    from trackmilter.store.writer import BatchWriter
-
     t = settings.tracking
     if not t.base_url:
         raise StartupError("[tracking] base_url is empty: the tracker has no URLs to answer")
     signer = Signer.from_file(t.secret_file)
     log = get_logger(component="web")
-    store = SQLStore(settings.database.url, reviser=reviser_from(settings),
-                     statement_timeout=settings.database.statement_timeout,
-                     hooks=hooks)
+    store = store_from(settings, hooks=hooks, reviser=reviser_from(settings))
     s = settings.store
     spool, _lock = claim_spool(s.spool_dir, spool_prefix)
     revisor = Revisor(store, metrics, log)
@@ -112,12 +110,9 @@ def worker_app(hooks: Callable[[Settings], Sequence[WriteHook]]) -> TrackerApp:
     """Granian's factory (through trackmilter.wiring.web_worker_app), called in every worker
     process: settings from the same file and environment as the parent, a writer, spool
     directory and revisor of its own; `hooks` gives the store's write hooks for them."""
-    from trackmilter import config as cfgmod
-    from trackmilter import logging as tmlog
-
     path = os.environ.get(CONFIG_ENV)
-    settings = cfgmod.load(Path(path) if path else None)
-    tmlog.configure(settings.log.format, settings.log.level,
+    settings = load_settings(Path(path) if path else None)
+    configure_logging(settings.log.format, settings.log.level,
                     hash_addresses=settings.log.hash_addresses)
     metrics = Metrics()
     app, writer, store, revisor = build(settings, metrics, hooks=hooks(settings))
@@ -133,6 +128,7 @@ def worker_app(hooks: Callable[[Settings], Sequence[WriteHook]]) -> TrackerApp:
         counts = writer.close(timeout=deadline.left())
         store.close()
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            # Here: only multiprocess workers load it (it reads the variable when imported).
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
@@ -154,6 +150,7 @@ def run(settings: Settings, *, worker: str) -> int:
     """Serve with granian (ASGI, [web] workers processes) until SIGTERM/SIGINT; each worker
     writes or spools every hit it answered before it exits. `worker`: the workers' app
     factory, "module:function" (trackmilter.wiring.WEB_WORKER)."""
+    # Here, not above: `trackmilter edge` builds the same app (build) and serves nothing.
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.log import LogLevels

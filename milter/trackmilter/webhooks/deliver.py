@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, exc
 from trackmilter.config import Settings, WebhookEndpoint, WebhooksSettings
 from trackmilter.daemon import start_metrics
 from trackmilter.logging import get_logger
+from trackmilter.metrics import Metrics
 from trackmilter.model import utcnow
 from trackmilter.store.engine import describe, make_engine, translate
 from trackmilter.store.migrate import check_schema
@@ -227,8 +228,6 @@ def run(settings: Settings) -> int:
                 check_schema(conn, describe(engine.url))
         except exc.SQLAlchemyError as e:
             raise translate(e, engine.url) from e
-        from trackmilter.metrics import Metrics
-
         metrics = Metrics()
         start_metrics(w.metrics_listen, metrics)
         log.info("webhooks_starting", endpoints=[redact(e.url) for e in w.endpoints],

@@ -194,3 +194,15 @@ def test_migrations_ship_as_package_data() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("*.py"))
     assert not (MIGRATIONS_DIR / "__init__.py").exists()
+
+
+def test_revisions_known_without_alembic_are_alembics_history() -> None:
+    """The schema check reads revisions from the files' names; Alembic reads the files."""
+    from alembic.script import ScriptDirectory
+
+    from trackmilter.store.migrate import revisions
+
+    script = ScriptDirectory.from_config(alembic_config())
+    chain = [r.revision for r in script.walk_revisions()][::-1]  # walk: newest first
+    assert list(revisions()) == chain
+    assert script.get_current_head() == head_revision() == chain[-1]
