@@ -16,6 +16,8 @@ CORPUS = REPO_ROOT / "tests" / "corpus"
 HTML_CORPUS = CORPUS / "html"
 MIME_CORPUS = CORPUS / "mime"
 BOUNCE_CORPUS = CORPUS / "bounces"
+# Other projects' bounce corpora, with expected decodings written for trackmilter.
+UNSEEN_BOUNCE_CORPORA = (CORPUS / "flufl-bounce", CORPUS / "bounce-email", CORPUS / "flanker")
 BENCHMARKS = REPO_ROOT / "tests" / "benchmarks"
 NULLMILTER = BENCHMARKS / "nullmilter.py"
 
