@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trackmilter.rewrite import charset as charsets
-from trackmilter.rewrite import scan, transfer
-from trackmilter.rewrite.links import LinkPolicy, check_replacement, normalize
+from trackmilter.rewrite import native, scan, transfer
+from trackmilter.rewrite.links import LinkPolicy, check_replacement, is_http, normalize
 from trackmilter.rewrite.mime import (
     ContentType,
     PartHeaders,
@@ -18,7 +18,7 @@ from trackmilter.rewrite.mime import (
 )
 from trackmilter.rewrite.model import Link, RewriteOptions, RewriteResult, SkipReason
 
-__all__ = ["rewrite_message"]
+__all__ = ["ENGINES", "rewrite_message", "rewrite_message_with"]
 
 # linker(index, url) -> the tracking URL for link `index` (printable ASCII without quotes,
 # '<', '>' or spaces), or `url` itself to leave that link alone; `index` is then reused.
@@ -38,6 +38,63 @@ _PIXEL = (
 _CTE_FIELD = b"Content-Transfer-Encoding"
 _QP = "quoted-printable"
 _Edit = transfer.Edit
+# (start, end, url) of a link candidate: its value's span in the scanned bytes and the URL
+# it names (decoded, normalised, http(s), not under the tracker prefix).
+_Candidate = tuple[int, int, str]
+
+
+def _html_links_python(
+    work: bytes, optout: bytes, codec: str, prefix: str, unescape: Callable[[str], str]
+) -> list[_Candidate]:
+    """The href values of `work` that decode in `codec` and name an http(s) URL not
+    starting with `prefix` (the native engine's `html_links` returns the same)."""
+    out: list[_Candidate] = []
+    for s, e in scan.find_hrefs(work, optout):
+        try:
+            value = work[s:e].decode(codec)
+        except UnicodeDecodeError:
+            continue  # bytes that are not text in the part's charset: no sure target
+        url = normalize(unescape(value))
+        if is_http(url) and not (prefix and url.startswith(prefix)):
+            out.append((s, e, url))
+    return out
+
+
+def _text_links(work: bytes, codec: str, prefix: str) -> list[_Candidate]:
+    """Bare URLs of a text/plain part, as _html_links_python returns hrefs."""
+    out: list[_Candidate] = []
+    for s, e in scan.find_urls(work):
+        try:
+            value = work[s:e].decode(codec)
+        except UnicodeDecodeError:
+            continue
+        url = normalize(value)
+        if is_http(url) and not (prefix and url.startswith(prefix)):
+            out.append((s, e, url))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Ops:
+    """The inner pieces an engine provides; the MIME walk and every decision are shared."""
+
+    name: str
+    html_links: Callable[[bytes, bytes, str, str, Callable[[str], str]], list[_Candidate]]
+    qp_splice: Callable[[bytes, bytes, list[_Edit], bytes], bytes | None]
+
+
+def _engines() -> dict[str, _Ops]:
+    engines = {"python": _Ops("python", _html_links_python, transfer.qp_splice)}
+    ext = native.try_extension()
+    if ext is not None:
+        engines["native"] = _Ops("native", ext.html_links, ext.qp_splice)
+    return engines
+
+
+ENGINES = _engines()
+"""The engines this process can run, by name ("python" always; "native" when the
+extension imports, whatever TRACKMILTER_ENGINE says)."""
+_ACTIVE = ENGINES[native.ENGINE]
 
 
 @dataclass(slots=True)
@@ -51,6 +108,7 @@ class _Run:
     optout: bytes
     linker: Linker
     pixel: bytes | None
+    ops: _Ops
     links: list[Link] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)
     edits: list[_Edit] = field(default_factory=list)
@@ -75,7 +133,47 @@ def rewrite_message(
 
     `content_type` and `transfer_encoding` are the top-level header values (None: absent).
     Only the leaf parts that change are re-encoded; every other byte is kept as it was.
+    Runs the engine trackmilter.rewrite.native chose (native.ENGINE).
     """
+    return _rewrite(
+        _ACTIVE, content_type, transfer_encoding, body, linker, pixel_url, options, honeypot_url
+    )
+
+
+def rewrite_message_with(
+    engine: str,
+    content_type: str | None,
+    transfer_encoding: str | None,
+    body: bytes,
+    linker: Linker,
+    pixel_url: str | None,
+    options: RewriteOptions,
+    honeypot_url: str | None = None,
+) -> RewriteResult:
+    """rewrite_message on a named engine ("python" or "native"; KeyError when this
+    process cannot run it): for tests and benchmarks that compare the two."""
+    return _rewrite(
+        ENGINES[engine],
+        content_type,
+        transfer_encoding,
+        body,
+        linker,
+        pixel_url,
+        options,
+        honeypot_url,
+    )
+
+
+def _rewrite(
+    ops: _Ops,
+    content_type: str | None,
+    transfer_encoding: str | None,
+    body: bytes,
+    linker: Linker,
+    pixel_url: str | None,
+    options: RewriteOptions,
+    honeypot_url: str | None,
+) -> RewriteResult:
     pixel = None
     if pixel_url is not None:
         src = check_replacement(pixel_url, "pixel_url").replace("&", "&amp;")
@@ -95,6 +193,7 @@ def rewrite_message(
         optout=options.optout_attribute.lower().encode("ascii", "replace"),
         linker=linker,
         pixel=pixel,
+        ops=ops,
     )
     cte = (transfer_encoding or "7bit").strip().lower()
     _entity(run, parse_content_type(content_type), cte, None, 0, len(body), 0)
@@ -203,7 +302,7 @@ def _leaf(
     edits.sort(key=lambda ed: (ed[0], ed[1]))
     encoded = None
     if cte == _QP and not cs.decode_part:
-        encoded = transfer.qp_splice(raw, data, edits, run.eol)
+        encoded = run.ops.qp_splice(raw, data, edits, run.eol)
     new_cte = cte
     if encoded is None:
         new = _encode(run, cte, cs, raw, work, edits)
@@ -279,17 +378,15 @@ def _find_links(
     links: list[Link],
 ) -> None:
     html = kind == "html"
-    spans = scan.find_hrefs(work, run.optout) if html else scan.find_urls(work)
     url_codec = "utf-8" if cs.decode_part else cs.codec
-    tracks = run.policy.tracks
-    for s, e in spans:
-        raw = work[s:e]
-        try:
-            value = raw.decode(url_codec)
-        except UnicodeDecodeError:
-            continue  # bytes that are not text in the part's charset: no sure target
-        url = normalize(scan.unescape_attr(value) if html else value)
-        if not tracks(url):
+    prefix = run.policy.tracker_prefix
+    if html:
+        candidates = run.ops.html_links(work, run.optout, url_codec, prefix, scan.unescape_attr)
+    else:
+        candidates = _text_links(work, url_codec, prefix)
+    policy = run.policy
+    for s, e, url in candidates:
+        if policy.excluded and not policy.tracks(url):
             continue
         index = len(run.links) + len(links) + 1
         tracking = run.linker(index, url)
@@ -299,8 +396,9 @@ def _find_links(
         if html:
             tracking = tracking.replace("&", "&amp;")
         edits.append((s, e, tracking.encode("ascii")))
+        raw = work[s:e]
         if cs.decode_part:
-            raw = value.encode(cs.fragment_codec)
+            raw = raw.decode(url_codec).encode(cs.fragment_codec)
         links.append(Link(index, url, raw, run.leaf, kind))
 
 

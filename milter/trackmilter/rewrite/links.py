@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from trackmilter.rewrite.model import RewriteOptions
 
-__all__ = ["LinkPolicy", "check_replacement", "host_of", "normalize"]
+__all__ = ["LinkPolicy", "check_replacement", "host_of", "is_http", "normalize"]
 
 # WHATWG URL parsing strips leading/trailing C0 controls and spaces and removes every
 # tab and newline inside, so `href=" http://a/\n b"` goes to http://a/b.
@@ -27,6 +27,11 @@ def normalize(url: str) -> str:
     if "\t" in url or "\n" in url or "\r" in url:
         url = url.translate(_TAB_NEWLINE)
     return url
+
+
+def is_http(url: str) -> bool:
+    """Whether `url` starts with http:// or https:// (any case, as a browser reads it)."""
+    return _HTTP.match(url) is not None
 
 
 def host_of(url: str) -> str:

@@ -1,0 +1,968 @@
+/* The native rewriting engine's hot path: trackmilter.rewrite._native.
+ *
+ * Each function here is a port of a Python function of the reference engine and must
+ * return exactly what it returns, for every input (tests/unit/rewrite/test_native_*.py
+ * run both on the same inputs):
+ *
+ *   find_hrefs(data, optout)                scan.find_hrefs
+ *   html_links(work, optout, codec, prefix, unescape)
+ *                                           engine._html_links_python (scan, decode,
+ *                                           unescape_attr, normalize, scheme and prefix)
+ *   qp_splice(raw, decoded, edits, eol)     transfer.qp_splice
+ *
+ * MIME structure, charsets and every decision about what to touch stay in Python.
+ *
+ * Safety rules: every index is checked against its buffer's length before it is read;
+ * nothing recurses; no Python object is touched without the GIL (it is never released:
+ * the work per call is a few microseconds). Lengths are Py_ssize_t throughout.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+typedef const unsigned char *bptr;
+
+static PyObject *a2b_qp_fn; /* binascii.a2b_qp */
+static PyObject *b2a_qp_fn; /* binascii.b2a_qp */
+static PyObject *istext_false; /* {"istext": False} */
+
+/* ---------------------------------------------------------------- HTML scanning */
+
+/* [\t\n\f\r ]: white space around '=' */
+static inline int is_ws(unsigned char c)
+{
+    return c == '\t' || c == '\n' || c == '\f' || c == '\r' || c == ' ';
+}
+
+/* [\t\n\f\r /]: what separates attributes */
+static inline int is_sep(unsigned char c)
+{
+    return is_ws(c) || c == '/';
+}
+
+static inline int is_alpha(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static inline unsigned char lower(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
+}
+
+/* Case-insensitive (ASCII) comparison of d[i:i+len(word)] with a lower-case word. */
+static int ci_at(bptr d, Py_ssize_t n, Py_ssize_t i, const char *word)
+{
+    Py_ssize_t k = 0;
+    for (; word[k]; k++) {
+        if (i + k >= n || lower(d[i + k]) != (unsigned char)word[k])
+            return 0;
+    }
+    return 1;
+}
+
+/* Python's bytes.find(sub, start, end) for a short sub; -1 when absent. */
+static Py_ssize_t find_sub(bptr d, Py_ssize_t start, Py_ssize_t end, const char *sub,
+                           Py_ssize_t sublen)
+{
+    if (start < 0)
+        start = 0;
+    if (sublen == 0)
+        return start <= end ? start : -1;
+    while (start + sublen <= end) {
+        const unsigned char *p = memchr(d + start, (unsigned char)sub[0],
+                                        (size_t)(end - start - sublen + 1));
+        if (p == NULL)
+            return -1;
+        Py_ssize_t i = p - d;
+        if (memcmp(d + i, sub, (size_t)sublen) == 0)
+            return i;
+        start = i + 1;
+    }
+    return -1;
+}
+
+/* Case-insensitive search of a lower-case ASCII word from `start`; -1 when absent. */
+static Py_ssize_t find_ci(bptr d, Py_ssize_t n, Py_ssize_t start, const char *word)
+{
+    Py_ssize_t wl = (Py_ssize_t)strlen(word);
+    for (Py_ssize_t i = start; i + wl <= n; i++) {
+        if (lower(d[i]) == (unsigned char)word[0] && ci_at(d, n, i, word))
+            return i;
+    }
+    return -1;
+}
+
+/* An attribute value (scan._VALUE) starting at i, past the white space after '=':
+ * its end, or -1 at the end of the data (the value, and the tag, never end). A quoted
+ * value without its closing quote runs to the end of the data. */
+static Py_ssize_t skip_value(bptr d, Py_ssize_t n, Py_ssize_t i)
+{
+    if (i >= n)
+        return -1;
+    unsigned char c = d[i];
+    if (c == '"' || c == '\'') {
+        const unsigned char *q = memchr(d + i + 1, c, (size_t)(n - i - 1));
+        return q == NULL ? n : (q - d) + 1;
+    }
+    if (c == '>')
+        return i;
+    while (i < n && !is_ws(d[i]) && d[i] != '>')
+        i++;
+    return i;
+}
+
+/* One attribute (scan._NAME + scan._EQ_VALUE) at i, where d[i] is neither a separator
+ * nor '>'; returns its end and sets *name_end. */
+static Py_ssize_t skip_attribute(bptr d, Py_ssize_t n, Py_ssize_t i, Py_ssize_t *name_end)
+{
+    i++;
+    while (i < n && !is_sep(d[i]) && d[i] != '=' && d[i] != '>')
+        i++;
+    *name_end = i;
+    Py_ssize_t j = i;
+    while (j < n && is_ws(d[j]))
+        j++;
+    if (j < n && d[j] == '=') {
+        j++;
+        while (j < n && is_ws(d[j]))
+            j++;
+        Py_ssize_t v = skip_value(d, n, j);
+        if (v >= 0)
+            return v;
+    }
+    return i;
+}
+
+/* Whether d[s:e] equals `name` (already lower-case) once lower-cased. */
+static int name_is(bptr d, Py_ssize_t s, Py_ssize_t e, bptr name, Py_ssize_t nlen)
+{
+    if (nlen == 0 || e - s != nlen)
+        return 0;
+    for (Py_ssize_t k = 0; k < nlen; k++) {
+        if (lower(d[s + k]) != name[k])
+            return 0;
+    }
+    return 1;
+}
+
+/* scan._ATTRIBUTES + scan._SEP + '>' from i: past the '>' that ends the tag, or -1 when
+ * the tag never ends. Sets *optout_seen when an attribute is named `optout`. */
+static Py_ssize_t attributes_end(bptr d, Py_ssize_t n, Py_ssize_t i, bptr optout,
+                                 Py_ssize_t olen, int *optout_seen)
+{
+    for (;;) {
+        while (i < n && is_sep(d[i]))
+            i++;
+        if (i >= n)
+            return -1;
+        if (d[i] == '>')
+            return i + 1;
+        Py_ssize_t ne;
+        Py_ssize_t s = i;
+        i = skip_attribute(d, n, i, &ne);
+        if (optout_seen != NULL && name_is(d, s, ne, optout, olen))
+            *optout_seen = 1;
+    }
+}
+
+/* scan._inside_tag */
+static Py_ssize_t inside_tag(bptr d, Py_ssize_t n, Py_ssize_t floor, Py_ssize_t at)
+{
+    Py_ssize_t lt = -1;
+    for (Py_ssize_t k = at - 1; k >= floor; k--) {
+        if (d[k] == '<') {
+            lt = k;
+            break;
+        }
+    }
+    if (lt < 0)
+        return 0;
+    if (!(lt + 1 < n && is_alpha(d[lt + 1])))
+        return 0;
+    Py_ssize_t i = lt + 2;
+    while (i < n && !is_sep(d[i]) && d[i] != '>')
+        i++;
+    Py_ssize_t end = attributes_end(d, n, i, NULL, 0, NULL);
+    if (end < 0)
+        return -1;
+    return end > at ? end : 0;
+}
+
+enum { TOK_NONE, TOK_COMMENT, TOK_A, TOK_SCRIPT, TOK_STYLE };
+
+static inline int tag_follow(bptr d, Py_ssize_t n, Py_ssize_t i)
+{
+    return i < n && (is_sep(d[i]) || d[i] == '>');
+}
+
+/* scan._TOKEN.search(data, pos): the kind, *start ('<') and *end (past the name). */
+static int next_token(bptr d, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t *start, Py_ssize_t *end)
+{
+    while (pos < n) {
+        const unsigned char *p = memchr(d + pos, '<', (size_t)(n - pos));
+        if (p == NULL)
+            return TOK_NONE;
+        Py_ssize_t i = p - d;
+        *start = i;
+        if (i + 3 < n && d[i + 1] == '!' && d[i + 2] == '-' && d[i + 3] == '-') {
+            *end = i + 4;
+            return TOK_COMMENT;
+        }
+        if (i + 1 < n) {
+            unsigned char c = lower(d[i + 1]);
+            if (c == 'a') {
+                if (tag_follow(d, n, i + 2)) {
+                    *end = i + 2;
+                    return TOK_A;
+                }
+                if (ci_at(d, n, i + 1, "area") && tag_follow(d, n, i + 5)) {
+                    *end = i + 5;
+                    return TOK_A;
+                }
+            } else if (c == 's') {
+                if (ci_at(d, n, i + 1, "script") && tag_follow(d, n, i + 7)) {
+                    *end = i + 7;
+                    return TOK_SCRIPT;
+                }
+                if (ci_at(d, n, i + 1, "style") && tag_follow(d, n, i + 6)) {
+                    *end = i + 6;
+                    return TOK_STYLE;
+                }
+            }
+        }
+        pos = i + 1;
+    }
+    return TOK_NONE;
+}
+
+/* The <a>/<area> tag whose name ends at p (scan._HREF_TAG, or scan._TAG_REST when it has
+ * no href). Returns the tag's end (past '>') or -1 when it never ends; *vs and *ve the first
+ * href's value span (-1 when it has no href or no value), *optout_seen as above. */
+static Py_ssize_t href_tag(bptr d, Py_ssize_t n, Py_ssize_t p, bptr optout, Py_ssize_t olen,
+                           Py_ssize_t *vs, Py_ssize_t *ve, int *optout_seen)
+{
+    Py_ssize_t i = p;
+    *vs = *ve = -1;
+    for (;;) {
+        while (i < n && is_sep(d[i]))
+            i++;
+        if (i >= n)
+            return -1;
+        if (d[i] == '>')
+            return i + 1; /* no href: _HREF_TAG fails, _TAG_REST ends here */
+        if (ci_at(d, n, i, "href") && i + 4 < n &&
+            (is_sep(d[i + 4]) || d[i + 4] == '=' || d[i + 4] == '>'))
+            break;
+        Py_ssize_t ne;
+        Py_ssize_t s = i;
+        i = skip_attribute(d, n, i, &ne);
+        if (name_is(d, s, ne, optout, olen))
+            *optout_seen = 1;
+    }
+    if (name_is(d, i, i + 4, optout, olen))
+        *optout_seen = 1;
+    Py_ssize_t after = i + 4;
+    Py_ssize_t j = after;
+    while (j < n && is_ws(d[j]))
+        j++;
+    if (j < n && d[j] == '=') {
+        Py_ssize_t eq = j;
+        Py_ssize_t k = j + 1;
+        while (k < n && is_ws(d[k]))
+            k++;
+        if (k < n) {
+            unsigned char c = d[k];
+            if (c == '"' || c == '\'') {
+                const unsigned char *q = memchr(d + k + 1, c, (size_t)(n - k - 1));
+                if (q != NULL) {
+                    *vs = k + 1;
+                    *ve = q - d;
+                    after = *ve + 1;
+                }
+            } else if (c == '>') {
+                *vs = *ve = eq + 1;
+                after = k;
+            } else {
+                Py_ssize_t m = k;
+                while (m < n && !is_ws(d[m]) && d[m] != '>')
+                    m++;
+                *vs = k;
+                *ve = m;
+                after = m;
+            }
+        }
+    }
+    Py_ssize_t end = attributes_end(d, n, after, optout, olen, optout_seen);
+    if (end < 0)
+        *vs = *ve = -1;
+    return end;
+}
+
+/* Calls found(ctx, start, end) for each href value, as scan.find_hrefs returns them.
+ * Returns 0, or -1 when found() fails (a Python exception is set). */
+typedef int (*href_cb)(void *ctx, Py_ssize_t s, Py_ssize_t e);
+
+static int scan_hrefs(bptr d, Py_ssize_t n, bptr optout, Py_ssize_t olen, href_cb found,
+                      void *ctx)
+{
+    Py_ssize_t pos = 0;
+    for (;;) {
+        Py_ssize_t start = 0, p = 0;
+        int kind = next_token(d, n, pos, &start, &p);
+        if (kind == TOK_NONE)
+            return 0;
+        Py_ssize_t inside = inside_tag(d, n, pos, start);
+        if (inside) {
+            if (inside < 0)
+                return 0;
+            pos = inside;
+            continue;
+        }
+        if (kind == TOK_COMMENT) {
+            if (p + 3 <= n && lower(d[p]) == '[' && lower(d[p + 1]) == 'i' &&
+                lower(d[p + 2]) == 'f') {
+                const unsigned char *gt = memchr(d + p, '>', (size_t)(n - p));
+                if (gt == NULL)
+                    return 0;
+                pos = (gt - d) + 1;
+            } else if (p < n && d[p] == '>') {
+                pos = p + 1;
+            } else if (p + 2 <= n && d[p] == '-' && d[p + 1] == '>') {
+                pos = p + 2;
+            } else {
+                Py_ssize_t close = find_sub(d, p, n, "-->", 3);
+                if (close < 0)
+                    return 0;
+                pos = close + 3;
+            }
+            continue;
+        }
+        if (kind == TOK_SCRIPT || kind == TOK_STYLE) {
+            const char *word = kind == TOK_SCRIPT ? "</script" : "</style";
+            Py_ssize_t em = find_ci(d, n, p, word);
+            if (em < 0)
+                return 0;
+            pos = em + (Py_ssize_t)strlen(word);
+            continue;
+        }
+        Py_ssize_t vs, ve;
+        int optout_seen = 0;
+        Py_ssize_t end = href_tag(d, n, p, optout, olen, &vs, &ve, &optout_seen);
+        if (end < 0)
+            return 0; /* the tag never ends: neither does the document's markup */
+        pos = end;
+        if (vs < 0 || optout_seen)
+            continue;
+        if (found(ctx, vs, ve) < 0)
+            return -1;
+    }
+}
+
+static int append_span(void *ctx, Py_ssize_t s, Py_ssize_t e)
+{
+    PyObject *t = Py_BuildValue("(nn)", s, e);
+    if (t == NULL)
+        return -1;
+    int rc = PyList_Append((PyObject *)ctx, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+static PyObject *find_hrefs(PyObject *self, PyObject *args)
+{
+    Py_buffer data, optout;
+    if (!PyArg_ParseTuple(args, "y*y*:find_hrefs", &data, &optout))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out != NULL && scan_hrefs(data.buf, data.len, optout.buf, optout.len, append_span,
+                                  out) < 0)
+        Py_CLEAR(out);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&optout);
+    return out;
+}
+
+/* ---------------------------------------------------------------- link candidates */
+
+typedef struct {
+    bptr data;
+    const char *codec;
+    PyObject *prefix;   /* str; "" for none */
+    PyObject *unescape; /* scan.unescape_attr, for values with references other than &amp; */
+    PyObject *out;
+} links_ctx;
+
+static PyObject *amp_entity, *amp; /* "&amp;", "&" */
+
+/* scan.unescape_attr: the &amp;-only fast path here, anything else in Python. */
+static PyObject *unescape_attr(links_ctx *c, PyObject *value)
+{
+    Py_ssize_t ands = PyUnicode_FindChar(value, '&', 0, PyUnicode_GET_LENGTH(value), 1);
+    if (ands == -2)
+        return NULL;
+    if (ands == -1)
+        return Py_NewRef(value);
+    Py_ssize_t n_and = PyUnicode_Count(value, amp, 0, PY_SSIZE_T_MAX);
+    Py_ssize_t n_ent = PyUnicode_Count(value, amp_entity, 0, PY_SSIZE_T_MAX);
+    if (n_and < 0 || n_ent < 0)
+        return NULL;
+    if (n_and == n_ent)
+        return PyUnicode_Replace(value, amp_entity, amp, -1);
+    return PyObject_CallOneArg(c->unescape, value);
+}
+
+static inline int tab_nl(Py_UCS4 ch)
+{
+    return ch == '\t' || ch == '\n' || ch == '\r';
+}
+
+/* links.normalize: C0 controls and spaces stripped around, tabs and newlines removed. */
+static PyObject *normalize(PyObject *url)
+{
+    int kind = PyUnicode_KIND(url);
+    const void *data = PyUnicode_DATA(url);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(url);
+    Py_ssize_t s = 0, e = n;
+    while (s < e && PyUnicode_READ(kind, data, s) <= 0x20)
+        s++;
+    while (e > s && PyUnicode_READ(kind, data, e - 1) <= 0x20)
+        e--;
+    Py_ssize_t drop = 0;
+    for (Py_ssize_t k = s; k < e; k++)
+        drop += tab_nl(PyUnicode_READ(kind, data, k));
+    if (drop == 0)
+        return (s == 0 && e == n) ? Py_NewRef(url) : PyUnicode_Substring(url, s, e);
+    Py_UCS4 *buf = PyMem_New(Py_UCS4, (size_t)(e - s - drop) + 1);
+    if (buf == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t m = 0;
+    for (Py_ssize_t k = s; k < e; k++) {
+        Py_UCS4 ch = PyUnicode_READ(kind, data, k);
+        if (!tab_nl(ch))
+            buf[m++] = ch;
+    }
+    PyObject *res = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, buf, m);
+    PyMem_Free(buf);
+    return res;
+}
+
+/* links._HTTP.match: "https?://" with re.IGNORECASE, whose 's' also matches U+017F. */
+static int is_http(PyObject *url)
+{
+    int kind = PyUnicode_KIND(url);
+    const void *data = PyUnicode_DATA(url);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(url);
+    static const char http[] = "http";
+    if (n < 7)
+        return 0;
+    for (int k = 0; k < 4; k++) {
+        Py_UCS4 ch = PyUnicode_READ(kind, data, k);
+        if (ch != (Py_UCS4)http[k] && ch != (Py_UCS4)(http[k] - 32))
+            return 0;
+    }
+    Py_UCS4 c4 = PyUnicode_READ(kind, data, 4);
+    Py_ssize_t i = (c4 == 's' || c4 == 'S' || c4 == 0x17F) ? 5 : 4;
+    if (i + 3 <= n && PyUnicode_READ(kind, data, i) == ':' &&
+        PyUnicode_READ(kind, data, i + 1) == '/' && PyUnicode_READ(kind, data, i + 2) == '/')
+        return 1;
+    /* "s?" giving its 's' back would need that 's' to be ':' */
+    return 0;
+}
+
+static int link_candidate(void *ctx, Py_ssize_t s, Py_ssize_t e)
+{
+    links_ctx *c = ctx;
+    PyObject *value = PyUnicode_Decode((const char *)c->data + s, e - s, c->codec, NULL);
+    if (value == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            return 0; /* bytes that are not text in the part's charset */
+        }
+        return -1;
+    }
+    PyObject *unescaped = unescape_attr(c, value);
+    Py_DECREF(value);
+    if (unescaped == NULL)
+        return -1;
+    if (!PyUnicode_Check(unescaped)) {
+        Py_DECREF(unescaped);
+        PyErr_SetString(PyExc_TypeError, "unescape_attr must return str");
+        return -1;
+    }
+    PyObject *url = normalize(unescaped);
+    Py_DECREF(unescaped);
+    if (url == NULL)
+        return -1;
+    int keep = is_http(url);
+    if (keep && PyUnicode_GET_LENGTH(c->prefix) > 0) {
+        Py_ssize_t m = PyUnicode_Tailmatch(url, c->prefix, 0, PY_SSIZE_T_MAX, -1);
+        if (m < 0) {
+            Py_DECREF(url);
+            return -1;
+        }
+        keep = !m;
+    }
+    int rc = 0;
+    if (keep) {
+        PyObject *t = Py_BuildValue("(nnO)", s, e, url);
+        rc = t == NULL ? -1 : PyList_Append(c->out, t);
+        Py_XDECREF(t);
+    }
+    Py_DECREF(url);
+    return rc;
+}
+
+static PyObject *html_links(PyObject *self, PyObject *args)
+{
+    Py_buffer data, optout;
+    links_ctx c;
+    if (!PyArg_ParseTuple(args, "y*y*sUO:html_links", &data, &optout, &c.codec, &c.prefix,
+                          &c.unescape))
+        return NULL;
+    c.data = data.buf;
+    c.out = PyList_New(0);
+    if (c.out != NULL &&
+        scan_hrefs(data.buf, data.len, optout.buf, optout.len, link_candidate, &c) < 0)
+        Py_CLEAR(c.out);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&optout);
+    return c.out;
+}
+
+/* ---------------------------------------------------------------- quoted-printable */
+
+#define QP_LINE 76
+#define CLUSTER_GAP 480
+
+/* Python's bytes.count(sub, start, end), non-overlapping. */
+static Py_ssize_t count_sub(bptr d, Py_ssize_t n, Py_ssize_t start, Py_ssize_t end, bptr sub,
+                            Py_ssize_t sublen)
+{
+    if (end > n)
+        end = n;
+    if (start < 0)
+        start = 0;
+    Py_ssize_t count = 0;
+    while (start + sublen <= end) {
+        const unsigned char *p = memchr(d + start, sub[0], (size_t)(end - start - sublen + 1));
+        if (p == NULL)
+            break;
+        Py_ssize_t i = p - d;
+        if (memcmp(d + i, sub, (size_t)sublen) == 0) {
+            count++;
+            start = i + sublen;
+        } else {
+            start = i + 1;
+        }
+    }
+    return count;
+}
+
+static Py_ssize_t count_eq(bptr d, Py_ssize_t n, Py_ssize_t start, Py_ssize_t end)
+{
+    static const unsigned char eq = '=';
+    return count_sub(d, n, start, end, &eq, 1);
+}
+
+/* Python's slice bounds: a[i:j] of a sequence of length n is a[*i:*j] afterwards. */
+static void slice_bounds(Py_ssize_t n, Py_ssize_t *i, Py_ssize_t *j)
+{
+    if (*i < 0) {
+        *i += n;
+        if (*i < 0)
+            *i = 0;
+    } else if (*i > n) {
+        *i = n;
+    }
+    if (*j < 0) {
+        *j += n;
+        if (*j < 0)
+            *j = 0;
+    } else if (*j > n) {
+        *j = n;
+    }
+    if (*j < *i)
+        *j = *i;
+}
+
+static PyObject *bslice(PyObject *b, Py_ssize_t i, Py_ssize_t j)
+{
+    slice_bounds(PyBytes_GET_SIZE(b), &i, &j);
+    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(b) + i, j - i);
+}
+
+static PyObject *empty_bytes; /* b"" */
+
+/* sep.join(list) */
+static PyObject *join_bytes(PyObject *sep, PyObject *list)
+{
+    return PyObject_CallMethod(sep, "join", "O", list);
+}
+
+/* transfer._QPCursor */
+typedef struct {
+    bptr raw;
+    Py_ssize_t n;
+    bptr soft;
+    Py_ssize_t slen;
+    Py_ssize_t dec, pos;
+} qp_cursor;
+
+static Py_ssize_t raw_offset(qp_cursor *c, Py_ssize_t dec)
+{
+    Py_ssize_t pos = c->pos;
+    Py_ssize_t extra = c->slen - 2;
+    Py_ssize_t overlap = c->slen - 1;
+    Py_ssize_t target = pos + dec - c->dec;
+    Py_ssize_t est = target;
+    Py_ssize_t eq = 0, sb = 0;
+    Py_ssize_t counted = pos;
+    for (int round = 0; round < 64; round++) {
+        if (est > c->n || est < counted)
+            return -1;
+        eq += count_eq(c->raw, c->n, counted, est);
+        Py_ssize_t from = counted - overlap > pos ? counted - overlap : pos;
+        sb += count_sub(c->raw, c->n, from, est, c->soft, c->slen);
+        counted = est;
+        Py_ssize_t next = target + 2 * eq + extra * sb;
+        if (next == est) {
+            c->dec = dec;
+            c->pos = est;
+            return est;
+        }
+        est = next;
+    }
+    return -1;
+}
+
+/* transfer.qp_encode */
+static PyObject *qp_encode(PyObject *data, PyObject *eol)
+{
+    const char *d = PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    int crlf = PyBytes_GET_SIZE(eol) == 2;
+    if (memchr(d, '\n', (size_t)n) == NULL && memchr(d, '\r', (size_t)n) == NULL) {
+        PyObject *out = PyObject_CallOneArg(b2a_qp_fn, data);
+        if (out == NULL || !crlf)
+            return out;
+        PyObject *res = PyObject_CallMethod(out, "replace", "y#y#", "=\n", (Py_ssize_t)2,
+                                            "=\r\n", (Py_ssize_t)3);
+        Py_DECREF(out);
+        return res;
+    }
+    int clean;
+    if (crlf) {
+        Py_ssize_t lf = 0, cr = 0, pairs = 0;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            if (d[k] == '\n')
+                lf++;
+            else if (d[k] == '\r') {
+                cr++;
+                if (k + 1 < n && d[k + 1] == '\n')
+                    pairs++;
+            }
+        }
+        clean = lf == cr && cr == pairs;
+    } else {
+        clean = memchr(d, '\r', (size_t)n) == NULL;
+    }
+    if (clean)
+        return PyObject_CallOneArg(b2a_qp_fn, data);
+    /* eol.join(b2a_qp(line, istext=False).replace(b"=\n", b"=" + eol) for line in
+     * data.split(eol)) */
+    PyObject *lines = PyObject_CallMethod(data, "split", "O", eol);
+    if (lines == NULL)
+        return NULL;
+    PyObject *soft = PyBytes_FromStringAndSize(crlf ? "=\r\n" : "=\n", crlf ? 3 : 2);
+    PyObject *res = NULL;
+    if (soft == NULL)
+        goto done;
+    Py_ssize_t count = PyList_GET_SIZE(lines);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *args = PyTuple_Pack(1, PyList_GET_ITEM(lines, k));
+        if (args == NULL)
+            goto done;
+        PyObject *enc = PyObject_Call(b2a_qp_fn, args, istext_false);
+        Py_DECREF(args);
+        if (enc == NULL)
+            goto done;
+        PyObject *fixed = PyObject_CallMethod(enc, "replace", "y#O", "=\n", (Py_ssize_t)2, soft);
+        Py_DECREF(enc);
+        if (fixed == NULL)
+            goto done;
+        if (PyList_SetItem(lines, k, fixed) < 0) /* steals fixed, drops the old line */
+            goto done;
+    }
+    res = join_bytes(eol, lines);
+done:
+    Py_XDECREF(soft);
+    Py_DECREF(lines);
+    return res;
+}
+
+/* transfer._room_for_soft_break */
+static PyObject *room_for_soft_break(PyObject *encoded, PyObject *eol)
+{
+    bptr e = (bptr)PyBytes_AS_STRING(encoded);
+    Py_ssize_t n = PyBytes_GET_SIZE(encoded);
+    bptr el = (bptr)PyBytes_AS_STRING(eol);
+    Py_ssize_t elen = PyBytes_GET_SIZE(eol);
+    Py_ssize_t line_start = 0;
+    for (Py_ssize_t k = n - elen; k >= 0; k--) {
+        if (memcmp(e + k, el, (size_t)elen) == 0) {
+            line_start = k + elen;
+            break;
+        }
+    }
+    if (n - line_start < QP_LINE)
+        return Py_NewRef(encoded);
+    Py_ssize_t cut = n - ((n >= 3 && e[n - 3] == '=') ? 3 : 1);
+    PyObject *res = PyBytes_FromStringAndSize(NULL, n + 1 + elen);
+    if (res == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(res);
+    memcpy(o, e, (size_t)cut);
+    o[cut] = '=';
+    memcpy(o + cut + 1, el, (size_t)elen);
+    memcpy(o + cut + 1 + elen, e + cut, (size_t)(n - cut));
+    return res;
+}
+
+typedef struct {
+    Py_ssize_t start, end, d_start, d_end, first, past;
+} qp_region;
+
+typedef struct {
+    Py_ssize_t s, e;
+    PyObject *new; /* borrowed from the edits list */
+} edit;
+
+/* Reads the edits list: sorted (start, end, new bytes) tuples. */
+static edit *read_edits(PyObject *edits, Py_ssize_t *count)
+{
+    if (!PyList_Check(edits)) {
+        PyErr_SetString(PyExc_TypeError, "edits must be a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(edits);
+    edit *out = PyMem_New(edit, (size_t)(n > 0 ? n : 1));
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *t = PyList_GET_ITEM(edits, k);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3 ||
+            !PyBytes_Check(PyTuple_GET_ITEM(t, 2))) {
+            PyMem_Free(out);
+            PyErr_SetString(PyExc_TypeError, "an edit is a (start, end, bytes) tuple");
+            return NULL;
+        }
+        out[k].s = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 0));
+        out[k].e = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 1));
+        out[k].new = PyTuple_GET_ITEM(t, 2);
+        if ((out[k].s == -1 || out[k].e == -1) && PyErr_Occurred()) {
+            PyMem_Free(out);
+            return NULL;
+        }
+    }
+    *count = n;
+    return out;
+}
+
+/* Appends a new reference to a list, consuming it; -1 on failure. */
+static int push(PyObject *list, PyObject *item)
+{
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+static PyObject *qp_splice(PyObject *self, PyObject *args)
+{
+    PyObject *raw_o, *decoded, *edits_o, *eol;
+    if (!PyArg_ParseTuple(args, "SSOS:qp_splice", &raw_o, &decoded, &edits_o, &eol))
+        return NULL;
+    Py_ssize_t n_edits = 0;
+    edit *edits = read_edits(edits_o, &n_edits);
+    if (edits == NULL)
+        return NULL;
+    if (n_edits == 0) {
+        PyMem_Free(edits);
+        PyErr_SetString(PyExc_IndexError, "no edits");
+        return NULL;
+    }
+    bptr raw = (bptr)PyBytes_AS_STRING(raw_o);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw_o);
+    bptr el = (bptr)PyBytes_AS_STRING(eol);
+    Py_ssize_t width = PyBytes_GET_SIZE(eol);
+    PyObject *result = NULL, *out = NULL;
+    qp_region *regions = PyMem_New(qp_region, (size_t)n_edits);
+    unsigned char *soft = PyMem_Malloc((size_t)width + 1);
+    if (regions == NULL || soft == NULL || width < 1) {
+        if (width < 1)
+            PyErr_SetString(PyExc_ValueError, "empty eol");
+        else
+            PyErr_NoMemory();
+        goto done;
+    }
+    soft[0] = '=';
+    memcpy(soft + 1, el, (size_t)width);
+    qp_cursor cursor = {raw, n, soft, width + 1, 0, 0};
+    Py_ssize_t n_regions = 0;
+
+    /* _clusters, walked as they are made */
+    Py_ssize_t first = 0, cstart = edits[0].s, cend = edits[0].e;
+    for (Py_ssize_t k = 1; k <= n_edits; k++) {
+        int close = k == n_edits;
+        if (!close && edits[k].s - cend > CLUSTER_GAP)
+            close = 1;
+        if (close) {
+            Py_ssize_t s = cstart, e = cend, past = k;
+            Py_ssize_t rs = raw_offset(&cursor, s);
+            Py_ssize_t re_ = e == s ? rs : raw_offset(&cursor, e);
+            if (rs < 0 || re_ < 0) {
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+            Py_ssize_t j = -1;
+            Py_ssize_t lim = rs > n ? n : rs;
+            for (Py_ssize_t q = lim - width; q >= 0; q--) {
+                if (memcmp(raw + q, el, (size_t)width) == 0) {
+                    j = q;
+                    break;
+                }
+            }
+            Py_ssize_t start = j < 0 ? 0 : j + width;
+            j = find_sub(raw, re_, n, (const char *)el, width);
+            if (j < 0)
+                j = n;
+            Py_ssize_t end = (j > re_ && raw[j - 1] == '=') ? j - 1 : j;
+            Py_ssize_t d_start = s - (rs - start - 2 * count_eq(raw, n, start, rs));
+            Py_ssize_t d_end = e + (end - re_ - 2 * count_eq(raw, n, re_, end));
+            if (n_regions > 0 && start < regions[n_regions - 1].end) {
+                qp_region *last = &regions[n_regions - 1];
+                last->end = end > last->end ? end : last->end;
+                last->d_end = d_end > last->d_end ? d_end : last->d_end;
+                last->past = past;
+            } else {
+                regions[n_regions++] = (qp_region){start, end, d_start, d_end, first, past};
+            }
+            if (k == n_edits)
+                break;
+            first = k;
+            cstart = edits[k].s;
+        }
+        if (edits[k].e > cend)
+            cend = edits[k].e;
+    }
+
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+    Py_ssize_t copied = 0;
+    for (Py_ssize_t r = 0; r < n_regions; r++) {
+        qp_region *g = &regions[r];
+        if (g->d_start < 0) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        PyObject *piece = bslice(raw_o, g->start, g->end);
+        if (piece == NULL)
+            goto done;
+        PyObject *dec = PyObject_CallOneArg(a2b_qp_fn, piece);
+        Py_DECREF(piece);
+        if (dec == NULL)
+            goto done;
+        PyObject *want = bslice(decoded, g->d_start, g->d_end);
+        if (want == NULL) {
+            Py_DECREF(dec);
+            goto done;
+        }
+        int same = PyObject_RichCompareBool(dec, want, Py_EQ);
+        Py_DECREF(dec);
+        Py_DECREF(want);
+        if (same < 0)
+            goto done;
+        if (!same) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        PyObject *pieces = PyList_New(0);
+        if (pieces == NULL)
+            goto done;
+        Py_ssize_t cur = g->d_start;
+        int bad = 0;
+        for (Py_ssize_t k = g->first; k < g->past && !bad; k++) {
+            bad = push(pieces, bslice(decoded, cur, edits[k].s)) < 0 ||
+                  PyList_Append(pieces, edits[k].new) < 0;
+            cur = edits[k].e;
+        }
+        bad = bad || push(pieces, bslice(decoded, cur, g->d_end)) < 0;
+        PyObject *joined = bad ? NULL : join_bytes(empty_bytes, pieces);
+        Py_DECREF(pieces);
+        if (joined == NULL)
+            goto done;
+        PyObject *encoded = qp_encode(joined, eol);
+        Py_DECREF(joined);
+        if (encoded == NULL)
+            goto done;
+        if (g->end < n && raw[g->end] == '=') {
+            PyObject *roomy = room_for_soft_break(encoded, eol);
+            Py_DECREF(encoded);
+            encoded = roomy;
+            if (encoded == NULL)
+                goto done;
+        }
+        if (push(out, bslice(raw_o, copied, g->start)) < 0 || push(out, encoded) < 0)
+            goto done;
+        copied = g->end;
+    }
+    if (push(out, bslice(raw_o, copied, n)) < 0)
+        goto done;
+    result = join_bytes(empty_bytes, out);
+done:
+    Py_XDECREF(out);
+    PyMem_Free(regions);
+    PyMem_Free(soft);
+    PyMem_Free(edits);
+    return result;
+}
+
+/* ---------------------------------------------------------------- module */
+
+static PyMethodDef methods[] = {
+    {"find_hrefs", find_hrefs, METH_VARARGS,
+     "find_hrefs(data, optout) -> [(start, end)]: scan.find_hrefs."},
+    {"html_links", html_links, METH_VARARGS,
+     "html_links(work, optout, codec, prefix, unescape) -> [(start, end, url)]: the href "
+     "values that decode in `codec` and name an http(s) URL not starting with `prefix`."},
+    {"qp_splice", qp_splice, METH_VARARGS,
+     "qp_splice(raw, decoded, edits, eol) -> bytes | None: transfer.qp_splice."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_native", "The native rewriting engine's hot path.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    PyObject *binascii = PyImport_ImportModule("binascii");
+    if (binascii == NULL)
+        return NULL;
+    a2b_qp_fn = PyObject_GetAttrString(binascii, "a2b_qp");
+    b2a_qp_fn = PyObject_GetAttrString(binascii, "b2a_qp");
+    Py_DECREF(binascii);
+    istext_false = Py_BuildValue("{sO}", "istext", Py_False);
+    amp_entity = PyUnicode_InternFromString("&amp;");
+    amp = PyUnicode_InternFromString("&");
+    empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
+    if (empty_bytes == NULL || a2b_qp_fn == NULL || b2a_qp_fn == NULL || istext_false == NULL || amp_entity == NULL ||
+        amp == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,9 @@
+from collections.abc import Callable
+
+def find_hrefs(data: bytes, optout: bytes, /) -> list[tuple[int, int]]: ...
+def html_links(
+    work: bytes, optout: bytes, codec: str, prefix: str, unescape: Callable[[str], str], /
+) -> list[tuple[int, int, str]]: ...
+def qp_splice(
+    raw: bytes, decoded: bytes, edits: list[tuple[int, int, bytes]], eol: bytes, /
+) -> bytes | None: ...
