@@ -320,8 +320,8 @@ def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...]
     """Counts and rates over the messages of a period, each with its denominator."""
     from trackmilter.daemon import store_from
     from trackmilter.model import utcnow
-    from trackmilter.report import as_dict, header_filter, parse_since, render, tally
     from trackmilter.store import StoreError
+    from trackmilter.tally import as_dict, header_filter, parse_since, render, tally
 
     ctx.ensure_object(dict)["cli"] = True
     settings = _settings(ctx, logs=False)

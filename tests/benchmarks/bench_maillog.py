@@ -40,7 +40,7 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry
 
 from trackmilter.maillog import OUTCOMES, Delivery, LineParser, Rejection
-from trackmilter.maillog.daemon import KINDS, Tracker, consume
+from trackmilter.maillog.daemon import KINDS, Queues, consume
 from trackmilter.metrics import Metrics
 
 T = TypeVar("T")
@@ -155,7 +155,7 @@ def daemon_events(path: Path) -> Counter[str]:
     writer: parse, follow chains and expiry, build one DeliveryObserved per recipient."""
     sink = _CountingSink()
     metrics = Metrics(CollectorRegistry())
-    consume(path.read_text(), LineParser(reference=REFERENCE, kinds=KINDS), Tracker("bench"),
+    consume(path.read_text(), LineParser(reference=REFERENCE, kinds=KINDS), Queues("bench"),
             sink, metrics)
     return Counter({"events": sink.n})
 

@@ -21,6 +21,7 @@ from trackmilter.follow import (
 from trackmilter.judging import reviser_from
 from trackmilter.logging import get_logger
 from trackmilter.maillog.parse import LineParser
+from trackmilter.maillog.queues import MAX_REMEMBERED, Queues, QueueStateError, received_ids
 from trackmilter.maillog.records import (
     Delivery,
     Flavor,
@@ -28,7 +29,6 @@ from trackmilter.maillog.records import (
     MessageRemoved,
     RecordType,
 )
-from trackmilter.maillog.tracker import MAX_REMEMBERED, Tracker, TrackerStateError, received_ids
 from trackmilter.metrics import Metrics
 from trackmilter.model import DeliveryObserved, Event, Reinjected
 from trackmilter.store.base import WriteHook
@@ -37,12 +37,12 @@ from trackmilter.store.writer import BatchWriter
 __all__ = [
     "KINDS",
     "MAX_REMEMBERED",
-    "Tracker",
-    "TrackerStateError",
+    "Queues",
+    "QueueStateError",
     "bad_line_logger",
     "consume",
     "follow_file",
-    "restore_tracker",
+    "restore_queues",
     "run",
 ]
 
@@ -102,11 +102,11 @@ def provider_of(address: str, providers: frozenset[str]) -> str:
     return domain if domain in providers else "other"
 
 
-def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
+def consume(block: str, parser: LineParser, queues: Queues, sink: Sink,
             metrics: Metrics, log: Any = None, providers: frozenset[str] = frozenset()) -> int:
     """Parse a block of whole lines and submit the events it holds; return how many.
 
-    A record the tracker or the sink fails on is logged and counted as unparsed, and
+    A record the queue book or the sink fails on is logged and counted as unparsed, and
     the rest of the block goes on: a line that stopped the follower would stop it again
     after every restart, since the position does not move past it.
     """
@@ -114,14 +114,14 @@ def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
     if parser.flavor == "postfix":
         # The whole block's first: a `client=` line a little after the hand-off that
         # created it (lines of several processes interleave) still counts.
-        tracker.received(received_ids(block))
+        queues.received(received_ids(block))
     counts: Counter[str] = Counter()
     outcomes: Counter[tuple[str, str, str]] = Counter()
     submit = sink.submit
     outcome_lines = 0
     for record in parser.scan(block):
         try:
-            tracked = tracker.events(record)
+            tracked = queues.events(record)
             for item in tracked:
                 submit(item)
         except Exception as exc:  # noqa: BLE001 - one record must not stop the follower
@@ -167,25 +167,25 @@ def consume(block: str, parser: LineParser, tracker: Tracker, sink: Sink,
     return sum(counts.values())
 
 
-def restore_tracker(tracker: Tracker, state_file: Path, log: Any) -> bool:
+def restore_queues(queues: Queues, state_file: Path, log: Any) -> bool:
     """Restore what the last run saved with its position; a missing or damaged state
-    is logged and the tracker starts empty. True when a state was restored."""
+    is logged and the queue book starts empty. True when a state was restored."""
     try:
         data = load_consumer_state(state_file)
         if data is None:
             return False
-        tracker.restore(data)
-    except ValueError as exc:  # TrackerStateError, JSON, unreadable file
+        queues.restore(data)
+    except ValueError as exc:  # QueueStateError, JSON, unreadable file
         log.warning("maillog_state_unreadable", state_file=str(state_file), error=_cut(str(exc)))
         return False
     return True
 
 
-def follow_file(follower: FileFollower, parser: LineParser, tracker: Tracker,
+def follow_file(follower: FileFollower, parser: LineParser, queues: Queues,
                 sink: FlushingSink, metrics: Metrics, log: Any,
                 should_stop: Callable[[], bool], flush_timeout: float = 30.0,
                 providers: frozenset[str] = frozenset()) -> None:
-    """Read blocks until `should_stop()`; after each, save the position and the tracker's
+    """Read blocks until `should_stop()`; after each, save the position and the queues'
     state, but only once the sink has stored (or spooled) the block's events.
 
     A flush that does not finish leaves the saved position where it was: the next
@@ -197,12 +197,12 @@ def follow_file(follower: FileFollower, parser: LineParser, tracker: Tracker,
             if not block:
                 follower.sleep(follower.poll_interval)
                 continue
-            consume(block, parser, tracker, sink, metrics, log, providers)
+            consume(block, parser, queues, sink, metrics, log, providers)
             if not sink.flush(timeout=flush_timeout):
                 log.warning("maillog_flush_incomplete", timeout=flush_timeout)
                 continue
             try:
-                follower.commit(tracker.dump())
+                follower.commit(queues.dump())
             except OSError as exc:
                 log.warning("maillog_state_not_saved", error=str(exc))
     finally:
@@ -234,23 +234,23 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     start_metrics(m.metrics_listen, metrics)
     flavor: Flavor = "sendmail" if m.format == "sendmail" else "postfix"
     parser = LineParser(flavor, kinds=KINDS, on_error=bad_line_logger(log))
-    tracker = Tracker(m.mta_name)
+    queues = Queues(m.mta_name)
     providers = frozenset(settings.metrics.providers)
     log.info("maillog_starting", path=m.path, format=m.format, state_file=str(m.state_file))
     try:
         if reading_stdin:
             for block in read_stream(stdin):  # type: ignore[arg-type]
-                consume(block, parser, tracker, writer, metrics, log, providers)
+                consume(block, parser, queues, writer, metrics, log, providers)
                 if not writer.flush(timeout=30.0):
                     log.warning("maillog_flush_incomplete", timeout=30.0)
                 if stop[0]:
                     break
         else:
-            restore_tracker(tracker, m.state_file, log)
+            restore_queues(queues, m.state_file, log)
             follower = FileFollower(m.path, state_path=m.state_file,
                                     poll_interval=m.poll_interval,
                                     on_lost=warn_lost(log, "maillog_position_lost", m.path))
-            follow_file(follower, parser, tracker, writer, metrics, log, lambda: stop[0],
+            follow_file(follower, parser, queues, writer, metrics, log, lambda: stop[0],
                         providers=providers)
     except _Stopped:
         pass

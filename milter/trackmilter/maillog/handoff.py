@@ -40,7 +40,7 @@ class Unclaimed:
     (`filtering`, saved with the rest): a site without a content filter would otherwise
     rewrite every queue id of the last ten minutes with each block's state.
 
-    Methods return whether anything changed (the tracker's dump is kept until it does).
+    Methods return whether anything changed (the queues' dump is kept until it does).
     """
 
     def __init__(self, limit: int) -> None:

@@ -15,7 +15,7 @@ from trackmilter.daemon import StartupError, load_signer, start_metrics, store_f
 from trackmilter.lifecycle import Deadline, InFlight, block_stop_signals
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
-from trackmilter.mta.reports import ReportQueue, decode_report
+from trackmilter.mta.report_queue import ReportQueue, decode_report
 from trackmilter.mta.session import Deps, Session
 from trackmilter.store.base import WriteHook
 from trackmilter.store.writer import BatchWriter

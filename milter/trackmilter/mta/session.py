@@ -28,7 +28,7 @@ from trackmilter.model import (
 )
 from trackmilter.mta import policy
 from trackmilter.mta.budget import Budget, report_cost, rewrite_cost, tune_malloc
-from trackmilter.mta.reports import ReportQueue, decode_verp
+from trackmilter.mta.report_queue import ReportQueue, decode_verp
 from trackmilter.rewrite import RewriteOptions, RewriteResult, rewrite_message
 from trackmilter.rewrite import SkipReason as PartSkip
 from trackmilter.tokens import Signer, UnsignableURL, URLTooLong

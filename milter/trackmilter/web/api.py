@@ -14,9 +14,9 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote
 
 from trackmilter.model import utcnow
-from trackmilter.report import as_dict, header_filter, parse_since, tally
 from trackmilter.status import annotate
 from trackmilter.store.views import MessageView
+from trackmilter.tally import as_dict, header_filter, parse_since, tally
 
 PREFIX = "/api/v1/"
 Response = tuple[int, list[tuple[bytes, bytes]], bytes]

@@ -267,7 +267,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     e = settings.edge
     # nginx decided who the client is (its real-IP module): TrackerApp.ingest takes the
     # logged address as it is and never looks at forwarding headers again.
-    app, writer, store, revisor = build(settings, metrics, hooks=hooks, spool_prefix="edge")
+    app, writer, store, revisions = build(settings, metrics, hooks=hooks, spool_prefix="edge")
     start_metrics(e.metrics_listen, metrics)
     log.info("edge_starting", log=str(e.log), state_file=str(e.state_file),
              base_url=settings.tracking.base_url, key_ids=list(app.key_ids))
@@ -280,7 +280,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
         deadline = Deadline(settings.store.stop_timeout)
         app.close()
         writer.flush(timeout=min(2.0, deadline.left()))  # a stalled store: close() decides
-        revisor.close(timeout=deadline.left())
+        revisions.close(timeout=deadline.left())
         counts = writer.close(timeout=deadline.left())
         store.close()
         log.info("edge_stopped", hits=counts.get("submitted", 0), stored=counts.get("written", 0),

@@ -25,7 +25,7 @@ from trackmilter.web.app import TrackerApp
 from trackmilter.web.forwarded import ClientResolver
 from trackmilter.web.networks import networks_from
 from trackmilter.web.rdns import ReverseDNS
-from trackmilter.web.revisor import NotingStore, Revisor
+from trackmilter.web.revisions import NotingStore, RevisionQueue
 
 
 def claim_spool(base: Path, prefix: str = "web") -> tuple[Path, int]:
@@ -79,8 +79,8 @@ def adopt_orphans(base: Path, prefix: str, own: Path) -> int:
 
 
 def build(settings: Settings, metrics: Metrics, *, hooks: Sequence[WriteHook],
-          spool_prefix: str = "web") -> tuple[TrackerApp, Any, Any, Revisor]:
-    """The app, its writer, store and revisor (the caller closes them); `hooks` go to the
+          spool_prefix: str = "web") -> tuple[TrackerApp, Any, Any, RevisionQueue]:
+    """The app, its writer, store and revisions (the caller closes them); `hooks` go to the
     store (the webhook outbox, see trackmilter.wiring)."""
     t = settings.tracking
     if not t.base_url:
@@ -90,8 +90,8 @@ def build(settings: Settings, metrics: Metrics, *, hooks: Sequence[WriteHook],
     store = store_from(settings, hooks=hooks, reviser=reviser_from(settings))
     s = settings.store
     spool, _lock = claim_spool(s.spool_dir, spool_prefix)
-    revisor = Revisor(store, metrics, log)
-    writer = BatchWriter.configured(NotingStore(store, revisor), spool, metrics, s, logger=log)
+    revisions = RevisionQueue(store, metrics, log)
+    writer = BatchWriter.configured(NotingStore(store, revisions), spool, metrics, s, logger=log)
     w = settings.web
     api = Api(store, load_tokens(Path(w.api_token_file))) if w.api_token_file else None
     rdns = ReverseDNS() if w.reverse_dns else None
@@ -103,19 +103,19 @@ def build(settings: Settings, metrics: Metrics, *, hooks: Sequence[WriteHook],
         ipv4_prefix=settings.privacy.ipv4_prefix, ipv6_prefix=settings.privacy.ipv6_prefix,
         name=w.name, api=api, rdns=rdns,
     )
-    return app, writer, store, revisor
+    return app, writer, store, revisions
 
 
 def worker_app(hooks: Callable[[Settings], Sequence[WriteHook]]) -> TrackerApp:
     """Granian's factory (through trackmilter.wiring.web_worker_app), called in every worker
     process: settings from the same file and environment as the parent, a writer, spool
-    directory and revisor of its own; `hooks` gives the store's write hooks for them."""
+    directory and revisions of its own; `hooks` gives the store's write hooks for them."""
     path = os.environ.get(CONFIG_ENV)
     settings = load_settings(Path(path) if path else None)
     configure_logging(settings.log.format, settings.log.level,
                     hash_addresses=settings.log.hash_addresses)
     metrics = Metrics()
-    app, writer, store, revisor = build(settings, metrics, hooks=hooks(settings))
+    app, writer, store, revisions = build(settings, metrics, hooks=hooks(settings))
     log = get_logger(component="web")
 
     def shutdown() -> None:
@@ -124,7 +124,7 @@ def worker_app(hooks: Callable[[Settings], Sequence[WriteHook]]) -> TrackerApp:
         deadline = Deadline(settings.store.stop_timeout)
         app.close()
         writer.flush(timeout=min(2.0, deadline.left()))  # a stalled store: close() decides
-        revisor.close(timeout=deadline.left())
+        revisions.close(timeout=deadline.left())
         counts = writer.close(timeout=deadline.left())
         store.close()
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

@@ -14,12 +14,12 @@ from trackmilter.follow import FileFollower, load_consumer_state, load_position
 from trackmilter.maillog.daemon import (
     KINDS,
     MAX_LOGGED_CHARS,
-    Tracker,
-    TrackerStateError,
+    Queues,
+    QueueStateError,
     bad_line_logger,
     consume,
     follow_file,
-    restore_tracker,
+    restore_queues,
 )
 from trackmilter.maillog.parse import LineParser
 from trackmilter.maillog.records import LogRecord
@@ -41,7 +41,7 @@ class ListSink:
 
 def run(text: str) -> tuple[list[DeliveryObserved], Metrics]:
     sink, metrics = ListSink(), Metrics(CollectorRegistry())
-    consume(text, LineParser("postfix", reference=REFERENCE, kinds=KINDS), Tracker("lab"),
+    consume(text, LineParser("postfix", reference=REFERENCE, kinds=KINDS), Queues("lab"),
             sink, metrics)
     return sink.events, metrics
 
@@ -142,7 +142,7 @@ def test_loopback_hand_off_is_not_acceptance_by_a_remote_server() -> None:
 
 def test_a_hand_off_after_deferrals_clears_them() -> None:
     """The filter was down (deferred), then took the mail: the old queue id is not expired."""
-    tracker = Tracker("lab")
+    queues = Queues("lab")
     text = (
         _queued("AAA111")
         + _line("AAA111", "bob@example.net", "127.0.0.1[127.0.0.1]:10025", "deferred",
@@ -153,7 +153,7 @@ def test_a_hand_off_after_deferrals_clears_them() -> None:
         + "Nov 27 10:00:00 mx postfix/qmgr[3]: AAA111: from=<s@example.org>, "
           "status=expired, returned to sender\n"
     )
-    events = _consume(text, tracker)
+    events = _consume(text, queues)
     assert [str(e.status) for e in events] == ["deferred"]
 
 
@@ -177,10 +177,10 @@ def test_lines_the_parser_does_not_know_are_counted_not_fatal() -> None:
     assert metrics.registry.get_sample_value("trackmilter_maillog_unparsed_lines_total") == 1
 
 
-def _consume(text: str, tracker: Tracker, metrics: Metrics | None = None,
+def _consume(text: str, queues: Queues, metrics: Metrics | None = None,
              parser: LineParser | None = None) -> list[DeliveryObserved]:
     sink = ListSink()
-    consume(text, parser or LineParser("postfix", reference=REFERENCE, kinds=KINDS), tracker,
+    consume(text, parser or LineParser("postfix", reference=REFERENCE, kinds=KINDS), queues,
             sink, metrics or Metrics(CollectorRegistry()), RecordingLog())
     return sink.events
 
@@ -208,7 +208,7 @@ def test_a_malformed_delay_does_not_stop_the_follower() -> None:
     assert metrics.registry.get_sample_value("trackmilter_maillog_unparsed_lines_total") == 1
 
 
-class FragileTracker(Tracker):
+class FragileTracker(Queues):
     def events(self, record: LogRecord) -> list[DeliveryObserved]:
         if record.queue_id == "BAD111":
             raise RuntimeError("a bug")
@@ -307,9 +307,9 @@ AFTER_CHAIN = _line("NEW222", "bob@example.net", "mx[192.0.2.9]:25", "sent", "25
 
 def test_tracker_state_survives_a_restart() -> None:
     """After a restart, an expiry still knows who was deferred and a chain still leads back."""
-    before = Tracker("lab")
+    before = Queues("lab")
     _consume(DEFERRED + CHAIN, before)
-    after = Tracker("lab")
+    after = Queues("lab")
     after.restore(json.loads(before.dump()))
     events = _consume(EXPIRED + AFTER_CHAIN, after)
     assert [(e.queue_id, e.recipient, str(e.status), e.dsn) for e in events] == [
@@ -318,34 +318,34 @@ def test_tracker_state_survives_a_restart() -> None:
     ]
     assert events[0].text == "host mx said: 450 4.7.1 try later"
     # Without the state, the same lines lose both.
-    fresh = _consume(EXPIRED + AFTER_CHAIN, Tracker("lab"))
+    fresh = _consume(EXPIRED + AFTER_CHAIN, Queues("lab"))
     assert [(e.queue_id, str(e.status)) for e in fresh] == [("NEW222", "sent")]
 
 
 def test_removed_forgets_what_was_kept_about_a_queue_id() -> None:
-    tracker = Tracker("lab")
-    _consume(DEFERRED + CHAIN, tracker)
+    queues = Queues("lab")
+    _consume(DEFERRED + CHAIN, queues)
     _consume("".join(f"Nov 27 11:00:00 mx postfix/qmgr[3]: {q}: removed\n"
-                     for q in ("DDD111", "AAA111", "NEW222")), tracker)
-    assert json.loads(tracker.dump()) == {"version": 1, "origin": [], "deferred": [],
+                     for q in ("DDD111", "AAA111", "NEW222")), queues)
+    assert json.loads(queues.dump()) == {"version": 1, "origin": [], "deferred": [],
                                           "local": [], "reported": [], "finished": [],
                                           "filtering": True}
 
 
 def test_tracker_state_is_bounded() -> None:
-    tracker = Tracker("lab", limit=2)
+    queues = Queues("lab", limit=2)
     text = "".join(
         _queued(f"Q{i}") + _line(f"Q{i}", "a@example.net", "127.0.0.1[127.0.0.1]:10025",
                                  "sent", f"250 2.0.0 Ok: queued as N{i}")
         + _line(f"Q{i}", "b@example.net", "mx[192.0.2.9]:25", "deferred", "450 later")
         for i in range(5)
     )
-    _consume(text, tracker)
-    state = json.loads(tracker.dump())
+    _consume(text, queues)
+    state = json.loads(queues.dump())
     assert [new for new, _ in state["origin"]] == ["N3", "N4"]
     assert [qid for qid, _ in state["deferred"]] == ["Q3", "Q4"]
     assert state["local"] == ["Q3", "Q4"]
-    small = Tracker("lab", limit=1)
+    small = Queues("lab", limit=1)
     small.restore(state)
     assert [new for new, _ in json.loads(small.dump())["origin"]] == ["N4"]
 
@@ -366,12 +366,12 @@ def test_tracker_state_is_bounded() -> None:
     ],
 )
 def test_a_damaged_state_is_refused_whole(data: object) -> None:
-    tracker = Tracker("lab")
-    _consume(DEFERRED, tracker)
-    before = tracker.dump()
-    with pytest.raises(TrackerStateError):
-        tracker.restore(data)
-    assert tracker.dump() == before
+    queues = Queues("lab")
+    _consume(DEFERRED, queues)
+    before = queues.dump()
+    with pytest.raises(QueueStateError):
+        queues.restore(data)
+    assert queues.dump() == before
 
 
 # -- the follower loop: flush, then save position and state together ---------------------
@@ -387,7 +387,7 @@ class FlushSink(ListSink):
         return self.ok
 
 
-def _follow(log: Path, state: Path, sink: FlushSink, tracker: Tracker,
+def _follow(log: Path, state: Path, sink: FlushSink, queues: Queues,
             polls: int = 2) -> RecordingLog:
     """Run the follower loop for `polls` polls, as run() does."""
     calls = [0]
@@ -398,7 +398,7 @@ def _follow(log: Path, state: Path, sink: FlushSink, tracker: Tracker,
 
     recording = RecordingLog()
     follower = FileFollower(log, state_path=state, sleep=lambda _s: None)
-    follow_file(follower, LineParser("postfix", reference=REFERENCE, kinds=KINDS), tracker,
+    follow_file(follower, LineParser("postfix", reference=REFERENCE, kinds=KINDS), queues,
                 sink, Metrics(CollectorRegistry()), recording, should_stop)
     return recording
 
@@ -409,13 +409,13 @@ def test_position_is_not_saved_when_the_flush_fails(tmp_path: Path) -> None:
     log, state = tmp_path / "mail.log", tmp_path / "maillog.state"
     log.write_text(DEFERRED)
     sink = FlushSink(ok=False)
-    recording = _follow(log, state, sink, Tracker("lab"))
+    recording = _follow(log, state, sink, Queues("lab"))
     assert sink.flushes == 1 and len(sink.events) == 1
     assert not state.exists()
     assert [event for event, _ in recording.lines] == ["delivery", "maillog_flush_incomplete"]
     # Once a flush succeeds, the position and the state are saved together.
     sink = FlushSink(ok=True)
-    _follow(log, state, sink, Tracker("lab"))
+    _follow(log, state, sink, Queues("lab"))
     assert load_position(state) is not None
     assert load_position(state).offset == len(DEFERRED)  # type: ignore[union-attr]
     saved = load_consumer_state(state)
@@ -425,12 +425,12 @@ def test_position_is_not_saved_when_the_flush_fails(tmp_path: Path) -> None:
 def test_restart_restores_the_state_saved_with_the_position(tmp_path: Path) -> None:
     log, state = tmp_path / "mail.log", tmp_path / "maillog.state"
     log.write_text(DEFERRED)
-    _follow(log, state, FlushSink(ok=True), Tracker("lab"))
+    _follow(log, state, FlushSink(ok=True), Queues("lab"))
     with log.open("a") as f:
         f.write(EXPIRED)
-    tracker, sink = Tracker("lab"), FlushSink(ok=True)
-    assert restore_tracker(tracker, state, RecordingLog())
-    _follow(log, state, sink, tracker)
+    queues, sink = Queues("lab"), FlushSink(ok=True)
+    assert restore_queues(queues, state, RecordingLog())
+    _follow(log, state, sink, queues)
     assert [(e.recipient, str(e.status)) for e in sink.events] == [
         ("late@example.net", "expired")]
 
@@ -453,23 +453,23 @@ def test_a_damaged_state_file_is_logged_and_the_tracker_starts_empty(
         state.write_bytes(content)
     else:
         state.write_text(content)
-    tracker, recording = Tracker("lab"), RecordingLog()
-    assert not restore_tracker(tracker, state, recording)
+    queues, recording = Queues("lab"), RecordingLog()
+    assert not restore_queues(queues, state, recording)
     assert [event for event, _ in recording.lines] == ["maillog_state_unreadable"]
-    assert json.loads(tracker.dump())["deferred"] == []
+    assert json.loads(queues.dump())["deferred"] == []
 
 
 def test_a_missing_state_file_is_a_fresh_start(tmp_path: Path) -> None:
     recording = RecordingLog()
-    assert not restore_tracker(Tracker("lab"), tmp_path / "none", recording)
+    assert not restore_queues(Queues("lab"), tmp_path / "none", recording)
     assert recording.lines == []
 
 
 def test_a_state_file_of_the_previous_version_keeps_its_position(tmp_path: Path) -> None:
-    """Position files written before the tracker state was kept still give the position."""
+    """Position files written before the queue state was kept still give the position."""
     state = tmp_path / "maillog.state"
     state.write_text('{"device": 1, "inode": 2, "offset": 3, "head_len": 3, "head": "ab"}')
-    assert not restore_tracker(Tracker("lab"), state, RecordingLog())
+    assert not restore_queues(Queues("lab"), state, RecordingLog())
     assert load_position(state) is not None
 
 
@@ -484,7 +484,7 @@ def test_events_keep_the_final_address_and_the_delivery_agent() -> None:
 def test_outcome_metrics_by_status_dsn_and_provider() -> None:
     from prometheus_client import CollectorRegistry
 
-    from trackmilter.maillog.daemon import Tracker, consume, provider_of
+    from trackmilter.maillog.daemon import Queues, consume, provider_of
     from trackmilter.maillog.parse import LineParser
 
     assert provider_of("Bob@GMAIL.com", frozenset({"gmail.com"})) == "gmail.com"
@@ -497,7 +497,7 @@ def test_outcome_metrics_by_status_dsn_and_provider() -> None:
     )
     metrics = Metrics(CollectorRegistry())
     sink = ListSinkForMetrics()
-    consume(block, LineParser("postfix", kinds=KINDS), Tracker("lab"), sink, metrics,
+    consume(block, LineParser("postfix", kinds=KINDS), Queues("lab"), sink, metrics,
             providers=frozenset({"gmail.com"}))
     get = metrics.registry.get_sample_value
     assert get("trackmilter_delivery_outcomes_total",

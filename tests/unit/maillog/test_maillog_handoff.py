@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import CollectorRegistry
 
-from trackmilter.maillog.daemon import KINDS, Tracker, consume
+from trackmilter.maillog.daemon import KINDS, Queues, consume
 from trackmilter.maillog.handoff import HAND_OFF_WINDOW, MAX_FINISHED_UNFILTERED, Unclaimed
 from trackmilter.maillog.parse import LineParser
 from trackmilter.metrics import Metrics
@@ -86,11 +86,11 @@ class RecordingLog:
     warning = info
 
 
-def run(text: str, tracker: Tracker | None = None,
+def run(text: str, queues: Queues | None = None,
         log: RecordingLog | None = None) -> tuple[list[Event], Metrics]:
     sink, metrics = ListSink(), Metrics(CollectorRegistry())
     consume(text, LineParser("postfix", reference=REFERENCE, kinds=KINDS),
-            tracker or Tracker("mx"), sink, metrics, log)
+            queues or Queues("mx"), sink, metrics, log)
     return sink.events, metrics
 
 
@@ -166,33 +166,33 @@ def test_outcomes_after_a_late_hand_off_go_to_the_original() -> None:
 def test_the_re_injected_copy_removed_before_the_hand_off(first: bool) -> None:
     """NEW delivered and removed before OLD's hand-off: still no outcome "sent to
     127.0.0.1:10024", and NEW (free again) is not chained to OLD for what comes next."""
-    tracker = Tracker("mx")
+    queues = Queues("mx")
     if not first:
-        run(an_earlier_hand_off(), tracker)
+        run(an_earlier_hand_off(), queues)
     text = (received(OLD) + queued(OLD, "") + reinjected(NEW, "") + lmtp(NEW, "bob@example.net")
             + removed(NEW) + hand_off(OLD, NEW, "bob@example.net") + removed(OLD))
-    events, _ = run(text, tracker)
+    events, _ = run(text, queues)
     assert summary(events) == [
         ("delivery", NEW, "bob@example.net", "sent"),
         ("reinjected", OLD, NEW, "bob@example.net"),
     ]
-    assert tracker.origin(NEW) == NEW
+    assert queues.origin(NEW) == NEW
     # A reused short queue id later is a message of its own.
     again, _ = run(received(NEW, at="10:05:00") + smtp(NEW, "dave@example.net", at="10:05:01"),
-                   tracker)
+                   queues)
     assert summary(again) == [("delivery", NEW, "dave@example.net", "sent")]
 
 
 def test_a_removed_copy_is_remembered_only_for_the_hand_off_window() -> None:
-    tracker = Tracker("mx")
-    run(an_earlier_hand_off(), tracker)
+    queues = Queues("mx")
+    run(an_earlier_hand_off(), queues)
     run(received(OLD) + reinjected(NEW, "") + lmtp(NEW, "bob@example.net") + removed(NEW),
-        tracker)
+        queues)
     # Eleven minutes of other mail later, a hand-off naming NEW is another server's 250.
     later = "10:11:02"
     events, _ = run(received("7B7B71C0A1", later) + smtp("7B7B71C0A1", "x@example.net", later)
                     + removed("7B7B71C0A1", later)
-                    + hand_off(OLD, NEW, "bob@example.net", at=later), tracker)
+                    + hand_off(OLD, NEW, "bob@example.net", at=later), queues)
     assert ("reinjected", OLD, NEW, "bob@example.net") not in summary(events)
 
 
@@ -236,21 +236,21 @@ def test_a_late_hand_off_is_logged_not_counted_as_a_delivery() -> None:
 def test_the_hand_off_after_a_restart(removed_first: bool) -> None:
     """The follower stopped between NEW's outcome (and removal) and OLD's hand-off: the
     state saved with the position remembers that NEW's outcome went out under NEW."""
-    before = Tracker("mx")
+    before = Queues("mx")
     run(an_earlier_hand_off(), before)
     run(received(OLD) + queued(OLD, "") + reinjected(NEW, "") + lmtp(NEW, "bob@example.net")
         + (removed(NEW) if removed_first else ""), before)
-    after = Tracker("mx")
+    after = Queues("mx")
     after.restore(json.loads(before.dump()))
     events, _ = run(hand_off(OLD, NEW, "bob@example.net") + removed(OLD), after)
     assert summary(events) == [("reinjected", OLD, NEW, "bob@example.net")]
 
 
 def test_a_state_saved_before_these_tables_still_restores() -> None:
-    tracker = Tracker("mx")
-    tracker.restore({"version": 1, "origin": [], "deferred": [], "local": [NEW]})
+    queues = Queues("mx")
+    queues.restore({"version": 1, "origin": [], "deferred": [], "local": [NEW]})
     events, _ = run(lmtp(NEW, "bob@example.net") + hand_off(OLD, NEW, "bob@example.net"),
-                    tracker)
+                    queues)
     assert summary(events)[-1] == ("reinjected", OLD, NEW, "bob@example.net")
 
 
@@ -262,28 +262,28 @@ def test_a_state_saved_before_these_tables_still_restores() -> None:
     pytest.param({"filtering": "yes"}, id="not-a-boolean"),
 ])
 def test_damaged_hand_off_tables_are_refused(tables: dict[str, object]) -> None:
-    from trackmilter.maillog.daemon import TrackerStateError
+    from trackmilter.maillog.daemon import QueueStateError
 
-    tracker = Tracker("mx")
-    with pytest.raises(TrackerStateError):
-        tracker.restore({"version": 1, "origin": [], "deferred": [], "local": [], **tables})
+    queues = Queues("mx")
+    with pytest.raises(QueueStateError):
+        queues.restore({"version": 1, "origin": [], "deferred": [], "local": [], **tables})
 
 
 def test_without_a_content_filter_few_removed_queue_ids_are_kept() -> None:
     """The state file is rewritten after every block: a site that never hands mail back
     keeps only the last few removed queue ids in it (enough for a first late hand-off)."""
-    tracker = Tracker("mx")
+    queues = Queues("mx")
     run("".join(received(f"3C3C{i:06X}") + smtp(f"3C3C{i:06X}", "x@example.net")
                 + removed(f"3C3C{i:06X}") for i in range(MAX_FINISHED_UNFILTERED + 50)),
-        tracker)
-    state = json.loads(tracker.dump())
+        queues)
+    state = json.loads(queues.dump())
     assert (state["reported"], state["filtering"]) == ([], False)
     assert len(state["finished"]) == MAX_FINISHED_UNFILTERED
     # Once a hand-off is seen, the whole window is kept.
-    run(an_earlier_hand_off(), tracker)
+    run(an_earlier_hand_off(), queues)
     run("".join(received(f"3D3D{i:06X}") + smtp(f"3D3D{i:06X}", "x@example.net")
-                + removed(f"3D3D{i:06X}") for i in range(MAX_FINISHED_UNFILTERED)), tracker)
-    assert len(json.loads(tracker.dump())["finished"]) == 2 * MAX_FINISHED_UNFILTERED
+                + removed(f"3D3D{i:06X}") for i in range(MAX_FINISHED_UNFILTERED)), queues)
+    assert len(json.loads(queues.dump())["finished"]) == 2 * MAX_FINISHED_UNFILTERED
 
 
 def test_unclaimed_tables_are_bounded() -> None:

@@ -294,7 +294,7 @@ def _queue(sink: ListSink, seen: list[bytes], deps: Deps) -> Deps:
     from dataclasses import replace
 
     from trackmilter.model import ReportReceived, ReportRecipient
-    from trackmilter.mta.reports import ReportQueue
+    from trackmilter.mta.report_queue import ReportQueue
 
     def decode(raw: bytes) -> ReportReceived | None:
         seen.append(raw)
@@ -344,7 +344,7 @@ def test_report_queue_is_bounded_by_bytes_and_counts_what_it_drops(sink: ListSin
     import threading
     from datetime import UTC, datetime
 
-    from trackmilter.mta.reports import ReportQueue
+    from trackmilter.mta.report_queue import ReportQueue
 
     deps = make_deps(sink)
     gate = threading.Event()

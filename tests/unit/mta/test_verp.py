@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trackmilter.mta.reports import decode_verp
+from trackmilter.mta.report_queue import decode_verp
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_decode_verp(address: str, delimiters: str, expected: tuple[str, str] | 
 
 
 def test_a_configured_tracking_header_ties_the_report() -> None:
-    from trackmilter.mta.reports import decode_report
+    from trackmilter.mta.report_queue import decode_report
 
     bounce = (
         b"From: MAILER-DAEMON@mx.example.com\r\nTo: alice@example.com\r\n"

@@ -19,9 +19,9 @@ from trackmilter.model import (
     ReportReceived,
     ReportRecipient,
 )
-from trackmilter.report import Tally, render
 from trackmilter.status import annotate
 from trackmilter.store import SQLStore
+from trackmilter.tally import Tally, render
 
 
 def _delivery(m: object, rcpt: str, status: DeliveryStatus, dsn: str) -> DeliveryObserved:

@@ -25,7 +25,7 @@ from tests.unit.maillog.test_maillog_handoff import (
 from tests.unit.store.store_helpers import make_message, row_counts
 
 from trackmilter.cli import main
-from trackmilter.maillog.daemon import KINDS, Tracker, consume
+from trackmilter.maillog.daemon import KINDS, Queues, consume
 from trackmilter.maillog.parse import LineParser
 from trackmilter.metrics import Metrics
 from trackmilter.model import (
@@ -49,7 +49,7 @@ class Follower:
     """`trackmilter maillog` without its threads: log text in, events out."""
 
     def __init__(self) -> None:
-        self.tracker = Tracker(MTA)
+        self.queues = Queues(MTA)
         self.parser = LineParser("postfix", reference=REFERENCE, kinds=KINDS)
 
     def read(self, text: str) -> list[Event]:
@@ -59,7 +59,7 @@ class Follower:
             def submit(self, event: Event) -> None:
                 out.append(event)
 
-        consume(text, self.parser, self.tracker, Sink(), Metrics(CollectorRegistry()))
+        consume(text, self.parser, self.queues, Sink(), Metrics(CollectorRegistry()))
         return out
 
 

@@ -22,7 +22,7 @@ class RevisingStore(Protocol):
     def revise_hits(self, tracking_ids: Sequence[str], since: datetime | None = None) -> int: ...
 
 
-class Revisor:
+class RevisionQueue:
     """One daemon thread per tracker process. ``note`` is O(1) and never blocks on I/O."""
 
     def __init__(self, store: RevisingStore, metrics: Any, log: Any, *,
@@ -38,7 +38,7 @@ class Revisor:
         self._wake = threading.Event()
         self._pending: dict[str, tuple[float, float]] = {}  # tid -> (first, last) note time
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="trackmilter-revisor",
+        self._thread = threading.Thread(target=self._run, name="trackmilter-revisions",
                                         daemon=True)
         if start:
             self._thread.start()
@@ -106,14 +106,14 @@ class NotingStore:
     too), its hits' messages are due for a revision — not before, when the revision would
     find nothing."""
 
-    def __init__(self, store: Any, revisor: Revisor) -> None:
+    def __init__(self, store: Any, revisions: RevisionQueue) -> None:
         self._store = store
-        self._revisor = revisor
+        self._revisions = revisions
 
     def write(self, events: Sequence[Event]) -> None:
         self._store.write(events)
         for tid in {e.tracking_id for e in events if isinstance(e, HitRecorded)}:
-            self._revisor.note(tid)
+            self._revisions.note(tid)
 
     def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]:
         result: list[MessageView] = self._store.lookup(ident, limit=limit)

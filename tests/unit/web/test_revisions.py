@@ -1,4 +1,4 @@
-"""The revisor: a message is judged again once its hits settle, at least every MAX_DELAY
+"""The revisions: a message is judged again once its hits settle, at least every MAX_DELAY
 while hammered, and again later if the store was down."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from trackmilter.metrics import Metrics
-from trackmilter.web.revisor import Revisor
+from trackmilter.web.revisions import RevisionQueue
 
 
 class Store:
@@ -35,9 +35,9 @@ class Log:
     warning = info
 
 
-def make(now: list[float]) -> tuple[Revisor, Store, Metrics]:
+def make(now: list[float]) -> tuple[RevisionQueue, Store, Metrics]:
     store, metrics = Store(), Metrics(CollectorRegistry())
-    r = Revisor(store, metrics, Log(), settle=2.0, max_delay=30.0, clock=lambda: now[0],
+    r = RevisionQueue(store, metrics, Log(), settle=2.0, max_delay=30.0, clock=lambda: now[0],
                 start=False)
     return r, store, metrics
 
@@ -90,7 +90,7 @@ def test_close_revises_what_is_pending() -> None:
 
 def test_noting_store_notes_only_after_a_successful_write() -> None:
     from trackmilter.model import HitRecorded
-    from trackmilter.web.revisor import NotingStore
+    from trackmilter.web.revisions import NotingStore
 
     class Inner:
         fail = True

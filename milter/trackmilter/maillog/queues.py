@@ -19,7 +19,7 @@ from trackmilter.maillog.handoff import Unclaimed
 from trackmilter.maillog.records import Delivery, LogRecord, MessageExpired, MessageRemoved
 from trackmilter.model import DeliveryObserved, DeliveryStatus, Reinjected
 
-__all__ = ["MAX_REMEMBERED", "Tracker", "TrackerEvent", "TrackerStateError", "received_ids"]
+__all__ = ["MAX_REMEMBERED", "QueueEvent", "QueueStateError", "Queues", "received_ids"]
 
 # Queue ids remembered for re-injection chains, for deferred recipients and as our own;
 # the oldest are forgotten first, so memory (and the state file) stays bounded whatever
@@ -30,11 +30,11 @@ STATE_VERSION = 1
 # the message and so before the 250 the sending side logs as `queued as QID`.
 _RECEIVED = ": client="
 V = TypeVar("V")
-TrackerEvent = DeliveryObserved | Reinjected
+QueueEvent = DeliveryObserved | Reinjected
 
 
-class TrackerStateError(ValueError):
-    """A saved tracker state that cannot be restored (another version, damaged)."""
+class QueueStateError(ValueError):
+    """A saved queue state that cannot be restored (another version, damaged)."""
 
 
 def _loopback(relay: str) -> bool:
@@ -71,7 +71,7 @@ class _Pending:
 _PENDING_FIELDS = tuple(f.name for f in fields(_Pending))
 
 
-class Tracker:
+class Queues:
     """Turns log records into per-recipient events, with the state the log spreads over
     several lines: re-injection chains, recipients still waiting for a retry, and the
     queue ids our own MTA has assigned.
@@ -101,7 +101,7 @@ class Tracker:
         self._unclaimed = Unclaimed(limit)
         self._dump: str | None = None  # dump()'s text while nothing changed
 
-    def events(self, record: LogRecord) -> list[TrackerEvent]:
+    def events(self, record: LogRecord) -> list[QueueEvent]:
         """The events a record gives (a list, not a generator: this runs once per line)."""
         if isinstance(record, Delivery):
             return self._delivery(record)
@@ -129,8 +129,8 @@ class Tracker:
     def origin(self, queue_id: str) -> str:
         return self._origin.get(queue_id, queue_id)
 
-    def _delivery(self, d: Delivery) -> list[TrackerEvent]:
-        out: list[TrackerEvent] = []
+    def _delivery(self, d: Delivery) -> list[QueueEvent]:
+        out: list[QueueEvent] = []
         new = d.queued_as
         handed_back = False
         if new is not None and _loopback(d.relay):
@@ -154,7 +154,7 @@ class Tracker:
             self._reported(d.queue_id)
         return out
 
-    def _hand_off(self, d: Delivery, new: str, out: list[TrackerEvent]) -> bool:
+    def _hand_off(self, d: Delivery, new: str, out: list[QueueEvent]) -> bool:
         """Whether the line hands the message back to our own MTA as `new` (then it is no
         outcome); adds the `Reinjected` event when outcomes under `new` came first."""
         old = self.origin(d.queue_id)
@@ -185,7 +185,7 @@ class Tracker:
         if root in self._local and self._unclaimed.report(root):
             self._dump = None
 
-    def _expired(self, e: MessageExpired) -> list[TrackerEvent]:
+    def _expired(self, e: MessageExpired) -> list[QueueEvent]:
         waiting = self._deferred.pop(e.queue_id, {})
         if waiting:
             self._dump = None
@@ -232,11 +232,11 @@ class Tracker:
     def restore(self, data: object) -> None:
         """Take the state `dump()` gave (decoded); all or nothing.
 
-        Raises TrackerStateError when it is not such a state; the tracker is then unchanged.
+        Raises QueueStateError when it is not such a state; the queues are then unchanged.
         """
         try:
             if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-                raise TrackerStateError(f"not a version {STATE_VERSION} tracker state")
+                raise QueueStateError(f"not a version {STATE_VERSION} queue state")
             origin = OrderedDict(_pairs(_list(data["origin"])))
             deferred: OrderedDict[str, dict[tuple[str, str], _Pending]] = OrderedDict()
             for qid, pendings in _list(data["deferred"]):
@@ -245,7 +245,7 @@ class Tracker:
             local = OrderedDict.fromkeys(_str(q) for q in _list(data["local"]))
             unclaimed = self._unclaimed.restore(data)
         except (KeyError, TypeError, ValueError) as exc:
-            raise TrackerStateError(f"damaged tracker state: {exc!r}") from exc
+            raise QueueStateError(f"damaged queue state: {exc!r}") from exc
         for table in (origin, deferred, local):
             while len(table) > self._limit:
                 table.popitem(last=False)
@@ -256,13 +256,13 @@ class Tracker:
 
 def _list(value: object) -> list[Any]:
     if not isinstance(value, list):
-        raise TrackerStateError(f"expected a list, found {type(value).__name__}")
+        raise QueueStateError(f"expected a list, found {type(value).__name__}")
     return value
 
 
 def _str(value: object) -> str:
     if not isinstance(value, str):
-        raise TrackerStateError(f"expected a string, found {value!r}")
+        raise QueueStateError(f"expected a string, found {value!r}")
     return value
 
 
@@ -273,7 +273,7 @@ def _pairs(items: list[Any]) -> Iterator[tuple[str, str]]:
 
 def _pending(data: Any) -> _Pending:
     if not isinstance(data, dict) or set(data) != set(_PENDING_FIELDS):
-        raise TrackerStateError(f"not a deferred recipient: {data!r}")
+        raise QueueStateError(f"not a deferred recipient: {data!r}")
     return _Pending(*(_str(data[name]) for name in _PENDING_FIELDS))
 
 
