@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from trackmilter.status import annotate, state
+from trackmilter.store.base import StoreReader
 
 # The recipient states of status.state, grouped as the report counts them.
 _REMOTE = {"sent"}
@@ -109,7 +110,7 @@ def parse_since(value: str) -> timedelta:
         raise ValueError(f"expected e.g. 7d, 12h or 30m, got {value!r}") from None
 
 
-def tally(store: Any, since: datetime, sender: str = "", wanted: Mapping[str, str] = {},
+def tally(store: StoreReader, since: datetime, sender: str = "", wanted: Mapping[str, str] = {},
           allowed: Callable[[str], bool] = lambda sender: True,
           progress: Callable[[int], None] = lambda n: None) -> Tally:
     """Scan the store's messages from `since` (from `sender`) and add up those that carry

@@ -8,7 +8,9 @@ from trackmilter.store.base import (
     Store,
     StoreConfigError,
     StoreError,
+    StoreReader,
     StoreUnavailable,
+    StoreUpkeep,
 )
 from trackmilter.store.migrate import current_revision, head_revision, upgrade
 from trackmilter.store.sql import SQLStore
@@ -25,7 +27,9 @@ __all__ = [
     "Store",
     "StoreConfigError",
     "StoreError",
+    "StoreReader",
     "StoreUnavailable",
+    "StoreUpkeep",
     "current_revision",
     "head_revision",
     "upgrade",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -40,7 +40,7 @@ class EventRejected(StoreError):
 
 
 class Store(Protocol):
-    """Where events go and where timelines come from."""
+    """Where events go (the writer's side): every backend and test fake implements it."""
 
     def write(self, events: Sequence[Event]) -> None:
         """Store ``events`` in one transaction; writing the same events again changes nothing."""
@@ -56,6 +56,35 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
+        ...
+
+
+class StoreReader(Protocol):
+    """What the views read (`status`, the JSON API, `report`)."""
+
+    def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]:
+        """Messages matching a tracking id, Message-ID, queue id or recipient, newest first."""
+        ...
+
+    def count_messages(self, since: datetime, sender: str = "") -> int:
+        """How many messages `scan` goes through (for a progress bar)."""
+        ...
+
+    def scan(self, since: datetime, sender: str = "", chunk: int = 200
+             ) -> Iterator[list[MessageView]]:
+        """Every message started at or after `since` (from `sender`), `chunk` at a time."""
+        ...
+
+
+class StoreUpkeep(Protocol):
+    """What the tracker's revisions and `trackmilter purge` ask of the store."""
+
+    def revise_hits(self, tracking_ids: Sequence[str], since: datetime | None = None) -> int:
+        """Judge these messages' hits again with everything stored; how many changed."""
+        ...
+
+    def purge(self, before: datetime) -> dict[str, int]:
+        """Delete what is older than `before`; how many rows of each kind went."""
         ...
 
 

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote
 
 from trackmilter.model import utcnow
 from trackmilter.status import annotate
+from trackmilter.store.base import StoreReader
 from trackmilter.store.views import MessageView
 from trackmilter.tally import as_dict, header_filter, parse_since, tally
 
@@ -94,7 +95,7 @@ class Api:
     """Routes: messages/{ident} (tracking id, Message-ID, queue id or recipient), report,
     openapi.json (the latter without a token)."""
 
-    def __init__(self, store: Any, tokens: Sequence[ApiToken | bytes]) -> None:
+    def __init__(self, store: StoreReader, tokens: Sequence[ApiToken | bytes]) -> None:
         self._store = store
         self._tokens = tuple(t if isinstance(t, ApiToken) else ApiToken(t) for t in tokens)
 

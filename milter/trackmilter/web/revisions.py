@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from trackmilter.model import Event, HitRecorded
+from trackmilter.store.base import Store, StoreUpkeep
 from trackmilter.store.views import MessageView
 
 # A message is revised when its hits have been quiet for SETTLE seconds (a burst is over
@@ -18,14 +18,10 @@ SETTLE = 2.0
 MAX_DELAY = 30.0
 
 
-class RevisingStore(Protocol):
-    def revise_hits(self, tracking_ids: Sequence[str], since: datetime | None = None) -> int: ...
-
-
 class RevisionQueue:
     """One daemon thread per tracker process. ``note`` is O(1) and never blocks on I/O."""
 
-    def __init__(self, store: RevisingStore, metrics: Any, log: Any, *,
+    def __init__(self, store: StoreUpkeep, metrics: Any, log: Any, *,
                  settle: float = SETTLE, max_delay: float = MAX_DELAY,
                  clock: Callable[[], float] = time.monotonic, start: bool = True) -> None:
         self._store = store
@@ -106,7 +102,7 @@ class NotingStore:
     too), its hits' messages are due for a revision — not before, when the revision would
     find nothing."""
 
-    def __init__(self, store: Any, revisions: RevisionQueue) -> None:
+    def __init__(self, store: Store, revisions: RevisionQueue) -> None:
         self._store = store
         self._revisions = revisions
 
@@ -116,8 +112,7 @@ class NotingStore:
             self._revisions.note(tid)
 
     def lookup(self, ident: str, *, limit: int = 100) -> list[MessageView]:
-        result: list[MessageView] = self._store.lookup(ident, limit=limit)
-        return result
+        return self._store.lookup(ident, limit=limit)
 
     def ping(self) -> None:
         self._store.ping()
