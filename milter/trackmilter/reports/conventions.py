@@ -128,7 +128,16 @@ def spectrum_reason(low: str) -> str:
     return found or next((r for lo, hi, r in _SPECTRUM_RANGES if lo <= code <= hi), "")
 
 
+# Yahoo's published SMTP error for a recipient without an account: "554 delivery error: dd
+# This user doesn't have a yahoo.com account" (Yahoo Sender Hub, "SMTP error codes"). Yahoo
+# gives it after DATA for every recipient of the message, so the command does not make it
+# a content filter's answer (sisimai's Rhost/YahooInc.pm reads it the same way).
+_YAHOO_NO_ACCOUNT = re.compile(r"\bdd (?:this )?user doesn't have an? \S+ account")
+
+
 def server_reason(diagnostic: str) -> str:
     """The reason a server's own documented error code names, or ""."""
     low = fold(diagnostic)
+    if "dd " in low and _YAHOO_NO_ACCOUNT.search(low):
+        return "userunknown"
     return orange_reason(low) or spectrum_reason(low)

@@ -18,6 +18,9 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"\bquota\b",
             r"over (?:the )?(?:disk |storage )?(?:quota|limit)",
             r"(?:insufficient|not enough) (?:storage )?space",
+            # "552 Account(s) <a@b> does not have enough space", "mail box space not enough"
+            r"(?:not have|without) enough (?:disk |storage |mailbox )?space",
+            r"space (?:is )?not enough",
             r"storage (?:allocation|space|limit)",
             r"mailbox size",
             r"full mailbox",
@@ -67,6 +70,9 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"not (?:rfc[ -]?)?compliant",
             r"(?:duplicate|multiple) (?:\w+ )?headers?",
             r"(?:missing|invalid) (?:required )?(?:header|message-id|date|from)",
+            # A field RFC 5322 requires is absent ("554 No Resent-From field given": §3.6.6
+            # requires Resent-From and Resent-Date in every resent block).
+            r"no (?:resent-)?(?:from|date|sender) (?:header |field )?(?:given|found|present)",
         ),
     ),
     (
@@ -103,6 +109,8 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"\bnxdomain\b",
             r"no (?:a|such) (?:record|host|domain)",
             r"unrouteable (?:mail )?domain",
+            # RFC 5321 §5.1: no MX and no address record: the domain cannot receive mail.
+            r"no mx or a(?:aaa)? (?:records? )?for",
             r"(?:domain|host) lookup failed",
         ),
     ),
@@ -113,6 +121,14 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"not listed in (?:the )?(?:[\w&]+ )*(?:directory|address book)",
             r"(?:user|recipient|mailbox|address|addressee|account|local ?part|destination) (?:is )?(?:unknown|not (?:found|known|listed|valid)|invalid|doesn't exist|does not exist|not exist|non-?existent)",
             r"unknown (?:or illegal )?(?:user|recipient|mailbox|address|addressee|account|local ?part|alias)",
+            r"non-?existent (?:user|recipient|mailbox|address|account|local ?part)",
+            # Yahoo's published reply for a recipient with no account: "554 delivery error:
+            # dd This user doesn't have a yahoo.com account"; other hosts say it alike.
+            r"(?:user|recipient|addressee) (?:doesn't|does not) have an? (?:[\w.-]+ )?(?:account|mailbox)",
+            # Microsoft 365's NDR for 5.1.10 (RESOLVER.ADR.RecipientNotFound): "Recipient
+            # a@b not found by SMTP address lookup" (Exchange Online NDR documentation).
+            r"recipientnotfound",
+            r"recipient (?:\S+ )?not found",
             r"no such (?:user|recipient|mailbox|address|person|account|local user)",
             r"invalid (?:recipient|mailbox|address|user|account|e-?mail address)",
             r"(?:not|isn't) a (?:valid|known) (?:user|recipient|mailbox|address)",
@@ -133,7 +149,10 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"filter(?:ed|ing)?\b",
             r"(?:refuse|reject|decline)[sd]?\w* (?:to accept )?(?:your |this )?(?:mail|message|e-?mail)s? from",
             r"(?:not|no longer) accept(?:ing|s)? (?:mail|messages|e-?mail) from",
-            r"recipient (?:has )?(?:blocked|refused|rejected)",
+            # The recipient's own block ("recipient has blocked ..."); a bare "Recipient
+            # rejected" only says that a RCPT was refused, and leaves the cause to the code.
+            r"recipient has (?:blocked|refused|rejected)",
+            r"recipient (?:blocked|refused|rejected) (?:you|your|the sender|mail|messages)",
         ),
     ),
     (
@@ -202,7 +221,8 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"(?:network|host) (?:is )?unreachable",
             r"no route to host",
             r"(?:dns|lookup) (?:failure|error|timeout|timed out)",
-            r"mail (?:forwarding )?loop|routing loop|loops? back",
+            # RFC 3463 X.4.6 "Routing loop detected" is a network and routing status.
+            r"mail (?:forwarding )?loop|routing loop|loops? back|message looping|\blooping\b",
             r"too many hops|hop count",
         ),
     ),
@@ -231,6 +251,9 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"(?:invalid|illegal|malformed|broken) (?:mime|content|character|encoding|header)",
             r"content (?:rejected|error|not accepted)",
             r"\b8bit\b|8-bit",
+            # A site refusing what a header holds or lacks beyond what RFC 5322 requires
+            # ("Messages without To: fields are not accepted here").
+            r"(?:messages?|mail) without (?:a |an )?[\w-]+:? (?:header|field)s?",
         ),
     ),
     (
@@ -249,6 +272,10 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"can't create user output file",
             r"encountered an error while being processed",
             r"forwarding loop broken",
+            # The recipient's directory has several entries for the address (Domino: "not
+            # unique. Several matches found in Domino Directory"): the receiving site's
+            # configuration, not the sender's address (RFC 3463 X.1.4 "ambiguous").
+            r"not unique\b.{0,20}\bseveral matches",
             r"service (?:is )?(?:currently |temporarily )?(?:not available|unavailable)",
         ),
     ),
