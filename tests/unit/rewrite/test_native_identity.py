@@ -1,0 +1,164 @@
+"""The native engine returns exactly what the Python engine returns.
+
+Three layers: every corpus message through both engines whole (below); every rewrite test
+with both engines' pieces compared on each call (conftest.py); and hypothesis-driven
+differential runs over mutated MIME, HTML, charsets, transfer encodings, long lines and
+hostile nesting (test_native_fuzz.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.support import CORPUS
+from tests.unit.rewrite import native_support
+from tests.unit.rewrite.native_support import NATIVE, both, declining_linker
+from tests.unit.rewrite.rewrite_support import header_values, linker, split_message
+
+from trackmilter.rewrite import RewriteOptions, engine, native, scan
+
+needs_native = pytest.mark.skipif(NATIVE is None, reason="native engine not built")
+
+PIXEL = "https://t.example/o/PIXEL"
+HONEY = "https://t.example/c/HONEY"
+OPTION_SETS = {
+    "default": RewriteOptions(),
+    "text": RewriteOptions(text_links=True),
+    "excluded": RewriteOptions(
+        text_links=True, excluded_domains=frozenset({"example.com", "github.com", "Google.COM."})
+    ),
+    "prefix": RewriteOptions(tracker_prefix="https://app.example.com/", optout_attribute="TARGET"),
+    "optout-href": RewriteOptions(optout_attribute="href", max_line=40),
+    "no-html": RewriteOptions(html_links=False, text_links=True, max_line=76),
+}
+
+
+def _files(sub: str, pattern: str) -> list[Path]:
+    return sorted((CORPUS / sub).rglob(pattern))
+
+
+HTML_FILES = _files("html", "*.html")
+MESSAGE_FILES = _files("mime", "msg_*.txt") + _files("bounces", "*.eml")
+
+
+def _run_all(ctype: str | None, cte: str | None, body: bytes) -> int:
+    n = 0
+    for options in OPTION_SETS.values():
+        for pixel, honey in ((None, None), (PIXEL, None), (PIXEL, HONEY)):
+            for link in (linker, declining_linker):
+                both(ctype, cte, body, link, pixel, options, honey)
+                n += 1
+    return n
+
+
+def test_engine_choice_is_reported() -> None:
+    assert native.ENGINE in ("native", "python")
+    assert "python" in engine.ENGINES
+    assert (native.NOTE is None) == (native.ENGINE == "native")
+    assert ("native" in engine.ENGINES) == (NATIVE is not None)
+
+
+@needs_native
+@pytest.mark.parametrize("path", HTML_FILES, ids=lambda p: p.stem)
+def test_corpus_html_identical(path: Path) -> None:
+    html = path.read_bytes()
+    crlf = html.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    variants = [
+        ("text/html; charset=utf-8", None, html),
+        ("text/html; charset=utf-8", "8bit", crlf),
+        ("text/html; charset=utf-8", "quoted-printable", binascii.b2a_qp(html, istext=True)),
+        ("text/html; charset=utf-8", "quoted-printable", binascii.b2a_qp(crlf, istext=True)),
+        ("text/html; charset=utf-8", "base64", base64.encodebytes(html)),
+        ("text/html; charset=utf-16", "base64", base64.encodebytes(html.decode().encode("utf-16"))),
+        ("text/html; charset=windows-1252", "quoted-printable",
+         binascii.b2a_qp(html.decode().encode("cp1252", "replace"))),
+        ("text/plain; charset=utf-8", "8bit", html),
+    ]
+    for ctype, cte, body in variants:
+        assert _run_all(ctype, cte, body)
+    assert NATIVE is not None
+    for optout in (b"data-notrack", b"", b"href", b"class"):
+        assert NATIVE.find_hrefs(html, optout) == scan.find_hrefs(html, optout)
+
+
+@needs_native
+@pytest.mark.parametrize("path", MESSAGE_FILES, ids=lambda p: p.name)
+def test_corpus_messages_identical(path: Path) -> None:
+    raw = path.read_bytes()
+    for data in (raw, raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")):
+        header, body = split_message(data)
+        ctype, cte = header_values(header)
+        assert _run_all(ctype, cte, body)
+
+
+def test_corpus_found() -> None:
+    assert len(HTML_FILES) >= 50 and len(MESSAGE_FILES) >= 400
+
+
+def _engine_in_subprocess(env_value: str | None, block_extension: bool = False) -> list[str]:
+    code = (
+        ("import sys; sys.modules['trackmilter.rewrite._native'] = None\n" if block_extension else "")
+        + "from trackmilter.rewrite import native, RewriteOptions, rewrite_message\n"
+        + "r = rewrite_message('text/html', None, b'<a href=\"http://a.example/\">a</a>',"
+        + " lambda i, u: 'https://t.example/c/1', None, RewriteOptions())\n"
+        + "print(native.ENGINE); print(r.body.decode()); print(native.NOTE)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != native.ENV}
+    if env_value is not None:
+        env[native.ENV] = env_value
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_python_engine_forced_by_environment() -> None:
+    engine_name, body, note = _engine_in_subprocess("python")
+    assert engine_name == "python"
+    assert body == '<a href="https://t.example/c/1">a</a>'
+    assert note == "TRACKMILTER_ENGINE=python"
+
+
+def test_falls_back_to_python_without_the_extension() -> None:
+    for value in (None, "auto"):
+        engine_name, body, note = _engine_in_subprocess(value, block_extension=True)
+        assert engine_name == "python"
+        assert body == '<a href="https://t.example/c/1">a</a>'
+        assert note.startswith("native engine not available")
+
+
+def test_native_required_but_missing_fails_loudly() -> None:
+    code = (
+        "import sys; sys.modules['trackmilter.rewrite._native'] = None\n"
+        "import trackmilter.rewrite\n"
+    )
+    env = {**os.environ, native.ENV: "native"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert "TRACKMILTER_ENGINE=native but the native engine cannot be loaded" in proc.stderr
+
+
+@needs_native
+def test_native_is_the_default_when_built() -> None:
+    engine_name, body, note = _engine_in_subprocess(None)
+    assert (engine_name, note) == ("native", "None")
+    assert body == '<a href="https://t.example/c/1">a</a>'
+
+
+@needs_native
+def test_differential_pieces_were_compared() -> None:
+    """The conftest's comparison really runs (it would prove nothing if it were bypassed)."""
+    before = native_support.CALLS["html_links"]
+    from tests.unit.rewrite.rewrite_support import rewrite
+
+    rewrite(b'<a href="http://a.example/">a</a>')
+    assert native_support.CALLS["html_links"] == before + 1
