@@ -27,10 +27,10 @@ from trackmilter.cli import main
 from trackmilter.model import DeliveryObserved, DeliveryStatus, MessageRecorded, Reinjected
 from trackmilter.store import MessageView, SQLStore, StoreError, upgrade
 from trackmilter.store.backfill import INDEX, _Lookup
+from trackmilter.store.batch import Batch
 from trackmilter.store.engine import make_engine
 from trackmilter.store.migrate import alembic_config
 from trackmilter.store.schema import events
-from trackmilter.store.sql import _Batch
 
 QID = "4F3A21C0B9"
 S = T0 + timedelta(hours=2)  # when the late message started
@@ -249,7 +249,7 @@ def test_migration_0007_on_a_store_with_untied_deliveries(db_url: str) -> None:
         with engine.begin() as conn:
             command.upgrade(alembic_config(conn), "0006")
             # Deliveries only: writing a message at 0006 would look for the index.
-            _Batch.build([line(S + timedelta(seconds=1)), line(T0, queue_id="4F3A21C0B8")]
+            Batch.build([line(S + timedelta(seconds=1)), line(T0, queue_id="4F3A21C0B8")]
                          ).write(conn)
         with engine.begin() as conn:
             command.upgrade(alembic_config(conn), "0007")
@@ -320,7 +320,7 @@ def test_a_message_and_its_delivery_written_at_the_same_time(
     try:
         with engine.connect() as conn:
             with conn.begin():
-                _Batch.build(held).write(conn)
+                Batch.build(held).write(conn)
                 thread = threading.Thread(target=write)
                 thread.start()
                 waited = not done.wait(0.5)
@@ -339,7 +339,7 @@ def test_writers_of_messages_do_not_wait_for_each_other(pg_store: SQLStore, pg_u
     impatient = SQLStore(pg_url, statement_timeout=5)
     try:
         with engine.connect() as conn, conn.begin():
-            _Batch.build([late(1)]).write(conn)
+            Batch.build([late(1)]).write(conn)
             impatient.write([late(2, queue_id="4F3A21C0C2")])  # times out if it waited
     finally:
         impatient.close()
