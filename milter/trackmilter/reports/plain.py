@@ -17,6 +17,7 @@ from trackmilter.reports.reason import (
     best_replycode,
     best_status,
     classify,
+    find_failure_status,
     find_replycode,
     find_status,
     is_hard,
@@ -85,19 +86,34 @@ def split_original(text: str) -> tuple[str, str]:
     return text[: m.start()], text[m.end() :]
 
 
-def looks_like_bounce(msg: Message, text: str) -> bool:
-    """A prose bounce comes from a daemon, says so in its subject, or names failed rcpts."""
+def looks_like_bounce(msg: Message, text: str, returned: bool = False) -> bool:
+    """A prose bounce comes from a daemon, says so in its subject, or names failed rcpts.
+
+    Two of three signs make one: a mail system's sender (MAILER-DAEMON, postmaster, the
+    null return path of RFC 5321 §4.5.5), a subject that says delivery failed, failure
+    words in the text. From a mail system, a returned copy of the original (`returned`)
+    stands for the words, which may be in any language ("<a@b>:" and the original, in
+    Chinese). A person's auto-reply (RFC 3834 "auto-replied", vacation, challenge-response
+    "please confirm") comes from a person's address and quotes no SMTP reply.
+    """
     if msg.get("x-failed-recipients"):
         return True
     sender = fold(" ".join(header(msg, h) for h in ("from", "return-path", "sender")))
     daemon = bool(_DAEMON.search(sender)) or header(msg, "return-path").strip() == "<>"
     subject = bool(_BOUNCE_SUBJECT.search(fold(header(msg, "subject"))))
     failure = bool(_FAILURE_WORDS.search(fold(text)))
+    from_ = fold(header(msg, "from"))
+    from_daemon = bool(_DAEMON.search(from_))
     # RFC 3834 auto-responders (vacation notices, "we got your mail") say auto-replied
-    # and carry no SMTP code; a prose bounce from an MTA quotes one.
+    # and carry no SMTP code; a prose bounce from an MTA quotes one, or comes from the
+    # MTA's own MAILER-DAEMON (Mail.Ru marks its bounces auto-replied too). A role
+    # address such as postmaster may run a responder: it gets no such benefit.
     responder = "auto-replied" in header(msg, "auto-submitted").lower()
-    if responder and not (find_replycode(text) or find_status(text)):
+    mta = "mailer-daemon" in from_ or "mailer_daemon" in from_
+    if responder and not mta and not (find_replycode(text) or find_status(text)):
         return False
+    if daemon and (subject or (returned and from_daemon)):
+        return True
     return failure and (daemon or subject)
 
 
@@ -158,7 +174,12 @@ def sentence_recipient(text: str, exclude: set[str]) -> str:
 def entry(address: str, block: str, prose: str) -> RecipientReport:
     """One failed recipient from its block; the whole prose fills in what the block lacks."""
     diagnostic = " ".join(block.replace(address, " ", 1).split()).strip(" :<>")
-    status = best_status("", diagnostic) or find_status(prose)
+    # A failed recipient's code is a failure's: a 2.X.Y in the prose belongs to a quoted
+    # transcript or to the returned message's headers.
+    status = best_status("", diagnostic)
+    if status.startswith("2"):
+        status = find_failure_status(diagnostic)
+    status = status or find_failure_status(prose)
     replycode = best_replycode(diagnostic) or find_replycode(prose)
     if not status:
         temporary = replycode.startswith("4") or (
@@ -180,7 +201,7 @@ def entry(address: str, block: str, prose: str) -> RecipientReport:
 
 def decode_plain(msg: Message, prose: str, original: Message | None) -> list[RecipientReport]:
     """Failed recipients of a prose bounce; [] when the message is not one."""
-    if not looks_like_bounce(msg, prose):
+    if not looks_like_bounce(msg, prose, original is not None):
         return []
     exclude = {address_of(msg, h) for h in ("from", "to", "return-path", "reply-to")}
     if original is not None:

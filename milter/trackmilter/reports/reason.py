@@ -123,10 +123,18 @@ _DECISIVE_CODES = frozenset(
 )
 
 
-_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+# Not part of a longer dotted number, nor of a name ("mxl_mta-5.5.0-3"); a version
+# ("X-Mailman-Version: 2.0.1", "Eudora Version 5.0.2") is no status either (_VERSION).
+_STATUS = re.compile(
+    r"(?<![\w.])(?<![A-Za-z_]-)([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]|-\d)"
+)
+_VERSION = re.compile(r"version:? ?$|\bv ?$", re.I)
 # A reply code stands at the start of a reply or after a colon/space; never part of an IP
 # address, a date or a longer number.
-_REPLY = re.compile(r"(?:^|[\s:(\[<\"'])([245][0-9][0-9])(?=[\s\-:,;.\])]|$)(?![.\d]\d)")
+# A telephone number is no reply: "(480) 624-2500", "480-624-2500".
+_REPLY = re.compile(
+    r"(?:^|[\s:(\[<\"'])([245][0-9][0-9])(?=[\s\-:,;.\])]|$)(?![.\d]\d)(?![)\-]? ?\d{3}-\d{4})"
+)
 
 _SUMMARIZED = re.compile(r"\s*[245]\.\d{1,3}\.\d{1,3} - [^'\n]{0,80}?([245]\d\d)[ -]'(.+)'")
 _SENDMAIL_INNER = re.compile(r"^[245]\d\d [^.]{0,80}?\.\.\. ([245]\d\d)(?= )")
@@ -167,10 +175,26 @@ _HARD = frozenset({"hasmoved", "hostunknown", "userunknown"})
 _NOT_FAILURES = frozenset({"delivered", "feedback", "vacation"})
 
 
+def _statuses(text: str) -> list[str]:
+    """Every RFC 3463 code in a text, versions of software left out."""
+    found = []
+    for m in _STATUS.finditer(text):
+        if not _VERSION.search(text[max(0, m.start() - 9) : m.start()]):
+            found.append(".".join(m.groups()))
+    return found
+
+
 def find_status(text: str) -> str:
     """The first RFC 3463 enhanced status code in a text, or ""."""
-    m = _STATUS.search(text)
-    return ".".join(m.groups()) if m else ""
+    if "." not in text:
+        return ""
+    found = _statuses(text)
+    return found[0] if found else ""
+
+
+def find_failure_status(text: str) -> str:
+    """The first 4.X.Y or 5.X.Y code: a failure's own code, never a 2.X.Y of a transcript."""
+    return next((s for s in _statuses(text) if s[0] in "45"), "") if "." in text else ""
 
 
 def best_status(field: str, diagnostic: str) -> str:
@@ -185,7 +209,7 @@ def best_status(field: str, diagnostic: str) -> str:
     status = find_status(field)
     if status and not status.endswith(".0.0"):
         return status
-    found = [".".join(m) for m in _STATUS.findall(diagnostic)]
+    found = _statuses(diagnostic)
     return (_failures(found) or found or [status])[0]
 
 
@@ -196,9 +220,22 @@ def _quoted_failures(diagnostic: str) -> list[tuple[str, ...]]:
 
 
 def _failures(found: list[_T]) -> list[_T]:
-    """Failure replies (4xx/5xx) when a transcript also quotes the successful ones."""
+    """Failure replies (4xx/5xx) when a transcript also quotes the successful ones.
+
+    A 503 "bad sequence of commands" (RFC 5321 §4.2.3) after a refused RCPT only says the
+    client went on to DATA with no recipient left: a consequence, never the cause, so it
+    counts only when no other failure is quoted (Sendmail: "550 5.1.1 User unknown" then
+    "503 5.5.2 Need Rcpt command").
+    """
     failed = [f for f in found if str(f[0])[0] in "45"]
+    causes = [f for f in failed if not _is_503(f)]
+    if causes:
+        return causes
     return failed or found
+
+
+def _is_503(found: str | tuple[str, ...]) -> bool:
+    return found[0] == "503" if isinstance(found, tuple) else found == "503"
 
 
 def best_replycode(diagnostic: str) -> str:
