@@ -8,6 +8,7 @@ from trackmilter.reports.arf import arf_entries, mdn_entry, merged_fields
 from trackmilter.reports.dsn import decode_dsn
 from trackmilter.reports.fields import Fields, typed_value
 from trackmilter.reports.mime import (
+    Parts,
     address_of,
     attached_headers,
     find_part,
@@ -19,10 +20,33 @@ from trackmilter.reports.mime import (
 )
 from trackmilter.reports.model import RecipientReport, Report, ReportKind
 from trackmilter.reports.notification import decode_notification
-from trackmilter.reports.plain import decode_plain, report_text, split_original
+from trackmilter.reports.plain import (
+    decode_plain,
+    from_mail_system,
+    report_text,
+    split_original,
+)
 
 _DSN_TYPES = ("message/delivery-status", "message/global-delivery-status")
 _MDN_TYPES = ("message/disposition-notification", "message/global-disposition-notification")
+_REPORT_TYPES = frozenset((*_DSN_TYPES, *_MDN_TYPES, "message/feedback-report"))
+
+
+def _relayed_report(msg: Message, parts: Parts) -> Message | None:
+    """A DSN a mail system passed on wrapped in a message of its own (a scanning gateway
+    that attaches the report it relays, adding a disclaimer): the attached multipart/report,
+    when the wrapper comes from a mail system (MAILER-DAEMON, postmaster, null return path)."""
+    if not from_mail_system(msg):
+        return None
+    for ctype, part in parts:
+        if ctype == "message/rfc822":
+            body = part.get_payload()
+            if not isinstance(body, str) or "multipart/report" not in body[:8192].lower():
+                continue
+            inner = parse(body.encode("ascii", "surrogateescape"))
+            if inner is not None and inner.get_content_type() == "multipart/report":
+                return inner
+    return None
 
 
 def decode(raw: bytes) -> Report | None:
@@ -34,9 +58,13 @@ def decode(raw: bytes) -> Report | None:
         return None
 
 
-def decode_message(msg: Message) -> Report | None:
+def decode_message(msg: Message, depth: int = 0) -> Report | None:
     """Pick the format from the report part present, falling back to prose bounces."""
     parts = report_parts(msg)
+    if depth == 0 and not any(ct in _REPORT_TYPES for ct, _ in parts):
+        inner = _relayed_report(msg, parts)
+        if inner is not None:
+            return decode_message(inner, 1)
     prose, rest = split_original(report_text(parts))
     original = attached_headers(parts) or headers_from_text(rest)
     part = find_part(parts, "message/feedback-report")
@@ -62,7 +90,7 @@ def decode_message(msg: Message) -> Report | None:
     if notification is not None:
         kind, entries, fields = notification
         return _report(kind, msg, original, fields, entries) if entries else None
-    entries = decode_plain(msg, prose, original)
+    entries = decode_plain(msg, prose, original, rest)
     return _report("dsn", msg, original, {}, entries) if entries else None
 
 

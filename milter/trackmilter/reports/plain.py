@@ -7,6 +7,7 @@ then a copy of the original message after a separator line.
 
 from __future__ import annotations
 
+import html
 import re
 from email.message import Message
 
@@ -48,7 +49,7 @@ _ORIGINAL_MARKER = re.compile(
     r"copy of (?:the|your) (?:original )?message|original message|returned message|"
     r"original (?:message )?headers?|message headers? follow|headers of the original|"
     r"undelivered message (?:headers|follows)|your message (?:follows|reads)|"
-    r"unsent message follows|message (?:text|content) follows)",
+    r"unsent message (?:follows|below)|message (?:text|content) follows)",
     re.M,
 )
 _TEMPORARY = re.compile(
@@ -74,8 +75,19 @@ def report_text(parts: Parts) -> str:
     """The human-readable text of the report, not of the attached original."""
     texts = [part_text(p) for ctype, p in parts if ctype == "text/plain"]
     if not texts:
-        texts = [_TAG.sub(" ", part_text(p)) for ctype, p in parts if ctype == "text/html"]
+        texts = [
+            html.unescape(_TAG.sub(" ", part_text(p))).replace("\xa0", " ")
+            for ctype, p in parts
+            if ctype == "text/html"
+        ]
     return "\n".join(texts)
+
+
+def from_mail_system(msg: Message) -> bool:
+    """Sent by a mail system: MAILER-DAEMON, postmaster and kin, or the null return path
+    (RFC 5321 §4.5.5: notifications are sent with an empty reverse path)."""
+    sender = fold(" ".join(header(msg, h) for h in ("from", "return-path", "sender")))
+    return bool(_DAEMON.search(sender)) or header(msg, "return-path").strip() == "<>"
 
 
 def split_original(text: str) -> tuple[str, str]:
@@ -98,8 +110,7 @@ def looks_like_bounce(msg: Message, text: str, returned: bool = False) -> bool:
     """
     if msg.get("x-failed-recipients"):
         return True
-    sender = fold(" ".join(header(msg, h) for h in ("from", "return-path", "sender")))
-    daemon = bool(_DAEMON.search(sender)) or header(msg, "return-path").strip() == "<>"
+    daemon = from_mail_system(msg)
     subject = bool(_BOUNCE_SUBJECT.search(fold(header(msg, "subject"))))
     failure = bool(_FAILURE_WORDS.search(fold(text)))
     from_ = fold(header(msg, "from"))
@@ -117,6 +128,21 @@ def looks_like_bounce(msg: Message, text: str, returned: bool = False) -> bool:
     return failure and (daemon or subject)
 
 
+# Exchange 5.5 lists each recipient as "<address> on <date>", the address sometimes in
+# X.400 form "c=US;a= ;p=IKON;o=Nexus2;dda:SMTP=a@b; on Fri, 4 Oct 2002".
+_ON_DATE = re.compile(r"^;?\s*on (?:mon|tue|wed|thu|fri|sat|sun)", re.I)
+_X400_DDA = re.compile(r"^\s*c=[^;]*;.*?\bdda:smtp=", re.I)
+_SMTP_PREFIX = re.compile(r"^(?:smtp|rfc-?822)=", re.I)
+# A recipient named by its local part alone, on the line after a list heading (AOL:
+# "... could not be delivered ...:" then "\tscreenname"; Yale's "thomas.x    No matches").
+_LIST_HEADING = re.compile(
+    r"(?:recipients?|addresses|following|not delivered to)\b[^\n]*:\s*$", re.I
+)
+_LOCAL_ONLY = re.compile(r"^[ \t]*<?([A-Za-z0-9][A-Za-z0-9._%+=-]{0,63})>?[ \t]*(?:$|[ \t]{2,}(\S.*))")
+# An address quoted in a sentence ("... to 'a@b' ..."): the quote is not part of it.
+_QUOTES = "'`"
+
+
 def _is_address_line(line: str, address: str) -> bool:
     """Is the address the point of this line (a list entry) rather than part of a sentence?
 
@@ -131,6 +157,8 @@ def _is_address_line(line: str, address: str) -> bool:
         after = head.lstrip("<")[len(address) :].lstrip(">").lstrip()
         if after.startswith((":", "...")) or _CODE_IN_LINE.search(after):
             return True
+        if _ON_DATE.match(after):
+            return True
     rest = _LABEL_WORDS.sub(" ", head.replace(address, " "))
     return len(rest.split()) <= 1
 
@@ -144,7 +172,10 @@ def recipient_blocks(text: str, exclude: set[str]) -> list[tuple[str, str]]:
     # block's own address repeated in its reply does not end it.
     bounds: list[int] = []
     for i, line in enumerate(lines):
-        for address in ADDRESS.findall(line):
+        if "dda:" in line.lower():
+            line = _X400_DDA.sub("", line)
+        for found in ADDRESS.findall(line):
+            address = _SMTP_PREFIX.sub("", found.strip(_QUOTES))
             low = address.lower()
             if low in exclude or _DAEMON.match(low) or not _is_address_line(line, address):
                 continue
@@ -162,13 +193,59 @@ def recipient_blocks(text: str, exclude: set[str]) -> list[tuple[str, str]]:
     return blocks
 
 
-def sentence_recipient(text: str, exclude: set[str]) -> str:
-    """The first non-excluded address the prose names, when no line lists one."""
-    for address in ADDRESS.findall(text):
-        low = address.lower()
-        if low not in exclude and not _DAEMON.match(low):
-            return str(low)
-    return ""
+def sentence_recipient(text: str, exclude: set[str], returned: str = "") -> str:
+    """The address the prose names in a sentence, when no line lists one.
+
+    A header line the prose quotes ("To: list@example.org") names the original's
+    recipients, not the failed one. Of several addresses, one the returned original also
+    names is the recipient ("The standard form is name@x ... The address to which your
+    message was addressed, a@x, did not match").
+    """
+    found: list[str] = []
+    for line in text.splitlines():
+        if _HEADER_LINE.match(line.strip()):
+            continue
+        for address in ADDRESS.findall(line):
+            low = address.strip(_QUOTES).lower()
+            if low not in exclude and not _DAEMON.match(low) and low not in found:
+                found.append(low)
+    if len(found) > 1 and returned:
+        returned_low = returned.lower()
+        named = [a for a in found if a in returned_low]
+        if named:
+            return named[0]
+    return found[0] if found else ""
+
+
+def local_part_blocks(text: str) -> list[tuple[str, str]]:
+    """(local part, the rest of its line) for recipients a list names without a domain."""
+    lines = text.splitlines()
+    found: list[tuple[str, str]] = []
+    for i, line in enumerate(lines):
+        if not _LIST_HEADING.search(line):
+            continue
+        for following in lines[i + 1 : i + 4]:
+            if not following.strip():
+                continue
+            m = _LOCAL_ONLY.match(following)
+            if m and "@" not in following:
+                found.append((m.group(1), m.group(2) or ""))
+            break
+    return found
+
+
+def complete(local: str, original: Message | None, returned: str, msg: Message) -> str:
+    """A local part made an address: the original's recipient with that local part (its
+    To, Cc, or a Received "for <a@b>"), else the reporting mail system's own domain."""
+    candidates = []
+    if original is not None:
+        candidates += [address_of(original, h) for h in ("to", "cc", "delivered-to")]
+    candidates += [a.lower() for a in ADDRESS.findall(returned)]
+    for address in candidates:
+        if address.partition("@")[0].lower() == local.lower():
+            return address.lower()
+    domain = address_of(msg, "from").partition("@")[2]
+    return f"{local}@{domain}".lower() if domain else ""
 
 
 def entry(address: str, block: str, prose: str) -> RecipientReport:
@@ -199,8 +276,13 @@ def entry(address: str, block: str, prose: str) -> RecipientReport:
     )
 
 
-def decode_plain(msg: Message, prose: str, original: Message | None) -> list[RecipientReport]:
-    """Failed recipients of a prose bounce; [] when the message is not one."""
+def decode_plain(
+    msg: Message, prose: str, original: Message | None, returned: str = ""
+) -> list[RecipientReport]:
+    """Failed recipients of a prose bounce; [] when the message is not one.
+
+    `returned` is the text after the prose (the returned original, when it is inline).
+    """
     if not looks_like_bounce(msg, prose, original is not None):
         return []
     exclude = {address_of(msg, h) for h in ("from", "to", "return-path", "reply-to")}
@@ -213,7 +295,11 @@ def decode_plain(msg: Message, prose: str, original: Message | None) -> list[Rec
         found = dict(blocks)
         blocks = [(a, found.get(a, prose)) for a in failed]
     if not blocks:
-        address = sentence_recipient(prose, exclude)
+        locals_ = [(complete(local, original, returned, msg), rest)
+                   for local, rest in local_part_blocks(prose)]
+        blocks = [(a, f"{a} {rest}") for a, rest in locals_ if a]
+    if not blocks:
+        address = sentence_recipient(prose, exclude, returned)
         if not address and original is not None:
             address = address_of(original, "to")
         blocks = [(address, prose)]
