@@ -135,6 +135,7 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"invalid (?:recipient|mailbox|address|user|account|e-?mail address)",
             r"(?:not|isn't) a (?:valid|known) (?:user|recipient|mailbox|address)",
             r"(?:does not|doesn't|did not) (?:exist|match any)",
+            r"did not (?:exactly )?match an? (?:[\w-]+ ){0,2}(?:e-?mail )?(?:address|user|account)",
             r"(?:bad|illegal) (?:recipient|destination|address|mailbox)",
             r"no (?:mailbox|account) (?:here|by that name|found|available)",
             r"mailbox (?:unavailable|not available)",

@@ -54,7 +54,8 @@ _ORIGINAL_MARKER = re.compile(
 )
 _TEMPORARY = re.compile(
     r"temporar|transient|delayed|deferred|will (?:be )?retr|still trying|continue trying|"
-    r"not yet been delivered|try again later",
+    r"not yet been delivered|try again later|attempts will continue|continue to (?:try|attempt)|"
+    r"postponed",
 )
 _LEADING_REPLY = re.compile(r"^[245]\d\d[ -]")
 _TAG = re.compile(r"<[^>]+>")

@@ -322,12 +322,14 @@ def classify(
     if detail.startswith("7."):
         # sisimai: an X.7.Y code with no other evidence is a security matter.
         return "securityerror"
+    if action == "delayed":
+        # A delay whose cause no words or code name is late delivery (sisimai's
+        # "expired"), whatever command the last attempt stopped at.
+        return "expired"
     if command == "MAIL":
         return "rejected"
     if command == "HELO":
         return "blocked"
-    if action == "delayed":
-        return "expired"
     return "onhold" if status or replycode else "undefined"
 
 

@@ -23,7 +23,6 @@ __all__ = ["BARE_REJECTION", "TEXT_RULES", "fold", "reason_from_text", "wording"
 # failed 20 attempts", "Exceeded Maximum Delivery Attempts") is sisimai's "expired" (its
 # Reason/Expired.pm: "delivery time has expired due to a connection failure or a delay").
 EARLY_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("mailererror", rx(r"command output:", r"command died with status")),
     (
         "expired",
         rx(
@@ -33,8 +32,16 @@ EARLY_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         ),
     ),
 )
+# The recipient's mailbox being full is said in the same words whoever says it (a local
+# program's "Command output: Mail quota exceeded", a relay's "failed due to a full
+# mailbox. We have already made numerous attempts"): it comes before the sender-side
+# rules, whose broader words ("numerous", "try again later") would otherwise take it;
+# then a local program's own failure, before the words it printed ("unable to connect").
+_MAILBOX_FULL = RECIPIENT_RULES[0]
+assert _MAILBOX_FULL[0] == "mailboxfull"
+_PROGRAM = ("mailererror", rx(r"command output:", r"command died with status"))
 TEXT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    EARLY_RULES + SENDER_RULES + RECIPIENT_RULES
+    EARLY_RULES + (_MAILBOX_FULL, _PROGRAM) + SENDER_RULES + RECIPIENT_RULES[1:]
 )
 # A bare "rejected" says only that something was refused: weaker than a specific code.
 BARE_REJECTION = re.compile(r"\b(?:rejected|refused|denied)\b")
