@@ -292,14 +292,14 @@ def status(ctx: click.Context, as_json: bool, ident: str) -> None:
     try:
         store = store_from(settings)
         try:
-            views = annotate([v.to_dict() for v in store.lookup(ident)])
+            views = store.lookup(ident)
         finally:
             store.close()
     except StoreError as exc:
         click.echo(f"trackmilter status: {exc}", err=True)
         ctx.exit(1)
     if as_json:
-        click.echo(json.dumps(views, indent=2, sort_keys=True))
+        click.echo(json.dumps(annotate(views), indent=2, sort_keys=True))
     elif views:
         click.echo(render(views))
     else:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
+from trackmilter.store.views import EventView, HitView, MessageView
 from trackmilter.verdict import reason_text
 
 # What each in-line event proves, in words a sender can read without over-reading them.
@@ -56,14 +58,22 @@ _END = {
 }
 
 
-def describe_event(ev: Mapping[str, Any]) -> str:
-    kind, status = ev.get("kind", ""), ev.get("status", "")
-    detail = " ".join(x for x in (ev.get("code") or "", ev.get("text") or "") if x)
+def _iso(at: datetime | None) -> str:
+    return at.isoformat() if at is not None else ""
+
+
+def _data(ev: EventView) -> Mapping[str, Any]:
+    return ev.data or {}
+
+
+def describe_event(ev: EventView) -> str:
+    kind, status = ev.kind, ev.status
+    detail = " ".join(x for x in (ev.code, ev.text) if x)
+    data = _data(ev)
     if kind == "inline":
         text = _INLINE.get(status, status)
     elif kind == "delivery":
-        data = ev.get("data") or {}
-        relay = (data.get("relay") or "the next hop").strip()
+        relay = str(data.get("relay") or "the next hop").strip()
         local = _LOCAL.get(str(data.get("transport") or ""))
         if local and status in local:
             text = local[status].format(relay=relay)
@@ -72,9 +82,8 @@ def describe_event(ev: Mapping[str, Any]) -> str:
         if data.get("delivered_to"):
             text += f" [delivered to {data['delivered_to']}]"
     elif kind == "dsn":
-        data = ev.get("data") or {}
         text = _DSN.get(status, f"DSN from {{source}}: {status}").format(
-            source=ev.get("source") or "a remote server")
+            source=ev.source or "a remote server")
         if status == "failed" and data.get("reason"):
             text += f"; reason {data['reason']}, {'hard' if data.get('hardbounce') else 'soft'}"
     elif kind == "mdn":
@@ -92,34 +101,34 @@ def describe_event(ev: Mapping[str, Any]) -> str:
 _RANK = {"inline": 0, "delivery": 1}
 
 
-def _order(ev: Mapping[str, Any]) -> tuple[str, int, str]:
-    at = str(ev.get("at") or "")
-    return at[:19], _RANK.get(str(ev.get("kind")), 2), at
+def _order(ev: EventView) -> tuple[str, int, str]:
+    at = _iso(ev.at)
+    return at[:19], _RANK.get(ev.kind, 2), at
 
 
-def _lines(events: list[Mapping[str, Any]]) -> list[str]:
+def _lines(events: list[EventView]) -> list[str]:
     """One line per piece of evidence; a run of identical ones (retries that all got the
     same answer) is one line with how many and until when."""
     lines: list[str] = []
-    run: list[Mapping[str, Any]] = []
+    run: list[EventView] = []
 
-    def same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-        return all(a.get(k) == b.get(k) for k in ("kind", "status", "code", "text"))
+    def same(a: EventView, b: EventView) -> bool:
+        return (a.kind, a.status, a.code, a.text) == (b.kind, b.status, b.code, b.text)
 
     for ev in [*events, None]:
         if ev is not None and run and same(run[0], ev):
             run.append(ev)
             continue
         if run:
-            text = f"{run[0].get('at', '')}  {describe_event(run[0])}"
+            text = f"{_iso(run[0].at)}  {describe_event(run[0])}"
             if len(run) > 1:
-                text += f" [{len(run)} times, the last at {run[-1].get('at', '')}]"
+                text += f" [{len(run)} times, the last at {_iso(run[-1].at)}]"
             lines.append(text)
         run = [ev] if ev is not None else []
     return lines
 
 
-def _latest(events: Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any] | None, bool]:
+def _latest(events: Iterable[EventView]) -> tuple[EventView | None, bool]:
     """The evidence that says where a recipient stands (the latest settling one, else the
     latest of any kind), and whether it is a failure after the next hop had said 250."""
     ordered = sorted(events, key=_order)
@@ -127,12 +136,12 @@ def _latest(events: Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any] | No
         return None, False
     settled = [ev for ev in ordered if _settles(ev)]
     latest = settled[-1] if settled else ordered[-1]
-    sent = [ev for ev in ordered if ev.get("kind") == "delivery" and ev.get("status") == "sent"]
+    sent = [ev for ev in ordered if ev.kind == "delivery" and ev.status == "sent"]
     late = bool(sent) and _failed(latest) and _order(latest) >= _order(sent[0])
     return latest, late
 
 
-def current(events: Iterable[Mapping[str, Any]]) -> str:
+def current(events: Iterable[EventView]) -> str:
     """One line for where a recipient stands now; "" when there is no evidence."""
     latest, late = _latest(events)
     if latest is None:
@@ -154,66 +163,69 @@ _STATES = {
 }
 
 
-def state(events: Iterable[Mapping[str, Any]]) -> str:
+def state(events: Iterable[EventView]) -> str:
     """`unknown` without evidence; else what the deciding evidence says (see _STATES).
     A read receipt or a complaint never changes it: they say nothing about delivery."""
-    latest, _ = _latest(ev for ev in events if ev.get("kind") not in ("mdn", "arf"))
+    latest, _ = _latest(ev for ev in events if ev.kind not in ("mdn", "arf"))
     if latest is None:
         return "unknown"
-    if latest.get("kind") == "dsn" and latest.get("status") == "failed" and (
-        str(latest.get("code") or "").startswith("4.")
-        or (latest.get("data") or {}).get("reason") == "expired"
+    if latest.kind == "dsn" and latest.status == "failed" and (
+        latest.code.startswith("4.") or _data(latest).get("reason") == "expired"
     ):
         return "expired"  # failed on a temporary error: the reporting MTA gave up retrying
-    transport = str((latest.get("data") or {}).get("transport") or "")
-    if latest.get("kind") == "delivery" and latest.get("status") == "sent" and transport in _LOCAL:
+    transport = str(_data(latest).get("transport") or "")
+    if latest.kind == "delivery" and latest.status == "sent" and transport in _LOCAL:
         return "discarded" if transport == "discard" else "delivered_locally"
-    return _STATES.get((str(latest.get("kind")), str(latest.get("status"))), "unknown")
+    return _STATES.get((latest.kind, latest.status), "unknown")
 
 
-def annotate(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add to each recipient its `state` and the `now` sentence, to each hit its sentence,
-    and to each message its `engagement` (status --json)."""
+def _recipient_events(m: MessageView, address: str) -> list[EventView]:
+    return [ev for ev in m.events if ev.recipient == address]
+
+
+def annotate(messages: Sequence[MessageView]) -> list[dict[str, Any]]:
+    """The messages as JSON (status --json, the API): each recipient with its `state` and
+    the `now` sentence, each hit with its sentence, each message with its `engagement`."""
+    out = []
     for m in messages:
-        for r in m.get("recipients", ()):
-            mine = [ev for ev in m.get("events", ()) if ev.get("recipient") == r["address"]]
-            r["state"] = state(mine)
-            r["now"] = current(mine) or "no evidence yet: unknown"
-        for h in m.get("hits", ()):
-            h["text"] = describe_hit(h)
-        m["engagement"] = engagement(m)
-    return messages
+        d = m.to_dict()
+        for r, rd in zip(m.recipients, d["recipients"], strict=True):
+            mine = _recipient_events(m, r.address)
+            rd["state"] = state(mine)
+            rd["now"] = current(mine) or "no evidence yet: unknown"
+        for h, hd in zip(m.hits, d["hits"], strict=True):
+            hd["text"] = describe_hit(h)
+        d["engagement"] = engagement(m)
+        out.append(d)
+    return out
 
 
 def _reason_text(reason: Mapping[str, Any]) -> str:
     return reason_text(str(reason.get("code", "")), str(reason.get("evidence", "")))
 
 
-def describe_hit(h: Mapping[str, Any]) -> str:
+def describe_hit(h: HitView) -> str:
     """`opened — machine (Apple Mail Privacy Protection prefetch: …)`, `clicked link 2
     (https://…) — human (…)`: the verdict with its reasons, never a bare "read"."""
-    what = ("opened" if h.get("target") == "open"
-            else f"clicked link {h.get('index')} ({h.get('url')})")
-    reasons = "; ".join(_reason_text(r) for r in h.get("reasons") or ())
-    text = f"{what} — {h.get('verdict', 'unknown')}"
+    what = "opened" if h.target == "open" else f"clicked link {h.index} ({h.url})"
+    reasons = "; ".join(_reason_text(r) for r in h.reasons)
+    text = f"{what} — {h.verdict or 'unknown'}"
     if reasons:
         text += f" ({reasons})"
-    history: list[Mapping[str, Any]] = list(h.get("history") or ())
-    if len(history) > 1 and history[0].get("verdict") != h.get("verdict"):
-        text += f" [revised; first judged {history[0].get('verdict')}]"
+    if len(h.history) > 1 and h.history[0].get("verdict") != h.verdict:
+        text += f" [revised; first judged {h.history[0].get('verdict')}]"
     return text
 
 
-def engagement(m: Mapping[str, Any]) -> dict[str, Any]:
+def engagement(m: MessageView) -> dict[str, Any]:
     """Opens and clicks by verdict, who they can be attributed to, and one honest sentence."""
     counts: dict[str, dict[str, int]] = {
         t: {"human": 0, "machine": 0, "unknown": 0} for t in ("open", "click")}
-    for h in m.get("hits", ()):
-        bucket = counts.get(str(h.get("target")))
+    for h in m.hits:
+        bucket = counts.get(h.target)
         if bucket is not None:
-            v = str(h.get("verdict"))
-            bucket[v if v in bucket else "unknown"] += 1
-    accepted = [r["address"] for r in m.get("recipients", ()) if r.get("outcome") == "accepted"]
+            bucket[h.verdict if h.verdict in bucket else "unknown"] += 1
+    accepted = [r.address for r in m.recipients if r.outcome == "accepted"]
     # The body (and so every link) is shared by all recipients of one transaction.
     who = accepted[0] if len(accepted) == 1 else None
     return {
@@ -222,7 +234,7 @@ def engagement(m: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _engagement_summary(m: Mapping[str, Any], counts: Mapping[str, Mapping[str, int]]) -> str:
+def _engagement_summary(m: MessageView, counts: Mapping[str, Mapping[str, int]]) -> str:
     parts = []
     for target, verb in (("click", "clicked"), ("open", "opened")):
         c = counts[target]
@@ -233,67 +245,65 @@ def _engagement_summary(m: Mapping[str, Any], counts: Mapping[str, Mapping[str, 
         elif c["machine"]:
             parts.append(f"{verb} — machine only (not a person)")
     if not counts["open"]["human"] + counts["open"]["unknown"] + counts["open"]["machine"]:
-        parts.append("no open signal (images blocked or plain text): unknown" if m.get("pixel")
+        parts.append("no open signal (images blocked or plain text): unknown" if m.pixel
                      else "no open pixel in this message: opens cannot be known")
     return "; ".join(parts)
 
 
-def _failed(ev: Mapping[str, Any]) -> bool:
-    kind, status = ev.get("kind"), ev.get("status")
-    return (kind == "delivery" and status in ("bounced", "expired")) or (
-        kind == "dsn" and status == "failed")
+def _failed(ev: EventView) -> bool:
+    return (ev.kind == "delivery" and ev.status in ("bounced", "expired")) or (
+        ev.kind == "dsn" and ev.status == "failed")
 
 
-def _settles(ev: Mapping[str, Any]) -> bool:
-    return (ev.get("kind") == "delivery" and ev.get("status") in _FINAL) or _failed(ev)
+def _settles(ev: EventView) -> bool:
+    return (ev.kind == "delivery" and ev.status in _FINAL) or _failed(ev)
 
 
-def render(messages: Iterable[Mapping[str, Any]]) -> str:
+def render(messages: Iterable[MessageView]) -> str:
     """Plain-text timeline for the messages returned by the store's lookup."""
     out: list[str] = []
     for m in messages:
-        ids = [f"queue id {m['queue_id']}" if m.get("queue_id") else "no queue id",
-               f"Message-ID <{m['message_id']}>" if m.get("message_id") else "no Message-ID"]
-        out.append(f"message {m['tracking_id']} ({', '.join(ids)})")
-        client = m.get("client_name") or m.get("client_addr") or "?"
-        auth = f", authenticated as {m['auth_user']}" if m.get("auth_user") else ""
-        out.append(f"  from <{m.get('sender', '')}> via {client}{auth}; "
-                   f"{m.get('direction')}, {m.get('size', 0)} bytes, at {m.get('started_at')}")
-        if m.get("rewritten"):
-            pixel = " and an open pixel" if m.get("pixel") else ""
-            out.append(f"  tracking: {m.get('link_count', 0)} link(s) rewritten{pixel}")
-        elif m.get("tracking_header"):
-            why = f" ({m['skip_reason']})" if m.get("skip_reason") else ""
+        ids = [f"queue id {m.queue_id}" if m.queue_id else "no queue id",
+               f"Message-ID <{m.message_id}>" if m.message_id else "no Message-ID"]
+        out.append(f"message {m.tracking_id} ({', '.join(ids)})")
+        client = m.client_name or m.client_addr or "?"
+        auth = f", authenticated as {m.auth_user}" if m.auth_user else ""
+        out.append(f"  from <{m.sender}> via {client}{auth}; "
+                   f"{m.direction}, {m.size} bytes, at {_iso(m.started_at)}")
+        if m.rewritten:
+            pixel = " and an open pixel" if m.pixel else ""
+            out.append(f"  tracking: {m.link_count} link(s) rewritten{pixel}")
+        elif m.tracking_header:
+            why = f" ({m.skip_reason})" if m.skip_reason else ""
             out.append(f"  tracking: tracking-id header added, body not modified{why}")
-        elif m.get("skip_reason"):
-            out.append(f"  tracking: message not modified ({m['skip_reason']})")
-        if _END.get(m.get("end_reason", ""), ""):
-            out.append(f"  {_END[m['end_reason']]}")
-        timeline = sorted(m.get("events", ()), key=_order)
-        for r in m.get("recipients", ()):
-            out.append(f"  {r['address']}")
-            events = [ev for ev in timeline if ev.get("recipient") == r["address"]]
+        elif m.skip_reason:
+            out.append(f"  tracking: message not modified ({m.skip_reason})")
+        if _END.get(m.end_reason, ""):
+            out.append(f"  {_END[m.end_reason]}")
+        timeline = sorted(m.events, key=_order)
+        for r in m.recipients:
+            out.append(f"  {r.address}")
+            events = [ev for ev in timeline if ev.recipient == r.address]
             out.extend(f"    {line}" for line in _lines(events))
             if not events:
                 out.append("    no evidence yet: unknown")
             elif len(events) > 1:
                 out.append(f"    now: {current(events)}")
-        hits = m.get("hits") or ()
-        if hits or m.get("rewritten"):
-            eng = m.get("engagement") or engagement(m)
+        if m.hits or m.rewritten:
+            eng = engagement(m)
             who = (f"attributed to {eng['attributed_to']}, the only recipient"
                    if eng["attributed_to"] else "not attributable to one recipient: the "
                    "links are shared by all recipients of the message")
             out.append(f"  opens and clicks ({who}): {eng['summary']}")
-            for h in hits:
-                client = f" from {h['client']}" if h.get("client") else ""
-                out.append(f"    {h.get('at', '')}  {h.get('text') or describe_hit(h)}{client}")
-        known = {r["address"] for r in m.get("recipients", ())}
+            for h in m.hits:
+                client = f" from {h.client}" if h.client else ""
+                out.append(f"    {_iso(h.at)}  {describe_hit(h)}{client}")
+        known = {r.address for r in m.recipients}
         for ev in timeline:
             # Evidence about the message, or about an address it was not sent to in-line
             # (a DSN naming a forwarded address): shown, never dropped.
-            if ev.get("recipient") not in known:
-                who = f"{ev['recipient']}: " if ev.get("recipient") else ""
-                out.append(f"  {ev.get('at', '')}  {who}{describe_event(ev)}")
+            if ev.recipient not in known:
+                who = f"{ev.recipient}: " if ev.recipient else ""
+                out.append(f"  {_iso(ev.at)}  {who}{describe_event(ev)}")
         out.append("")
     return "\n".join(out)

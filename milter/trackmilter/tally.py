@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from trackmilter.status import annotate, state
+from trackmilter.status import state
 from trackmilter.store.base import StoreReader
+from trackmilter.store.views import EventView, HitView, MessageView
 
 # The recipient states of status.state, grouped as the report counts them.
 _REMOTE = {"sent"}
@@ -19,7 +20,7 @@ _FAILED = {"bounced", "expired"}
 
 @dataclass
 class Tally:
-    """What the messages of one report add up to (fed one message dict at a time)."""
+    """What the messages of one report add up to (fed one message at a time)."""
 
     messages: int = 0
     outgoing: int = 0
@@ -39,54 +40,53 @@ class Tally:
     open_hits: Counter[str] = field(default_factory=Counter)
     click_hits: Counter[str] = field(default_factory=Counter)
 
-    def add(self, m: Mapping[str, Any]) -> None:
+    def add(self, m: MessageView) -> None:
         self.messages += 1
-        if m.get("direction") == "outgoing":
+        if m.direction == "outgoing":
             self.outgoing += 1
-        events = list(m.get("events", ()))
-        for r in m.get("recipients", ()):
-            if r.get("outcome") == "refused":
+        for r in m.recipients:
+            if r.outcome == "refused":
                 self.refused_inline += 1
                 continue
             self.recipients += 1
-            mine = [ev for ev in events if ev.get("recipient") == r["address"]]
+            mine = [ev for ev in m.events if ev.recipient == r.address]
             st = state(mine)
             self.states[st] += 1
             if st in _FAILED:
                 self._failure(mine)
-        for ev in events:
-            if ev.get("kind") == "arf":
+        for ev in m.events:
+            if ev.kind == "arf":
                 self.complaints += 1
-            elif ev.get("kind") == "mdn" and ev.get("status") == "displayed":
+            elif ev.kind == "mdn" and ev.status == "displayed":
                 self.read_receipts += 1
-        if m.get("pixel"):
+        if m.pixel:
             self.pixel_messages += 1
-        if m.get("rewritten"):
+        if m.rewritten:
             self.tracked_messages += 1
-        self._hits(m.get("hits", ()))
+        self._hits(m.hits)
 
-    def _failure(self, events: list[Mapping[str, Any]]) -> None:
-        failing = [ev for ev in events if ev.get("kind") in ("delivery", "dsn")
-                   and ev.get("status") in ("bounced", "expired", "failed")]
+    def _failure(self, events: list[EventView]) -> None:
+        failing = [ev for ev in events if ev.kind in ("delivery", "dsn")
+                   and ev.status in ("bounced", "expired", "failed")]
         if not failing:
             return
         last = failing[-1]
-        data = last.get("data") or {}
-        code = str(last.get("code") or "")
-        hard = bool(data.get("hardbounce")) if last.get("kind") == "dsn" else code.startswith("5")
+        data = last.data or {}
+        code = last.code
+        hard = bool(data.get("hardbounce")) if last.kind == "dsn" else code.startswith("5")
         if hard:
             self.hard += 1
         else:
             self.soft += 1
-        self.reasons[str(data.get("reason") or ("expired" if last.get("status") == "expired"
+        self.reasons[str(data.get("reason") or ("expired" if last.status == "expired"
                                                 else "unknown"))] += 1
         if code:
             self.codes[code] += 1
 
-    def _hits(self, hits: Iterable[Mapping[str, Any]]) -> None:
+    def _hits(self, hits: Iterable[HitView]) -> None:
         best: dict[str, str] = {}
         for h in hits:
-            target, verdict = str(h.get("target")), str(h.get("verdict") or "unknown")
+            target, verdict = h.target, h.verdict or "unknown"
             (self.open_hits if target == "open" else self.click_hits)[verdict] += 1
             # A message counts once per target, under its most telling verdict.
             rank = {"human": 2, "unknown": 1, "machine": 0}
@@ -118,8 +118,8 @@ def tally(store: StoreReader, since: datetime, sender: str = "", wanted: Mapping
     chunk's size."""
     t = Tally()
     for views in store.scan(since, sender):
-        for m in annotate([v.to_dict() for v in views]):
-            if matches(m, wanted) and allowed(str(m.get("sender", ""))):
+        for m in views:
+            if matches(m, wanted) and allowed(m.sender):
                 t.add(m)
         progress(len(views))
     return t
@@ -136,10 +136,10 @@ def header_filter(specs: Iterable[str]) -> dict[str, str]:
     return wanted
 
 
-def matches(m: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
+def matches(m: MessageView, wanted: Mapping[str, str]) -> bool:
     """Whether the message recorded every wanted header with that value ([milter]
     record_headers decides which headers are recorded at all)."""
-    have = m.get("headers") or {}
+    have = m.headers
     return all(have.get(k) == v for k, v in wanted.items())
 
 

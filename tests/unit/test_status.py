@@ -2,9 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from trackmilter.status import render
+from trackmilter import status
+from trackmilter.store.views import EventView, HitView, MessageView, RecipientView
+
+# The cases are written as the JSON view's dicts; "tN" is N seconds after T0.
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _at(value: Any) -> datetime | None:
+    if not value:
+        return None
+    if isinstance(value, str) and value[0] == "t" and value[1:].isdigit():
+        return T0 + timedelta(seconds=int(value[1:]))
+    return datetime.fromisoformat(value)
+
+
+def _event(d: Mapping[str, Any]) -> EventView:
+    return EventView(kind=d["kind"], at=_at(d.get("at")), recipient=d.get("recipient"),
+                     source=d.get("source", ""), status=d.get("status", ""),
+                     code=d.get("code", ""), text=d.get("text", ""), data=d.get("data"))
+
+
+def _hit(d: Mapping[str, Any]) -> HitView:
+    return HitView(target=d["target"], at=_at(d.get("at")), index=d.get("index", 0),
+                   url=d.get("url", ""), client=d.get("client", ""), network="", method="GET",
+                   user_agent="", verdict=d.get("verdict", ""),
+                   reasons=tuple(d.get("reasons", ())), history=tuple(d.get("history", ())))
+
+
+def view(d: Mapping[str, Any]) -> MessageView:
+    return MessageView(
+        tracking_id=d["tracking_id"], direction=d.get("direction", ""),
+        end_reason=d.get("end_reason", ""), sender=d.get("sender", ""),
+        started_at=_at(d.get("started_at")), finished_at=None,
+        queue_id=d.get("queue_id", ""), message_id=d.get("message_id", ""),
+        client_addr=d.get("client_addr", ""), size=d.get("size", 0),
+        rewritten=d.get("rewritten", False), skip_reason=d.get("skip_reason", ""),
+        pixel=d.get("pixel", False), tracking_header=d.get("tracking_header", False),
+        link_count=d.get("link_count", 0),
+        recipients=tuple(RecipientView(r["address"], r.get("outcome", ""), "", "", None)
+                         for r in d.get("recipients", ())),
+        events=tuple(_event(e) for e in d.get("events", ())),
+        hits=tuple(_hit(h) for h in d.get("hits", ())))
+
+
+def render(messages: Iterable[Mapping[str, Any]]) -> str:
+    return status.render([view(m) for m in messages])
+
+
+def annotate(messages: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return status.annotate([view(m) for m in messages])
+
+
+def state(events: Iterable[Mapping[str, Any]]) -> str:
+    return status.state([_event(e) for e in events])
 
 
 def _msg(**kw: Any) -> dict[str, Any]:
@@ -114,8 +169,6 @@ def test_inline_before_log_within_one_second_and_retries_folded() -> None:
 
 
 def test_state_is_the_deciding_evidence_and_receipts_do_not_count() -> None:
-    from trackmilter.status import annotate, state
-
     inline = _msg()["events"][0]
     assert state([]) == "unknown"
     assert state([inline]) == "accepted"
@@ -142,8 +195,6 @@ def _local(transport: str, relay: str, status: str = "sent", **data: str) -> dic
 
 
 def test_our_own_delivery_agents_are_not_a_remote_server() -> None:
-    from trackmilter.status import annotate
-
     for transport, relay, words, st in [
         ("discard", "none", "discarded by our MTA (not delivered)", "discarded"),
         ("local", "local", "delivered locally by our MTA (local)", "delivered_locally"),
@@ -163,8 +214,6 @@ def test_alias_expansion_names_the_final_address() -> None:
 
 
 def test_hits_are_shown_with_verdicts_and_never_as_reads() -> None:
-    from trackmilter.status import annotate
-
     hits = [
         {"target": "open", "at": "t4", "index": 0, "url": "", "client": "17.58.0.1",
          "verdict": "machine", "history": [{"verdict": "machine"}],

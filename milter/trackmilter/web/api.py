@@ -143,8 +143,7 @@ class Api:
 
     def _messages(self, ident: str, token: ApiToken) -> list[dict[str, Any]]:
         # Messages of other senders are not there for this token: 404, not 403.
-        return annotate([v.to_dict() for v in self._store.lookup(ident)
-                         if token.allows(v.sender)])
+        return annotate([v for v in self._store.lookup(ident) if token.allows(v.sender)])
 
     def _report(self, since: timedelta, sender: str, wanted: dict[str, str],
                 token: ApiToken) -> dict[str, Any]:
