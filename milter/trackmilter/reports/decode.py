@@ -36,16 +36,16 @@ def _relayed_report(msg: Message, parts: Parts) -> Message | None:
     """A DSN a mail system passed on wrapped in a message of its own (a scanning gateway
     that attaches the report it relays, adding a disclaimer): the attached multipart/report,
     when the wrapper comes from a mail system (MAILER-DAEMON, postmaster, null return path)."""
-    if not from_mail_system(msg):
+    attached = [part for ctype, part in parts if ctype == "message/rfc822"]
+    if not attached or not from_mail_system(msg):
         return None
-    for ctype, part in parts:
-        if ctype == "message/rfc822":
-            body = part.get_payload()
-            if not isinstance(body, str) or "multipart/report" not in body[:8192].lower():
-                continue
-            inner = parse(body.encode("ascii", "surrogateescape"))
-            if inner is not None and inner.get_content_type() == "multipart/report":
-                return inner
+    for part in attached:
+        body = part.get_payload()
+        if not isinstance(body, str) or "multipart/report" not in body[:8192].lower():
+            continue
+        inner = parse(body.encode("ascii", "surrogateescape"))
+        if inner is not None and inner.get_content_type() == "multipart/report":
+            return inner
     return None
 
 
@@ -82,8 +82,14 @@ def decode_message(msg: Message, depth: int = 0) -> Report | None:
         if entries:
             return _report("dsn", msg, original, per_message, entries)
     elif "final-recipient:" in prose.lower():
-        # A delivery-status body that lost its MIME part (flattened by a relay).
+        # A delivery-status body that lost its MIME part (flattened by a relay). A report
+        # is about other addresses than its own addressee, unless its own mail system
+        # sends it (a message to oneself that bounced): one from elsewhere that names its
+        # To as the failed recipient is a notice imitating a bounce ("messages held").
         per_message, entries = decode_dsn(prose, prose)
+        addressee = address_of(msg, "to")
+        if addressee.partition("@")[2] != address_of(msg, "from").partition("@")[2]:
+            entries = [e for e in entries if e.recipient.lower() != addressee]
         if entries:
             return _report("dsn", msg, original, per_message, entries)
     notification = decode_notification(prose) if "notificationType" in prose else None

@@ -49,6 +49,11 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"not a (?:gateway|relay)",
             r"we do not relay",
             r"not configured to relay",
+            # The recipient's domain is not one the server receives for: qmail's "553
+            # sorry, that domain isn't in my list of allowed rcpthosts", Exchange's and
+            # Domino's "recipient is not local": a relay refused, whatever the code.
+            r"(?:isn't|is not|not) in my list of allowed rcpthosts",
+            r"(?:recipient|address|domain) (?:is )?not local",
         ),
     ),
     (

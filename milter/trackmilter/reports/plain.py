@@ -52,6 +52,15 @@ _ORIGINAL_MARKER = re.compile(
     r"unsent message (?:follows|below)|message (?:text|content) follows)",
     re.M,
 )
+# Challenge-response systems (TMDA, Boxbe, SpamArrest and kin) hold a message until its
+# sender proves to be a person; their notice says the message "will not be delivered"
+# and often comes from the null return path, but it asks the sender to act and quotes no
+# SMTP reply: it is not a bounce.
+_CHALLENGE = re.compile(
+    r"challenge[- ]response|confirm (?:that )?you are (?:a )?(?:human|person|real)|"
+    r"verify (?:that )?you are (?:a )?(?:human|person|real)|approved senders|"
+    r"(?:reply|respond) to this (?:message|e-?mail) to (?:confirm|verify)|guest list"
+)
 _TEMPORARY = re.compile(
     r"temporar|transient|delayed|deferred|will (?:be )?retr|still trying|continue trying|"
     r"not yet been delivered|try again later|attempts will continue|continue to (?:try|attempt)|"
@@ -124,6 +133,8 @@ def looks_like_bounce(msg: Message, text: str, returned: bool = False) -> bool:
     mta = "mailer-daemon" in from_ or "mailer_daemon" in from_
     if responder and not mta and not (find_replycode(text) or find_status(text)):
         return False
+    if _CHALLENGE.search(fold(text)) and not (find_replycode(text) or find_status(text)):
+        return False
     if daemon and (subject or (returned and from_daemon)):
         return True
     return failure and (daemon or subject)
@@ -176,6 +187,8 @@ def recipient_blocks(text: str, exclude: set[str]) -> list[tuple[str, str]]:
         if "dda:" in line.lower():
             line = _X400_DDA.sub("", line)
         for found in ADDRESS.findall(line):
+            if "/" in found:  # part of a URL, not an address
+                continue
             address = _SMTP_PREFIX.sub("", found.strip(_QUOTES))
             low = address.lower()
             if low in exclude or _DAEMON.match(low) or not _is_address_line(line, address):
@@ -208,7 +221,7 @@ def sentence_recipient(text: str, exclude: set[str], returned: str = "") -> str:
             continue
         for address in ADDRESS.findall(line):
             low = address.strip(_QUOTES).lower()
-            if low not in exclude and not _DAEMON.match(low) and low not in found:
+            if "/" not in low and low not in exclude and not _DAEMON.match(low) and low not in found:
                 found.append(low)
     if len(found) > 1 and returned:
         returned_low = returned.lower()
@@ -303,5 +316,11 @@ def decode_plain(
         address = sentence_recipient(prose, exclude, returned)
         if not address and original is not None:
             address = address_of(original, "to")
+        addressee = address_of(msg, "to")
+        if not address and addressee and addressee in prose.lower():
+            # The only address the text is about is its own addressee's: a notice to
+            # that person ("4 messages for you@x could not be delivered, click here"),
+            # phishing that imitates a bounce, not a report on mail the addressee sent.
+            return []
         blocks = [(address, prose)]
     return [entry(a, b, prose) for a, b in blocks]

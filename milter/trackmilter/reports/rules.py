@@ -27,22 +27,32 @@ EARLY_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "expired",
         rx(
             r"temp_failure",
-            r"(?:delivery )?failed (?:after )?\d+ (?:delivery )?attempts",
-            r"(?:exceeded|reached) (?:the )?maximum (?:number of )?delivery attempts",
+            r"failed (?:after )?\d+ (?:delivery )?attempts",
+            r"exceeded (?:the )?maximum (?:number of )?delivery attempts",
+            r"reached (?:the )?maximum (?:number of )?delivery attempts",
         ),
     ),
 )
-# The recipient's mailbox being full is said in the same words whoever says it (a local
-# program's "Command output: Mail quota exceeded", a relay's "failed due to a full
-# mailbox. We have already made numerous attempts"): it comes before the sender-side
-# rules, whose broader words ("numerous", "try again later") would otherwise take it;
-# then a local program's own failure, before the words it printed ("unable to connect").
-_MAILBOX_FULL = RECIPIENT_RULES[0]
-assert _MAILBOX_FULL[0] == "mailboxfull"
+# Causes said in the same words whoever says them come before the sender-side rules,
+# whose broader words would otherwise take them: the recipient's mailbox being full (a
+# local program's "Command output: Mail quota exceeded", a relay's "failed due to a full
+# mailbox. We have already made numerous attempts"), then a local program's own failure
+# before the words it printed ("unable to connect"), then a refusal to relay before the
+# remedy it names (Sendmail's "553 5.7.1 Relaying denied. Proper authentication
+# required": the refusal is the cause, whatever the code's generic X.7.1 says).
+_FIRST = ("mailboxfull", "norelaying")
 _PROGRAM = ("mailererror", rx(r"command output:", r"command died with status"))
+_EARLY_RECIPIENT = tuple(r for r in RECIPIENT_RULES if r[0] in _FIRST)
+assert [r[0] for r in _EARLY_RECIPIENT] == list(_FIRST)
 TEXT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    EARLY_RULES + (_MAILBOX_FULL, _PROGRAM) + SENDER_RULES + RECIPIENT_RULES[1:]
+    EARLY_RULES
+    + _EARLY_RECIPIENT[:1]
+    + (_PROGRAM,)
+    + _EARLY_RECIPIENT[1:]
+    + SENDER_RULES
+    + tuple(r for r in RECIPIENT_RULES if r[0] not in _FIRST)
 )
+
 # A bare "rejected" says only that something was refused: weaker than a specific code.
 BARE_REJECTION = re.compile(r"\b(?:rejected|refused|denied)\b")
 
@@ -51,19 +61,15 @@ _RULES = prepared(TEXT_RULES)
 # Multi-line replies repeat "550-5.7.1 " on every line, splitting phrases in two.
 _REPLY_PREFIX = re.compile(r"(?<![\w.])[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3} )?")
 
-# An address is no wording: "ultravirus2001@yahoo.com" says nothing of a virus.
-_ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
-
 # A server's reply is a few lines; past this the text is boilerplate or the returned message.
 _MAX_WORDING = 2048
 
 
 def wording(text: str) -> str:
     """The text as the rules read it: lower-cased, reply-code prefixes out, spaces collapsed."""
-    low = fold(text[:_MAX_WORDING])
-    if "@" in low:
-        low = _ADDRESS.sub(" ", low)
-    return " ".join(_REPLY_PREFIX.sub(" ", low).split())
+    words = _REPLY_PREFIX.sub(" ", fold(text[:_MAX_WORDING])).split()
+    # An address is no wording: "ultravirus2001@yahoo.com" says nothing of a virus.
+    return " ".join(w for w in words if "@" not in w)
 
 
 def reason_from_text(text: str) -> str:
