@@ -127,6 +127,8 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"(?:user|recipient|mailbox|address|addressee|account|local ?part|destination) (?:is )?(?:unknown|not (?:found|known|listed|valid)|invalid|doesn't exist|does not exist|not exist|non-?existent)",
             r"unknown (?:or illegal )?(?:user|recipient|mailbox|address|addressee|account|local ?part|alias)",
             r"non-?existent (?:user|recipient|mailbox|address|account|local ?part)",
+            # Exchange 5.5's NDR: "The recipient name is not recognized".
+            r"(?:recipient|user|addressee)(?: name)? (?:is )?not recognized",
             # A directory lookup of the name found nobody ("No matches to nameserver query").
             r"no match(?:es)? (?:to|for|in) (?:the )?(?:nameserver|name server|directory)",
             # Yahoo's published reply for a recipient with no account: "554 delivery error:
