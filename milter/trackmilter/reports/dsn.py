@@ -11,6 +11,7 @@ from trackmilter.reports.reason import (
     best_replycode,
     best_status,
     classify,
+    find_failure_status,
     find_replycode,
     find_status,
     is_hard,
@@ -37,7 +38,7 @@ def split_dsn(text: str) -> tuple[Fields, list[Fields]]:
     return per_message, recipients
 
 
-def recipient_entry(fields: Fields, context: str) -> RecipientReport:
+def recipient_entry(fields: Fields, context: str, alone: bool = False) -> RecipientReport:
     """One per-recipient group; the human-readable part is the fallback wording.
 
     Many MTAs put a bare "5.0.0" in Status and the remote server's words only in the text
@@ -46,6 +47,11 @@ def recipient_entry(fields: Fields, context: str) -> RecipientReport:
     final = bare_address(fields.get("final-recipient") or fields.get("x-actual-recipient", ""))
     original = bare_address(fields.get("original-recipient", ""))
     diagnostic = typed_value(fields.get("diagnostic-code", ""))
+    supplement = fields.get("x400-supplementary-info", "")
+    if supplement and not find_status(diagnostic):
+        # X.400 gateways (RFC 2156 mapping) put the remote's own reply there: "MTA
+        # '62.6.150.133' gives error message 5.7.1 Unable to relay for a@b".
+        diagnostic = (diagnostic + " " + supplement.strip(' "')).strip()
     if not diagnostic and "(" in fields.get("status", ""):
         # "Status: 4.0.0 (example.net: host name lookup failure)": RFC 3464 allows a
         # comment, and some MTAs put the cause there instead of in Diagnostic-Code.
@@ -58,6 +64,13 @@ def recipient_entry(fields: Fields, context: str) -> RecipientReport:
         wording = diagnostic if len(replies) > 1 else ""
     action = fields.get("action", "").strip().lower()
     status = best_status(fields.get("status", ""), diagnostic)
+    if alone and not diagnostic and status.endswith(".0.0"):
+        # A class-only Status and no Diagnostic-Code: the text part of a one-recipient
+        # report quotes the remote's reply ("host 10.2.9.112 says: 550 5.1.1 User
+        # unknown"); its specific code, of the same class, is the better status.
+        quoted = find_failure_status(context)
+        if quoted[:1] == status[:1] and not quoted.endswith(".0.0"):
+            status = quoted
     replycode = best_replycode(diagnostic)
     unix = fields.get("diagnostic-code", "").lstrip().lower().startswith("x-unix")
     if unix and not any(c.isalpha() for c in diagnostic):
@@ -109,6 +122,5 @@ def _class_only(replycode: str, action: str) -> str:
 def decode_dsn(text: str, context: str) -> tuple[Fields, list[RecipientReport]]:
     """Per-message fields and per-recipient entries of a delivery-status body."""
     per_message, groups = split_dsn(text)
-    return per_message, [
-        recipient_entry(g, context) for g in groups if "action" in g or "status" in g
-    ]
+    groups = [g for g in groups if "action" in g or "status" in g]
+    return per_message, [recipient_entry(g, context, len(groups) == 1) for g in groups]
