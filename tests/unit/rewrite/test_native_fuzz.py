@@ -251,6 +251,8 @@ def test_qp_splice_identical(
             break
         edits.append((s, e, new))
         pos = e
+    if not edits:
+        return  # the engine never splices without an edit
     edits.sort(key=lambda ed: (ed[0], ed[1]))
     assert NATIVE.qp_splice(raw, decoded, edits, eol) == transfer.qp_splice(
         raw, decoded, edits, eol

@@ -21,7 +21,7 @@ from tests.unit.rewrite import native_support
 from tests.unit.rewrite.native_support import NATIVE, both, declining_linker
 from tests.unit.rewrite.rewrite_support import header_values, linker, split_message
 
-from trackmilter.rewrite import RewriteOptions, engine, native, scan
+from trackmilter.rewrite import RewriteOptions, engine, native, scan, transfer
 
 needs_native = pytest.mark.skipif(NATIVE is None, reason="native engine not built")
 
@@ -97,6 +97,15 @@ def test_corpus_messages_identical(path: Path) -> None:
         assert _run_all(ctype, cte, body)
 
 
+def test_the_expected_build_runs() -> None:
+    """native_sanitized.py runs these tests on its instrumented build: make sure it is the
+    one imported (and not the checkout's)."""
+    where = os.environ.get("TRACKMILTER_EXPECT_NATIVE_AT")
+    if where is None:
+        pytest.skip("no particular build expected")
+    assert NATIVE is not None and NATIVE.__file__ == where
+
+
 def test_corpus_found() -> None:
     assert len(HTML_FILES) >= 50 and len(MESSAGE_FILES) >= 400
 
@@ -162,3 +171,28 @@ def test_differential_pieces_were_compared() -> None:
 
     rewrite(b'<a href="http://a.example/">a</a>')
     assert native_support.CALLS["html_links"] == before + 1
+
+
+def _odd_qp(data: bytes, eol: bytes, width: int) -> bytes:
+    """Quoted-printable no encoder would write: every byte escaped, soft breaks every
+    `width` characters (so re-encoding any stretch of it changes its bytes)."""
+    enc = "".join(f"={b:02X}" for b in data).encode()
+    lines = [enc[i : i + width] for i in range(0, len(enc), width)]
+    return (b"=" + eol).join(lines)
+
+
+@needs_native
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("width", [9, 60, 75])
+def test_qp_splice_around_the_cluster_gap(eol: bytes, width: int) -> None:
+    """Edits just closer and just farther apart than the splice's clustering distance (480
+    decoded bytes): one re-encoded region or two, and the same bytes from both engines."""
+    assert NATIVE is not None
+    raw = _odd_qp(b"0123456789abcdef" * 150, eol, width)
+    decoded = binascii.a2b_qp(raw)
+    for gap in range(470, 491):
+        for start in (0, 7, 100):
+            edits = [(start, start + 5, b"NEW"), (start + 5 + gap, start + 9 + gap, b"<x>" * 30)]
+            edits.append((edits[1][1] + gap, edits[1][1] + gap, b"PIXEL"))
+            want = transfer.qp_splice(raw, decoded, edits, eol)
+            assert NATIVE.qp_splice(raw, decoded, edits, eol) == want, (gap, start)
