@@ -75,6 +75,7 @@ from tests.support.verdict_scenarios import (  # noqa: E402
     request_headers,
 )
 
+from trackmilter.tokens import Signer  # noqa: E402
 from trackmilter_lab import FakeMX, PostfixInstance, free_port, make_socket_dir, send  # noqa: E402
 from trackmilter_lab.daemon import command, milter_process, write_config  # noqa: E402
 from trackmilter_lab.postfix import postfix_available, wait_until  # noqa: E402
@@ -141,6 +142,7 @@ class Rig:
                             "metrics_listen": "", "mta_name": "lab.example",
                             "poll_interval": 0.1}
         self.config = write_config(workdir / "tm", sock, extra=extra)
+        self.signer = Signer.from_file(workdir / "tm" / "secret")
         self.stops: list[Any] = []
         self.mx = FakeMX()
         self.mx.start()
@@ -193,6 +195,10 @@ class Rig:
         opens = [p for p in paths if p.startswith("/o/")]
         if len(clicks) != scenario.links or len(opens) != 1:
             raise RuntimeError(f"{scenario.id}: {len(clicks)} links, {len(opens)} pixels")
+        for i, path in enumerate(clicks, 1):  # link i of the document is the i-th token
+            data = self.signer.verify(path[3:])
+            if (data.index, data.url) != (i, link_url(scenario, i)):
+                raise RuntimeError(f"{scenario.id}: link {i} signed as {data}")
         return str(parsed["X-Trackmilter-ID"]), got.received_at, clicks, opens[0]
 
 

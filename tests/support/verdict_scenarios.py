@@ -28,6 +28,7 @@ import base64
 import hashlib
 import ipaddress
 import tomllib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -487,6 +488,11 @@ def format_report(result: Replay, title: str = "in-process replay",
         lines.append(row)
     lines.append(f"targets: P >= {TARGETS['precision']}, R >= {TARGETS['recall']}, "
                  f"K >= {TARGETS['people_kept']}, first and final")
+    for name, r in runs.items():
+        lines.append("")
+        lines.append(f"{name}: why hits were misjudged (class, answer, expected -> judged "
+                     "[reasons recorded]: hits)")
+        lines.extend(f"  {line}" for line in why(r))
     if wrong:
         for name, r in runs.items():
             lines.append("")
@@ -501,6 +507,23 @@ def format_report(result: Replay, title: str = "in-process replay",
                     f"first {j.first} [{','.join(j.first_reasons)}] "
                     f"final {j.final} [{','.join(j.final_reasons)}]")
     return "\n".join(lines)
+
+
+def why(result: Replay) -> list[str]:
+    """The misjudged hits grouped by class, answer, expected and judged verdict and the
+    reason codes recorded, most frequent first."""
+    groups: Counter[tuple[str, str, str, str, tuple[str, ...]]] = Counter()
+    for j in result.judged:
+        for answer in ("first", "final"):
+            a: Answer = "first" if answer == "first" else "final"
+            if j.verdict(a) != j.hit.expected:
+                groups[(j.scenario.cls, answer, j.hit.expected, j.verdict(a),
+                        tuple(sorted(j.reasons(a))))] += 1
+    order = {c: n for n, c in enumerate(result.classes())}
+    return [f"{cls:<22} {answer:<5} {exp} -> {got} [{','.join(codes)}]: {n}"
+            for (cls, answer, exp, got, codes), n in sorted(
+                groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] != "first",
+                                                -kv[1]))]
 
 
 def meets_targets(s: Score) -> bool:
