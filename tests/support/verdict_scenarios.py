@@ -13,8 +13,10 @@ core as the tracker and the store use it, and score the answers.
 
 Nothing of the verdict is reimplemented here: when the model changes, the replay follows.
 The time the milter signed the message (`signed`, relative to delivery) is carried by the
-set; today's tokens carry no time, so `sign_message` does not use it (the one place to
-change if tokens come to carry it).
+set and put where a milter that records it would: the first 4 bytes of the tracking id
+(`message_id`), which every token carries; a tracker that reads no time from the id is not
+affected. The delivery times are the set's: each message is delivered at its own hour from
+EPOCH, and `t` is counted from it.
 
 Scores (hits expected `unknown` count in no figure, only in the list of disagreements):
 machine precision = machines judged machine / hits judged machine; machine recall =
@@ -338,17 +340,20 @@ class Replay:
         return [j for j in self.judged if j.verdict(answer) != j.hit.expected]
 
 
-def message_id(scenario: Scenario) -> str:
-    """A tracking id of the milter's form (16 base32 characters), fixed per scenario."""
-    raw = hashlib.sha256(scenario.id.encode()).digest()[:10]
+def message_id(scenario: Scenario, signed_at: datetime) -> str:
+    """A tracking id of the milter's form (16 base32 characters: 10 bytes), fixed per
+    scenario: the second the message was signed (4 bytes, big-endian seconds since 1970, as
+    a milter that carries its acceptance time in the id makes them) and 6 bytes of the
+    scenario id's hash. A tracker that does not read a time from the id sees 10 arbitrary
+    bytes, as before."""
+    when = int(signed_at.timestamp()) & 0xFFFFFFFF
+    raw = when.to_bytes(4, "big") + hashlib.sha256(scenario.id.encode()).digest()[:6]
     return base64.b32encode(raw).decode("ascii").lower()
 
 
-def sign_message(signer: Any, tid: str, scenario: Scenario, signed_at: datetime
-                 ) -> tuple[list[str], str]:
+def sign_message(signer: Any, tid: str, scenario: Scenario) -> tuple[list[str], str]:
     """The paths of the message's links (document order) and of its pixel, as the milter
-    signs them. `signed_at` is unused while tokens carry no time."""
-    del signed_at
+    signs them (the signing time travels in `tid`, see message_id)."""
     msg = signer.for_message(tid)
     clicks = [f"/c/{msg.click(i, link_url(scenario, i))}"
               for i in range(1, scenario.links + 1)]
@@ -405,9 +410,8 @@ def _replay(data: ScenarioSet, workdir: Path) -> Replay:
     async def run() -> None:
         for n, scenario in enumerate(data.scenarios):
             delivered = EPOCH + timedelta(hours=n)
-            tid = message_id(scenario)
-            clicks, pixel = sign_message(signer, tid, scenario,
-                                         delivered + timedelta(seconds=scenario.signed))
+            tid = message_id(scenario, delivered + timedelta(seconds=scenario.signed))
+            clicks, pixel = sign_message(signer, tid, scenario)
             order = sorted(range(len(scenario.hits)), key=lambda i: scenario.hits[i].t)
             recorded: dict[int, Any] = {}
             for i in order:
