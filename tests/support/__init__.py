@@ -17,7 +17,9 @@ HTML_CORPUS = CORPUS / "html"
 MIME_CORPUS = CORPUS / "mime"
 BOUNCE_CORPUS = CORPUS / "bounces"
 # Other projects' bounce corpora, with expected decodings written for trackmilter.
-UNSEEN_BOUNCE_CORPORA = (CORPUS / "flufl-bounce", CORPUS / "bounce-email", CORPUS / "flanker")
+UNSEEN_BOUNCE_CORPORA = (
+    CORPUS / "flufl-bounce", CORPUS / "bounce-email", CORPUS / "flanker", CORPUS / "mail-gem"
+)
 BENCHMARKS = REPO_ROOT / "tests" / "benchmarks"
 NULLMILTER = BENCHMARKS / "nullmilter.py"
 

@@ -78,9 +78,17 @@ def decode_message(msg: Message, depth: int = 0) -> Report | None:
         return _report("mdn", msg, original, fields, [mdn_entry(fields)])
     part = find_part(parts, *_DSN_TYPES)
     if part is not None:
-        per_message, entries = decode_dsn(part_text(part), prose)
-        if entries:
-            return _report("dsn", msg, original, per_message, entries)
+        # Some MTAs send two parts typed delivery-status, the first holding their prose
+        # ("<a@b> has restricted SMS e-mail"): the first with per-recipient groups is the
+        # report, and the prose before it is read as the report's text.
+        context = prose
+        for ctype, each in parts:
+            if ctype in _DSN_TYPES:
+                text = part_text(each)
+                per_message, entries = decode_dsn(text, context)
+                if entries:
+                    return _report("dsn", msg, original, per_message, entries)
+                context = f"{context}\n{text}"
     elif "final-recipient:" in prose.lower():
         # A delivery-status body that lost its MIME part (flattened by a relay). A report
         # is about other addresses than its own addressee, unless its own mail system

@@ -125,7 +125,7 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"recipient address rejected: access denied",
             r"not listed in (?:the )?(?:[\w&]+ )*(?:directory|address book)",
             r"(?:user|recipient|mailbox|address|addressee|account|local ?part|destination) (?:is )?(?:unknown|not (?:found|known|listed|valid)|invalid|doesn't exist|does not exist|not exist|non-?existent)",
-            r"unknown (?:or illegal )?(?:user|recipient|mailbox|address|addressee|account|local ?part|alias)",
+            r"unknown (?:or illegal )?(?:e-?mail )?(?:user|recipient|mailbox|address|addressee|account|local ?part|alias)",
             r"non-?existent (?:user|recipient|mailbox|address|account|local ?part)",
             # Exchange 5.5's NDR: "The recipient name is not recognized".
             r"(?:recipient|user|addressee)(?: name)? (?:is )?not recognized",
@@ -162,6 +162,9 @@ RECIPIENT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             # The recipient's own block ("recipient has blocked ..."); a bare "Recipient
             # rejected" only says that a RCPT was refused, and leaves the cause to the code.
             r"recipient has (?:blocked|refused|rejected)",
+            # The recipient's own setting ("<a@b> has restricted SMS e-mail": a mobile
+            # carrier's gateway, the address turned off mail from outside).
+            r"has restricted (?:\w+ )?(?:e-?mail|mail|messages)",
             r"recipient (?:blocked|refused|rejected) (?:you|your|the sender|mail|messages)",
         ),
     ),

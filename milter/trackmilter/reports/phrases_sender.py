@@ -112,7 +112,16 @@ SENDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     (
         "virusdetected",
-        _rx(r"virus", r"malware", r"\binfected\b", r"trojan", r"\bworm\b"),
+        # A virus found, not a scanner's footer: "This message has been scanned for
+        # viruses and dangerous content by MailScanner, and is believed to be clean",
+        # "certified Virus Free" say the opposite.
+        _rx(
+            r"(?<!scanned for )virus(?!es and dangerous| free|-free| database)",
+            r"malware",
+            r"\binfected\b",
+            r"trojan",
+            r"\bworm\b",
+        ),
     ),
     (
         "toomanyconn",

@@ -265,6 +265,7 @@ def reason_from_status(status: str) -> str:
     return _CODE_REASONS.get(status.partition(".")[2], "")
 
 
+@lru_cache(maxsize=32)
 def smtp_command(text: str) -> str:
     """The SMTP command the quoted reply answered (RCPT, DATA, MAIL, HELO), or ""."""
     return first_match(_COMMANDS, fold(text))

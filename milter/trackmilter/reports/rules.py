@@ -8,6 +8,7 @@ before broader ones (a block-list name contains "spam", a quota message may say
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from trackmilter.reports.matching import first_match, fold, prepared, rx
 from trackmilter.reports.phrases_recipient import RECIPIENT_RULES
@@ -72,6 +73,7 @@ def wording(text: str) -> str:
     return " ".join(w for w in words if "@" not in w)
 
 
+@lru_cache(maxsize=32)
 def reason_from_text(text: str) -> str:
     """The first reason whose wording appears in the text, or ""."""
     return first_match(_RULES, wording(text))
