@@ -8,6 +8,9 @@
  *   html_links(work, optout, codec, prefix, unescape)
  *                                           engine._html_links_python (scan, decode,
  *                                           unescape_attr, normalize, scheme and prefix)
+ *   link_edits(work, candidates, first, linker, html, leaf, kind, tracks, Link, check)
+ *                                           engine._link_edits_python (the linker called,
+ *                                           its answer checked, the edits and Links made)
  *   qp_splice(raw, decoded, edits, eol)     transfer.qp_splice
  *
  * MIME structure, charsets and every decision about what to touch stay in Python.
@@ -383,6 +386,16 @@ static PyObject *find_hrefs(PyObject *self, PyObject *args)
     return out;
 }
 
+/* Appends a new reference to a list, consuming it; -1 on failure. */
+static int push(PyObject *list, PyObject *item)
+{
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- link candidates */
 
 typedef struct {
@@ -528,6 +541,146 @@ static PyObject *html_links(PyObject *self, PyObject *args)
     PyBuffer_Release(&data);
     PyBuffer_Release(&optout);
     return c.out;
+}
+
+/* ---------------------------------------------------------------- link edits */
+
+/* links._REPLACEMENT: [!#-&(-;=?-~]+ (printable ASCII but space, quotes, '<' and '>') */
+static int replacement_ok(PyObject *url)
+{
+    if (!PyUnicode_Check(url) || !PyUnicode_IS_ASCII(url))
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(url);
+    const unsigned char *d = PyUnicode_1BYTE_DATA(url);
+    if (n == 0)
+        return 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        unsigned char c = d[k];
+        if (c < 0x21 || c > 0x7E || c == '"' || c == '\'' || c == '<' || c == '>')
+            return 0;
+    }
+    return 1;
+}
+
+/* The tracking URL as the bytes that replace the link: ASCII, '&' as "&amp;" in HTML. */
+static PyObject *replacement_bytes(PyObject *url, int html)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(url);
+    const char *d = (const char *)PyUnicode_1BYTE_DATA(url);
+    Py_ssize_t amps = 0;
+    if (html) {
+        for (Py_ssize_t k = 0; k < n; k++)
+            amps += d[k] == '&';
+    }
+    if (amps > (PY_SSIZE_T_MAX - n) / 4)
+        return PyErr_NoMemory();
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n + 4 * amps);
+    if (out == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        *o++ = d[k];
+        if (html && d[k] == '&') {
+            memcpy(o, "amp;", 4);
+            o += 4;
+        }
+    }
+    return out;
+}
+
+static PyObject *link_edits(PyObject *self, PyObject *args)
+{
+    Py_buffer work;
+    PyObject *cands, *linker, *kind, *tracks, *link_cls, *check;
+    Py_ssize_t first, leaf;
+    int html;
+    if (!PyArg_ParseTuple(args, "y*O!nOpnUOOO:link_edits", &work, &PyList_Type, &cands, &first,
+                          &linker, &html, &leaf, &kind, &tracks, &link_cls, &check))
+        return NULL;
+    PyObject *edits = PyList_New(0), *links = PyList_New(0), *result = NULL;
+    PyObject *what = PyUnicode_FromString("linker result");
+    PyObject *leaf_o = PyLong_FromSsize_t(leaf);
+    if (edits == NULL || links == NULL || what == NULL || leaf_o == NULL)
+        goto done;
+    /* The list is ours (built by html_links or _text_links), but index defensively. */
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(cands); k++) {
+        PyObject *cand = PyList_GET_ITEM(cands, k);
+        Py_ssize_t s, e;
+        PyObject *url;
+        if (!PyTuple_Check(cand) || !PyArg_ParseTuple(cand, "nnU", &s, &e, &url))
+            goto fail_type;
+        if (s < 0 || e < s || e > work.len) {
+            PyErr_SetString(PyExc_ValueError, "link candidate outside the part");
+            goto done;
+        }
+        if (tracks != Py_None) {
+            PyObject *r = PyObject_CallOneArg(tracks, url);
+            if (r == NULL)
+                goto done;
+            int yes = PyObject_IsTrue(r);
+            Py_DECREF(r);
+            if (yes < 0)
+                goto done;
+            if (!yes)
+                continue;
+        }
+        PyObject *index = PyLong_FromSsize_t(first + PyList_GET_SIZE(links));
+        if (index == NULL)
+            goto done;
+        PyObject *tracking = PyObject_CallFunctionObjArgs(linker, index, url, NULL);
+        if (tracking == NULL) {
+            Py_DECREF(index);
+            goto done;
+        }
+        int same = PyObject_RichCompareBool(tracking, url, Py_EQ);
+        if (same != 0) { /* declined (1), or an error (-1) */
+            Py_DECREF(index);
+            Py_DECREF(tracking);
+            if (same < 0)
+                goto done;
+            continue;
+        }
+        if (!replacement_ok(tracking)) {
+            /* links.check_replacement raises the error the Python engine raises */
+            PyObject *r = PyObject_CallFunctionObjArgs(check, tracking, what, NULL);
+            Py_DECREF(tracking);
+            Py_DECREF(index);
+            if (r != NULL) {
+                Py_DECREF(r);
+                PyErr_SetString(PyExc_SystemError, "check_replacement accepted a bad URL");
+            }
+            goto done;
+        }
+        PyObject *new = replacement_bytes(tracking, html);
+        Py_DECREF(tracking);
+        PyObject *edit = new == NULL ? NULL : Py_BuildValue("(nnN)", s, e, new);
+        PyObject *raw = edit == NULL ? NULL : PyBytes_FromStringAndSize((const char *)work.buf + s, e - s);
+        PyObject *link = raw == NULL ? NULL
+                                     : PyObject_CallFunctionObjArgs(link_cls, index, url, raw,
+                                                                    leaf_o, kind, NULL);
+        Py_DECREF(index);
+        Py_XDECREF(raw);
+        if (link == NULL) {
+            Py_XDECREF(edit);
+            goto done;
+        }
+        int rc = PyList_Append(edits, edit);
+        Py_DECREF(edit);
+        if (rc < 0 || push(links, link) < 0)
+            goto done;
+    }
+    result = PyTuple_Pack(2, edits, links);
+    goto done;
+fail_type:
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "a link candidate is a (start, end, url) tuple");
+done:
+    Py_XDECREF(edits);
+    Py_XDECREF(links);
+    Py_XDECREF(what);
+    Py_XDECREF(leaf_o);
+    PyBuffer_Release(&work);
+    return result;
 }
 
 /* ---------------------------------------------------------------- quoted-printable */
@@ -771,16 +924,6 @@ static edit *read_edits(PyObject *edits, Py_ssize_t *count)
     return out;
 }
 
-/* Appends a new reference to a list, consuming it; -1 on failure. */
-static int push(PyObject *list, PyObject *item)
-{
-    if (item == NULL)
-        return -1;
-    int rc = PyList_Append(list, item);
-    Py_DECREF(item);
-    return rc;
-}
-
 static PyObject *qp_splice(PyObject *self, PyObject *args)
 {
     PyObject *raw_o, *decoded, *edits_o, *eol;
@@ -940,6 +1083,9 @@ static PyMethodDef methods[] = {
     {"html_links", html_links, METH_VARARGS,
      "html_links(work, optout, codec, prefix, unescape) -> [(start, end, url)]: the href "
      "values that decode in `codec` and name an http(s) URL not starting with `prefix`."},
+    {"link_edits", link_edits, METH_VARARGS,
+     "link_edits(work, candidates, first, linker, html, leaf, kind, tracks, Link, check) -> "
+     "(edits, links): engine._link_edits_python."},
     {"qp_splice", qp_splice, METH_VARARGS,
      "qp_splice(raw, decoded, edits, eol) -> bytes | None: transfer.qp_splice."},
     {NULL, NULL, 0, NULL},

@@ -1,5 +1,7 @@
 from collections.abc import Callable
 
+from trackmilter.rewrite.model import Link
+
 def find_hrefs(data: bytes, optout: bytes, /) -> list[tuple[int, int]]: ...
 def html_links(
     work: bytes, optout: bytes, codec: str, prefix: str, unescape: Callable[[str], str], /
@@ -7,3 +9,16 @@ def html_links(
 def qp_splice(
     raw: bytes, decoded: bytes, edits: list[tuple[int, int, bytes]], eol: bytes, /
 ) -> bytes | None: ...
+def link_edits(
+    work: bytes,
+    candidates: list[tuple[int, int, str]],
+    first: int,
+    linker: Callable[[int, str], str],
+    html: bool,
+    leaf: int,
+    kind: str,
+    tracks: Callable[[str], bool] | None,
+    link: type[Link],
+    check: Callable[[str, str], str],
+    /,
+) -> tuple[list[tuple[int, int, bytes]], list[Link]]: ...

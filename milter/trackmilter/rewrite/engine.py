@@ -74,20 +74,68 @@ def _text_links(work: bytes, codec: str, prefix: str) -> list[_Candidate]:
     return out
 
 
+def _link_edits_python(
+    work: bytes,
+    candidates: list[_Candidate],
+    first: int,
+    linker: Linker,
+    html: bool,
+    leaf: int,
+    kind: str,
+    tracks: Callable[[str], bool] | None,
+    link: type[Link],
+    check: Callable[[str, str], str],
+) -> tuple[list[_Edit], list[Link]]:
+    """The edits and Links for the candidates the linker tracks (index `first` up); `tracks`
+    is the excluded-domain check when there is one (the native `link_edits` is the same)."""
+    edits: list[_Edit] = []
+    links: list[Link] = []
+    for s, e, url in candidates:
+        if tracks is not None and not tracks(url):
+            continue
+        index = first + len(links)
+        tracking = linker(index, url)
+        if tracking == url:
+            continue  # the linker declines (e.g. a URL it cannot sign): left as written
+        check(tracking, "linker result")
+        if html:
+            tracking = tracking.replace("&", "&amp;")
+        edits.append((s, e, tracking.encode("ascii")))
+        links.append(link(index, url, work[s:e], leaf, kind))
+    return edits, links
+
+
 @dataclass(frozen=True, slots=True)
 class _Ops:
     """The inner pieces an engine provides; the MIME walk and every decision are shared."""
 
     name: str
     html_links: Callable[[bytes, bytes, str, str, Callable[[str], str]], list[_Candidate]]
+    link_edits: Callable[
+        [
+            bytes,
+            list[_Candidate],
+            int,
+            Linker,
+            bool,
+            int,
+            str,
+            Callable[[str], bool] | None,
+            type[Link],
+            Callable[[str, str], str],
+        ],
+        tuple[list[_Edit], list[Link]],
+    ]
     qp_splice: Callable[[bytes, bytes, list[_Edit], bytes], bytes | None]
 
 
 def _engines() -> dict[str, _Ops]:
-    engines = {"python": _Ops("python", _html_links_python, transfer.qp_splice)}
+    engines = {
+        "python": _Ops("python", _html_links_python, _link_edits_python, transfer.qp_splice)
+    }
     ext = native.try_extension()
     if ext is not None:
-        engines["native"] = _Ops("native", ext.html_links, ext.qp_splice)
+        engines["native"] = _Ops("native", ext.html_links, ext.link_edits, ext.qp_splice)
     return engines
 
 
@@ -385,21 +433,26 @@ def _find_links(
     else:
         candidates = _text_links(work, url_codec, prefix)
     policy = run.policy
-    for s, e, url in candidates:
-        if policy.excluded and not policy.tracks(url):
-            continue
-        index = len(run.links) + len(links) + 1
-        tracking = run.linker(index, url)
-        if tracking == url:
-            continue  # the linker declines (e.g. a URL it cannot sign): left as written
-        check_replacement(tracking, "linker result")
-        if html:
-            tracking = tracking.replace("&", "&amp;")
-        edits.append((s, e, tracking.encode("ascii")))
-        raw = work[s:e]
-        if cs.decode_part:
-            raw = raw.decode(url_codec).encode(cs.fragment_codec)
-        links.append(Link(index, url, raw, run.leaf, kind))
+    new_edits, new_links = run.ops.link_edits(
+        work,
+        candidates,
+        len(run.links) + 1,
+        run.linker,
+        html,
+        run.leaf,
+        kind,
+        policy.tracks if policy.excluded else None,
+        Link,
+        check_replacement,
+    )
+    if cs.decode_part:
+        # The original bytes of a link, in the part's own charset.
+        new_links = [
+            Link(k.index, k.url, k.raw.decode(url_codec).encode(cs.fragment_codec), k.part, k.kind)
+            for k in new_links
+        ]
+    edits.extend(new_edits)
+    links.extend(new_links)
 
 
 def _pixel_position(work: bytes, edits: list[_Edit]) -> int:

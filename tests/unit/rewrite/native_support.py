@@ -45,8 +45,12 @@ def differential() -> Iterator[None]:
     def qp_splice(*args: Any) -> Any:
         return _same("qp_splice", py.qp_splice, nat.qp_splice, *args)
 
+    def link_edits(*args: Any) -> Any:
+        # The linker is called by both: the rewrite tests' linkers are pure functions.
+        return _same("link_edits", py.link_edits, nat.link_edits, *args)
+
     saved = engine._ACTIVE
-    engine._ACTIVE = engine._Ops("differential", html_links, qp_splice)
+    engine._ACTIVE = engine._Ops("differential", html_links, link_edits, qp_splice)
     try:
         yield
     finally:

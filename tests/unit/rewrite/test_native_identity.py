@@ -196,3 +196,28 @@ def test_qp_splice_around_the_cluster_gap(eol: bytes, width: int) -> None:
             edits.append((edits[1][1] + gap, edits[1][1] + gap, b"PIXEL"))
             want = transfer.qp_splice(raw, decoded, edits, eol)
             assert NATIVE.qp_splice(raw, decoded, edits, eol) == want, (gap, start)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "answer",
+    [None, b"https://t.example/c/1", 'https://t.example/"x', "", "https://t.example/?a&b&c",
+     "https://t.example/é", "https://t.example/ x", 17, "SAME", "https://t.example/<"],
+    ids=repr,
+)
+def test_linker_answers_identical(answer: object) -> None:
+    """Whatever a linker returns (declines, bad URLs, not even a string), both engines do
+    the same: the same edits, or the same exception."""
+
+    def odd_linker(index: int, url: str) -> str:
+        if answer == "SAME" or index == 2:
+            return url
+        if index == 3:
+            raise LookupError(f"linker failed on {url}")
+        return answer  # type: ignore[return-value]
+
+    html = b'<a href="http://a.example/">a</a><a href="http://b.example/">b</a>'
+    for extra in (b"", b'<a href="http://c.example/?x=1&amp;y">c</a>'):
+        both("text/html", None, html + extra, odd_linker, None, RewriteOptions())
+        both("text/plain", None, b"http://a.example/ http://b.example/ " + extra, odd_linker,
+             None, RewriteOptions(text_links=True))
