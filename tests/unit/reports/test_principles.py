@@ -42,6 +42,9 @@ from trackmilter.reports.reason import best_replycode, best_status, classify, fi
         ("5.0.0", "", "permission denied. Command output: Mail quota exceeded", "mailboxfull"),
         # An address is no wording.
         ("5.0.0", "", "Sorry your message to ultravirus2001@yahoo.com cannot be delivered. This account has been disabled or discontinued.", "suspend"),
+        # A scanner's footer is no virus.
+        ("5.0.0", "", "This message has been scanned for viruses and dangerous content by MailScanner, and is believed to be clean.", "onhold"),
+        ("5.3.0", "553", "553 5.3.0 <a@b.example>... Unknown E-Mail Address (in reply to RCPT TO command)", "userunknown"),
         # Nothing said, nothing known: onhold is the last resort.
         ("5.0.0", "", "Delivery to the following recipients failed.", "onhold"),
     ],
