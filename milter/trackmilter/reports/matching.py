@@ -14,8 +14,12 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 
 
 def fold(text: str) -> str:
-    """ASCII lower-casing that keeps every index: patterns then need no re.I (far slower)."""
-    return text.translate(_ASCII_LOWER)
+    """ASCII lower-casing that keeps every index: patterns then need no re.I (far slower).
+
+    On an all-ASCII text (most reports; CPython knows it without a scan) str.lower is the
+    same mapping and several times faster than translate's per-character table lookup.
+    """
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
 _LITERAL = re.compile(r"[a-z0-9 '@_-]+")
