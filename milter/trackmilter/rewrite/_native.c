@@ -25,9 +25,6 @@
 
 typedef const unsigned char *bptr;
 
-static PyObject *a2b_qp_fn; /* binascii.a2b_qp */
-static PyObject *b2a_qp_fn; /* binascii.b2a_qp */
-static PyObject *istext_false; /* {"istext": False} */
 
 /* ---------------------------------------------------------------- HTML scanning */
 
@@ -789,6 +786,165 @@ static Py_ssize_t raw_offset(qp_cursor *c, Py_ssize_t dec)
     return -1;
 }
 
+/* binascii.a2b_qp(data) (header=False), written anew: the same bytes for every input
+ * (the differential tests compare them). Writes at most n bytes to o; returns the count. */
+static inline int hex_value(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+static Py_ssize_t qp_decode_into(bptr d, Py_ssize_t n, unsigned char *o)
+{
+    Py_ssize_t in = 0, out = 0;
+    while (in < n) {
+        const unsigned char *eq = memchr(d + in, '=', (size_t)(n - in));
+        Py_ssize_t run = (eq == NULL ? n : eq - d) - in;
+        memcpy(o + out, d + in, (size_t)run);
+        out += run;
+        in += run;
+        if (in >= n)
+            break;
+        in++; /* the '=' */
+        if (in >= n)
+            break; /* a final '=': a soft break at the end */
+        unsigned char c = d[in];
+        if (c == '\n' || c == '\r') {
+            /* a soft break: up to and past the next LF */
+            if (c != '\n') {
+                const unsigned char *lf = memchr(d + in, '\n', (size_t)(n - in));
+                in = lf == NULL ? n : lf - d;
+            }
+            if (in < n)
+                in++;
+        } else if (c == '=') {
+            o[out++] = '=';
+            in++;
+        } else if (in + 1 < n && hex_value(c) >= 0 && hex_value(d[in + 1]) >= 0) {
+            o[out++] = (unsigned char)(hex_value(c) << 4 | hex_value(d[in + 1]));
+            in += 2;
+        } else {
+            o[out++] = '=';
+        }
+    }
+    return out;
+}
+
+static PyObject *qp_decode_bytes(bptr d, Py_ssize_t n)
+{
+    PyObject *res = PyBytes_FromStringAndSize(NULL, n);
+    if (res == NULL)
+        return NULL;
+    Py_ssize_t len = qp_decode_into(d, n, (unsigned char *)PyBytes_AS_STRING(res));
+    if (len != n && _PyBytes_Resize(&res, len) < 0)
+        return NULL;
+    return res;
+}
+
+#define QP_MAX 76 /* binascii's MAXLINESIZE */
+static const char HEX[] = "0123456789ABCDEF";
+
+/* binascii.b2a_qp(data, quotetabs=False, istext=istext, header=False), written anew: the
+ * same bytes for every input. o must hold qp_encode_bound(n) bytes. */
+static Py_ssize_t qp_encode_bound(Py_ssize_t n)
+{
+    /* a byte gives at most a soft break (3) and an escape (3), or a line break (2) after
+     * a re-escaped space (2) */
+    return n > (PY_SSIZE_T_MAX - 8) / 6 ? -1 : 6 * n + 8;
+}
+
+static Py_ssize_t qp_encode_into(bptr d, Py_ssize_t n, int istext, unsigned char *o)
+{
+    const unsigned char *lf = memchr(d, '\n', (size_t)n);
+    int crlf = lf != NULL && lf > d && lf[-1] == '\r';
+    Py_ssize_t in = 0, out = 0, linelen = 0;
+#define SOFT_BREAK()                                                                       \
+    do {                                                                                   \
+        o[out++] = '=';                                                                    \
+        if (crlf)                                                                          \
+            o[out++] = '\r';                                                               \
+        o[out++] = '\n';                                                                   \
+        linelen = 0;                                                                       \
+    } while (0)
+    while (in < n) {
+        unsigned char c = d[in];
+        int last = in + 1 == n;
+        if (c > 126 || c == '=' ||
+            (c == '.' && linelen == 0 &&
+             (last || d[in + 1] == '\n' || d[in + 1] == '\r' || d[in + 1] == 0)) ||
+            (!istext && (c == '\r' || c == '\n')) || ((c == '\t' || c == ' ') && last) ||
+            (c < 33 && c != '\r' && c != '\n' && c != '\t' && c != ' ')) {
+            if (linelen + 3 >= QP_MAX)
+                SOFT_BREAK();
+            o[out++] = '=';
+            o[out++] = (unsigned char)HEX[c >> 4];
+            o[out++] = (unsigned char)HEX[c & 15];
+            linelen += 3;
+            in++;
+        } else if (istext && (c == '\n' || (!last && c == '\r' && d[in + 1] == '\n'))) {
+            linelen = 0;
+            if (out > 0 && (o[out - 1] == ' ' || o[out - 1] == '\t')) {
+                unsigned char ws = o[out - 1];
+                o[out - 1] = '=';
+                o[out++] = (unsigned char)HEX[ws >> 4];
+                o[out++] = (unsigned char)HEX[ws & 15];
+            }
+            if (crlf)
+                o[out++] = '\r';
+            o[out++] = '\n';
+            in += c == '\r' ? 2 : 1;
+        } else {
+            if (!last && d[in + 1] != '\n' && linelen + 1 >= QP_MAX)
+                SOFT_BREAK();
+            linelen++;
+            o[out++] = c;
+            in++;
+        }
+    }
+#undef SOFT_BREAK
+    return out;
+}
+
+static PyObject *qp_encode_bytes(bptr d, Py_ssize_t n, int istext)
+{
+    Py_ssize_t bound = qp_encode_bound(n);
+    if (bound < 0)
+        return PyErr_NoMemory();
+    unsigned char *buf = PyMem_Malloc((size_t)bound);
+    if (buf == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t len = qp_encode_into(d, n, istext, buf);
+    PyObject *res = PyBytes_FromStringAndSize((const char *)buf, len);
+    PyMem_Free(buf);
+    return res;
+}
+
+static PyObject *py_a2b_qp(PyObject *self, PyObject *arg)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *res = qp_decode_bytes(b.buf, b.len);
+    PyBuffer_Release(&b);
+    return res;
+}
+
+static PyObject *py_b2a_qp(PyObject *self, PyObject *args)
+{
+    Py_buffer b;
+    int istext = 1;
+    if (!PyArg_ParseTuple(args, "y*|p:b2a_qp", &b, &istext))
+        return NULL;
+    PyObject *res = qp_encode_bytes(b.buf, b.len, istext);
+    PyBuffer_Release(&b);
+    return res;
+}
+
 /* transfer.qp_encode */
 static PyObject *qp_encode(PyObject *data, PyObject *eol)
 {
@@ -796,7 +952,8 @@ static PyObject *qp_encode(PyObject *data, PyObject *eol)
     Py_ssize_t n = PyBytes_GET_SIZE(data);
     int crlf = PyBytes_GET_SIZE(eol) == 2;
     if (memchr(d, '\n', (size_t)n) == NULL && memchr(d, '\r', (size_t)n) == NULL) {
-        PyObject *out = PyObject_CallOneArg(b2a_qp_fn, data);
+        /* b2a_qp's soft breaks are then LF; with CRLF lines, "=\r\n" */
+        PyObject *out = qp_encode_bytes((bptr)d, n, 1);
         if (out == NULL || !crlf)
             return out;
         PyObject *res = PyObject_CallMethod(out, "replace", "y#y#", "=\n", (Py_ssize_t)2,
@@ -821,7 +978,7 @@ static PyObject *qp_encode(PyObject *data, PyObject *eol)
         clean = memchr(d, '\r', (size_t)n) == NULL;
     }
     if (clean)
-        return PyObject_CallOneArg(b2a_qp_fn, data);
+        return qp_encode_bytes((bptr)d, n, 1);
     /* eol.join(b2a_qp(line, istext=False).replace(b"=\n", b"=" + eol) for line in
      * data.split(eol)) */
     PyObject *lines = PyObject_CallMethod(data, "split", "O", eol);
@@ -833,11 +990,8 @@ static PyObject *qp_encode(PyObject *data, PyObject *eol)
         goto done;
     Py_ssize_t count = PyList_GET_SIZE(lines);
     for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *args = PyTuple_Pack(1, PyList_GET_ITEM(lines, k));
-        if (args == NULL)
-            goto done;
-        PyObject *enc = PyObject_Call(b2a_qp_fn, args, istext_false);
-        Py_DECREF(args);
+        PyObject *line = PyList_GET_ITEM(lines, k);
+        PyObject *enc = qp_encode_bytes((bptr)PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line), 0);
         if (enc == NULL)
             goto done;
         PyObject *fixed = PyObject_CallMethod(enc, "replace", "y#O", "=\n", (Py_ssize_t)2, soft);
@@ -852,6 +1006,20 @@ done:
     Py_XDECREF(soft);
     Py_DECREF(lines);
     return res;
+}
+
+static PyObject *py_qp_encode(PyObject *self, PyObject *args)
+{
+    PyObject *data, *eol;
+    if (!PyArg_ParseTuple(args, "SS:qp_encode", &data, &eol))
+        return NULL;
+    Py_ssize_t w = PyBytes_GET_SIZE(eol);
+    if (!((w == 1 && PyBytes_AS_STRING(eol)[0] == '\n') ||
+          (w == 2 && memcmp(PyBytes_AS_STRING(eol), "\r\n", 2) == 0))) {
+        PyErr_SetString(PyExc_ValueError, "eol must be LF or CRLF");
+        return NULL;
+    }
+    return qp_encode(data, eol);
 }
 
 /* transfer._room_for_soft_break */
@@ -1013,23 +1181,19 @@ static PyObject *qp_splice(PyObject *self, PyObject *args)
             result = Py_NewRef(Py_None);
             goto done;
         }
-        PyObject *piece = bslice(raw_o, g->start, g->end);
-        if (piece == NULL)
-            goto done;
-        PyObject *dec = PyObject_CallOneArg(a2b_qp_fn, piece);
-        Py_DECREF(piece);
-        if (dec == NULL)
-            goto done;
-        PyObject *want = bslice(decoded, g->d_start, g->d_end);
-        if (want == NULL) {
-            Py_DECREF(dec);
+        Py_ssize_t rs = g->start, re_ = g->end, ds = g->d_start, de = g->d_end;
+        slice_bounds(n, &rs, &re_);
+        slice_bounds(PyBytes_GET_SIZE(decoded), &ds, &de);
+        /* a2b_qp(raw[start:end]) == decoded[d_start:d_end], without the objects */
+        unsigned char *scratch = PyMem_Malloc((size_t)(re_ - rs) + 1);
+        if (scratch == NULL) {
+            PyErr_NoMemory();
             goto done;
         }
-        int same = PyObject_RichCompareBool(dec, want, Py_EQ);
-        Py_DECREF(dec);
-        Py_DECREF(want);
-        if (same < 0)
-            goto done;
+        Py_ssize_t got = qp_decode_into(raw + rs, re_ - rs, scratch);
+        int same = got == de - ds &&
+                   memcmp(scratch, PyBytes_AS_STRING(decoded) + ds, (size_t)got) == 0;
+        PyMem_Free(scratch);
         if (!same) {
             result = Py_NewRef(Py_None);
             goto done;
@@ -1086,6 +1250,11 @@ static PyMethodDef methods[] = {
     {"link_edits", link_edits, METH_VARARGS,
      "link_edits(work, candidates, first, linker, html, leaf, kind, tracks, Link, check) -> "
      "(edits, links): engine._link_edits_python."},
+    {"a2b_qp", py_a2b_qp, METH_O, "a2b_qp(data) -> bytes: binascii.a2b_qp(data)."},
+    {"b2a_qp", py_b2a_qp, METH_VARARGS,
+     "b2a_qp(data, istext=True) -> bytes: binascii.b2a_qp(data, istext=istext)."},
+    {"qp_encode", py_qp_encode, METH_VARARGS,
+     "qp_encode(data, eol) -> bytes: transfer.qp_encode."},
     {"qp_splice", qp_splice, METH_VARARGS,
      "qp_splice(raw, decoded, edits, eol) -> bytes | None: transfer.qp_splice."},
     {NULL, NULL, 0, NULL},
@@ -1097,18 +1266,10 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    PyObject *binascii = PyImport_ImportModule("binascii");
-    if (binascii == NULL)
-        return NULL;
-    a2b_qp_fn = PyObject_GetAttrString(binascii, "a2b_qp");
-    b2a_qp_fn = PyObject_GetAttrString(binascii, "b2a_qp");
-    Py_DECREF(binascii);
-    istext_false = Py_BuildValue("{sO}", "istext", Py_False);
     amp_entity = PyUnicode_InternFromString("&amp;");
     amp = PyUnicode_InternFromString("&");
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
-    if (empty_bytes == NULL || a2b_qp_fn == NULL || b2a_qp_fn == NULL || istext_false == NULL || amp_entity == NULL ||
-        amp == NULL)
+    if (empty_bytes == NULL || amp_entity == NULL || amp == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

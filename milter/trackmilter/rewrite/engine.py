@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -127,15 +128,26 @@ class _Ops:
         tuple[list[_Edit], list[Link]],
     ]
     qp_splice: Callable[[bytes, bytes, list[_Edit], bytes], bytes | None]
+    qp_decode: Callable[[bytes], bytes]
+    qp_encode: Callable[[bytes, bytes], bytes]
 
 
 def _engines() -> dict[str, _Ops]:
     engines = {
-        "python": _Ops("python", _html_links_python, _link_edits_python, transfer.qp_splice)
+        "python": _Ops(
+            "python",
+            _html_links_python,
+            _link_edits_python,
+            transfer.qp_splice,
+            binascii.a2b_qp,
+            transfer.qp_encode,
+        )
     }
     ext = native.try_extension()
     if ext is not None:
-        engines["native"] = _Ops("native", ext.html_links, ext.link_edits, ext.qp_splice)
+        engines["native"] = _Ops(
+            "native", ext.html_links, ext.link_edits, ext.qp_splice, ext.a2b_qp, ext.qp_encode
+        )
     return engines
 
 
@@ -322,7 +334,8 @@ def _leaf(
         return
     raw = run.buf[start:end]
     try:
-        data = transfer.decode(cte, raw)
+        # transfer.decode, with the engine's own quoted-printable decoder
+        data = run.ops.qp_decode(raw) if cte == _QP else transfer.decode(cte, raw)
     except transfer.DecodeError:
         run.skip(SkipReason.UNDECODABLE)
         return
@@ -413,7 +426,9 @@ def _encode(
         else:
             too_long = any(transfer.line_length_at(new_data, p) > limit for p in touched)
         if too_long:
-            return transfer.qp_encode(new_data, run.eol), _QP
+            return run.ops.qp_encode(new_data, run.eol), _QP
+    if cte == _QP:
+        return run.ops.qp_encode(new_data, run.eol), cte  # as transfer.encode does
     return transfer.encode(cte, new_data, run.eol, raw), cte
 
 

@@ -49,8 +49,16 @@ def differential() -> Iterator[None]:
         # The linker is called by both: the rewrite tests' linkers are pure functions.
         return _same("link_edits", py.link_edits, nat.link_edits, *args)
 
+    def qp_decode(*args: Any) -> Any:
+        return _same("qp_decode", py.qp_decode, nat.qp_decode, *args)
+
+    def qp_encode(*args: Any) -> Any:
+        return _same("qp_encode", py.qp_encode, nat.qp_encode, *args)
+
     saved = engine._ACTIVE
-    engine._ACTIVE = engine._Ops("differential", html_links, link_edits, qp_splice)
+    engine._ACTIVE = engine._Ops(
+        "differential", html_links, link_edits, qp_splice, qp_decode, qp_encode
+    )
     try:
         yield
     finally:

@@ -257,3 +257,22 @@ def test_qp_splice_identical(
     assert NATIVE.qp_splice(raw, decoded, edits, eol) == transfer.qp_splice(
         raw, decoded, edits, eol
     )
+
+
+QP_PIECES = [b"=", b"\r", b"\n", b"\r\n", b" ", b"\t", b".", b"\x00", b"a", b"F", b"3", b"f",
+             b"=\n", b"=\r\n", b"=3D", b"=4", b"==", b"\x7f", b"\xff", b"_", b"x" * 70, b"=20",
+             b"=\r", b"g", b"\xc3\xa9"]
+qp_bytes = st.one_of(
+    st.lists(st.sampled_from(QP_PIECES), max_size=60).map(b"".join), st.binary(max_size=300)
+)
+
+
+@FUZZ
+@given(qp_bytes, st.booleans())
+def test_quoted_printable_codecs_identical(data: bytes, istext: bool) -> None:
+    """The native engine's own quoted-printable decoder and encoder against binascii's."""
+    assert NATIVE is not None
+    assert NATIVE.a2b_qp(data) == binascii.a2b_qp(data)
+    assert NATIVE.b2a_qp(data, istext) == binascii.b2a_qp(data, istext=istext)
+    for eol in (b"\n", b"\r\n"):
+        assert NATIVE.qp_encode(data, eol) == transfer.qp_encode(data, eol)
