@@ -221,3 +221,47 @@ def test_linker_answers_identical(answer: object) -> None:
         both("text/html", None, html + extra, odd_linker, None, RewriteOptions())
         both("text/plain", None, b"http://a.example/ http://b.example/ " + extra, odd_linker,
              None, RewriteOptions(text_links=True))
+
+
+SNIPPETS = [
+    b'<b title="never closed <a href="http://a.example/">a</a>',
+    b"<b title='x' <a href=http://b.example/>",
+    b'<p x= ><a y= href= "http://c.example/" z=>c</a>',
+    b"<a x=>y href=http://d.example/>",
+    b"<img src=x alt='<a href=http://e.example/>'><a href=http://f.example/>",
+    b"<a href=http://g.example/ <a href=http://h.example/>",
+    b"<!--[if mso]><a href=http://i.example/><![endif]--><!--><a href=http://j.example/>",
+    b"<script><a href=http://k.example/></script ><style><a href=http://l.example/></style",
+    b"<a\x0chref\x0c=\x0c'http://m.example/'\x0c>",
+    b"<a href='http://n.example/' data-notrack=\"'\">",
+    b"<a href=\"http://o.example/\"",
+    b"<a href='http://p.example/",
+    b"<",
+    b"",
+]
+
+
+@needs_native
+@pytest.mark.parametrize("html", SNIPPETS, ids=repr)
+def test_scanner_edge_cases_identical(html: bytes) -> None:
+    assert NATIVE is not None
+    for optout in (b"data-notrack", b"", b"x", b"title"):
+        assert NATIVE.find_hrefs(html, optout) == scan.find_hrefs(html, optout)
+        for prefix in ("", "http://a"):
+            got = NATIVE.html_links(html, optout, "utf-8", prefix, scan.unescape_attr)
+            want = engine._html_links_python(html, optout, "utf-8", prefix, scan.unescape_attr)
+            assert got == want
+
+
+@needs_native
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_qp_splice_on_one_long_line(eol: bytes) -> None:
+    """Clusters far apart on the same physical line (a sender that never breaks its QP
+    lines): their regions overlap and are merged, in both engines."""
+    assert NATIVE is not None
+    raw = b"A=3D" * 900 + eol + b"tail" + eol
+    decoded = binascii.a2b_qp(raw)
+    edits = [(10, 12, b"one"), (700, 700, b"two"), (1500, 1510, b"three"), (1790, 1791, b"")]
+    want = transfer.qp_splice(raw, decoded, edits, eol)
+    assert want is not None
+    assert NATIVE.qp_splice(raw, decoded, edits, eol) == want
