@@ -493,6 +493,11 @@ def format_report(result: Replay, title: str = "in-process replay",
     lines.append(f"targets: P >= {TARGETS['precision']}, R >= {TARGETS['recall']}, "
                  f"K >= {TARGETS['people_kept']}, first and final")
     for name, r in runs.items():
+        changed = [j for j in r.judged if j.first != j.final]
+        lines.append(f"{name}: {len(changed)} of {len(r.judged)} hits revised to another "
+                     f"verdict ({sum(j.final == j.hit.expected for j in changed)} of them "
+                     "to the expected one)")
+    for name, r in runs.items():
         lines.append("")
         lines.append(f"{name}: why hits were misjudged (class, answer, expected -> judged "
                      "[reasons recorded]: hits)")
