@@ -43,6 +43,9 @@ _MAIL_AGENTS: tuple[tuple[str, str], ...] = (
     ("postbox/", "Postbox"), ("airmail", "Airmail"), ("evolution/", "Evolution"),
     ("claws mail", "Claws Mail"), ("seamonkey/", "SeaMonkey"), ("kmail", "KMail"),
 )
+# Whole user agents of HTTP clients too short to match as tokens: Node's built-in fetch
+# sends "node" (nodejs.org/api/globals.html#fetch, via undici), undici itself "undici".
+_LIBRARY_EXACT = frozenset({"node", "undici", "deno", "bun"})
 _CRAWLER = re.compile(r"\b[\w-]*(?:bot|crawler|spider)\b|\+https?://")
 _NOT_CRAWLER = ("cubot",)  # a phone brand in Android user agents
 # Apple Mail's own fetch: a WebKit string with no browser product token ("Safari/").
@@ -66,6 +69,8 @@ def classify_agent(user_agent: str) -> tuple[str, str]:
     low = ua.lower()
     if low == "mozilla/5.0":
         return "bare", "Mozilla/5.0"
+    if low in _LIBRARY_EXACT:
+        return "library_user_agent", ua
     if "googleimageproxy" in low:
         return "gmail", "GoogleImageProxy"
     if "yahoomailproxy" in low:

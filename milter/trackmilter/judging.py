@@ -10,10 +10,12 @@ import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from trackmilter.config import Settings
-from trackmilter.model import HitReason, HitRecorded
+from trackmilter.model import HitReason, HitRecorded, tracking_id_time
 from trackmilter.verdict import (
+    Context,
     Hit,
     IPAddress,
     Thresholds,
@@ -22,10 +24,16 @@ from trackmilter.verdict import (
     rejudge,
 )
 
-__all__ = ["RequestJudge", "Reviser", "hit_from_record", "parse_client", "request_judge",
+__all__ = ["KEPT_HEADER", "KEPT_VERSION", "RequestJudge", "Reviser", "hit_from_record", "parse_client", "request_judge",
            "reviser_from", "thresholds_from"]
 
 Judged = tuple[str, tuple[HitReason, ...]]
+
+# Which request headers a tracker keeps as evidence, stored with a hit's headers: version 2
+# added the client hints (Sec-CH-UA…) and Upgrade-Insecure-Requests. A hit recorded by an
+# older tracker carries no such entry, and is not blamed for headers nobody kept.
+KEPT_HEADER = "x-trackmilter-kept"
+KEPT_VERSION = "2"
 
 
 def thresholds_from(settings: Settings) -> Thresholds:
@@ -37,7 +45,23 @@ def thresholds_from(settings: Settings) -> Thresholds:
         apple_networks=frozenset(v.apple_networks),
         scanner_networks=frozenset(v.scanner_networks),
         proxy_networks=frozenset(v.proxy_networks),
+        secure_origin=secure_origin(settings.tracking.base_url),
     )
+
+
+def secure_origin(base_url: str) -> bool:
+    """Browsers send Fetch Metadata and client hints only to potentially trustworthy origins
+    (W3C Secure Contexts §3.1): https, and http on loopback."""
+    parts = urlsplit(base_url)
+    if not base_url or parts.scheme == "https":  # no tracker yet: judge as behind https
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # Other hits of a message this process remembers for the verdict at answer time (a burst
@@ -48,9 +72,9 @@ RECENT_MESSAGES = 50_000
 
 
 class RequestJudge:
-    """The verdict when a hit is answered: the request and this process's recent hits of
-    the same message (the delivery time is the store's to add, in a revision). Not
-    thread-safe: one per event loop."""
+    """The verdict when a hit is answered: the request, this process's recent hits of the
+    same message and when our MTA accepted it (in the tracking id; the remote server's
+    acceptance is the store's to add, in a revision). Not thread-safe: one per event loop."""
 
     def __init__(self, thresholds: Thresholds) -> None:
         self._th = thresholds
@@ -60,7 +84,8 @@ class RequestJudge:
         tid = hit.tracking_id
         h = hit_from_record(hit, client)
         recent = self._recent.get(tid)
-        j = judge_keyed(h, recent or (), None, self._th)
+        ctx = Context(sent_at=tracking_id_time(tid, hit.at))
+        j = judge_keyed(h, recent or (), ctx, self._th)
         if recent is None:
             recent = self._recent[tid] = deque(maxlen=RECENT_PER_MESSAGE)
             if len(self._recent) > RECENT_MESSAGES:
@@ -72,15 +97,17 @@ class RequestJudge:
 
 
 class Reviser:
-    """All hits of one message judged again with the delivery time (the store calls it)."""
+    """All hits of one message judged again with what the store knows of it: when the
+    remote server accepted it and how many links it has (the store calls it)."""
 
     def __init__(self, thresholds: Thresholds) -> None:
         self._th = thresholds
 
-    def __call__(self, hits: Sequence[HitRecorded], accepted_at: datetime | None
-                 ) -> list[Judged]:
-        judged = rejudge([(n, hit_from_record(h)) for n, h in enumerate(hits)], accepted_at,
-                         self._th)
+    def __call__(self, hits: Sequence[HitRecorded], accepted_at: datetime | None,
+                 links: int = 0) -> list[Judged]:
+        sent_at = tracking_id_time(hits[0].tracking_id, hits[0].at) if hits else None
+        ctx = Context(accepted_at=accepted_at, sent_at=sent_at, links=links)
+        judged = rejudge([(n, hit_from_record(h)) for n, h in enumerate(hits)], ctx, self._th)
         return [(str(j.verdict), j.records()) for _, j in judged]
 
 
@@ -114,4 +141,5 @@ def hit_from_record(record: HitRecorded, client: IPAddress | None = None) -> Hit
         method=record.method, user_agent=record.user_agent,
         client=client if client is not None else parse_client(record.client),
         network=record.network or None,
-        headers=dict(record.headers), index=record.index, honeypot=record.honeypot)
+        headers=dict(record.headers), index=record.index, honeypot=record.honeypot,
+        hints_kept=dict(record.headers).get(KEPT_HEADER, "") >= KEPT_VERSION)

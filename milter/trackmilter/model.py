@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 from dataclasses import dataclass, field, fields, is_dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -67,9 +67,38 @@ class SkipReason(StrEnum):
 TRACKING_ID_BYTES = 10
 
 
-def new_tracking_id() -> str:
-    """Random 80-bit id, 16 lowercase base32 characters: short enough for headers and tokens."""
-    return base64.b32encode(secrets.token_bytes(TRACKING_ID_BYTES)).decode("ascii").lower()
+# The first 4 bytes of a tracking id are the second our MTA accepted the message (the
+# milter makes the id at MAIL FROM), big-endian seconds since 1970 (until 2106); the other 6
+# are random (48 bits: two ids made in one second collide after about 2^24 messages in that
+# second). The tracker reads the time from the signed token, so its first verdict knows
+# "seconds after our MTA accepted the message" without a database. Ids made before this
+# layout are 10 random bytes: their "time" is arbitrary, which is why readers only take one
+# that lies in a plausible window (tracking_id_time).
+_TIME_BYTES = 4
+_PLAUSIBLE_SINCE = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def new_tracking_id(at: datetime | None = None) -> str:
+    """80-bit id, 16 lowercase base32 characters (short enough for headers and tokens): the
+    second `at` (default now) and 48 random bits."""
+    when = int((at or utcnow()).timestamp()) & 0xFFFFFFFF
+    raw = when.to_bytes(_TIME_BYTES, "big") + secrets.token_bytes(
+        TRACKING_ID_BYTES - _TIME_BYTES)
+    return base64.b32encode(raw).decode("ascii").lower()
+
+
+def tracking_id_time(tid: str, now: datetime) -> datetime | None:
+    """When our MTA accepted the message, read from its tracking id; None when the id holds
+    no plausible time (an id from before the timed layout, or not an id): not before 2024,
+    not more than a day after `now`."""
+    try:
+        raw = tracking_id_to_bytes(tid)
+    except ValueError:
+        return None
+    at = datetime.fromtimestamp(int.from_bytes(raw[:_TIME_BYTES], "big"), UTC)
+    if at < _PLAUSIBLE_SINCE or at > now + timedelta(days=1):
+        return None
+    return at
 
 
 def tracking_id_to_bytes(tid: str) -> bytes:
@@ -289,6 +318,8 @@ class HitReason:
     code: str  # stable snake_case name, e.g. "apple_mpp_prefetch", "burst"
     evidence: str = ""  # what matched: the user-agent token, the network label, seconds
     leans: str = ""  # "human" | "machine" | "" (context only)
+    weight: str = ""  # "decisive" | "strong" | "weak" | "" (context only)
+    decided: bool = False  # among the reasons the verdict rests on
 
 
 @dataclass(frozen=True)

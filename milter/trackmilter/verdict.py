@@ -1,30 +1,44 @@
 """Pure judging of tracker hits: what a request tells plus the message's evidence → verdict and named reasons.
 
 No I/O and no clock: the caller looks up the client's network (`web.networks`) and passes
-the delivery time, so the same inputs always give the same verdict and a stored history
-can be recomputed. Any machine-leaning reason makes the verdict `machine` (a machine hit
-never passes for a person); else a human-leaning one makes it `human`; else `unknown`.
+the message's times, so the same inputs always give the same verdict and a stored history
+can be recomputed.
+
+Every reason leans one way (machine or human) with a weight, or is context:
+
+- **decisive** machine evidence decides alone: something no person's click or mail client
+  does (the hidden link, HEAD, a prefetch header, a listed scanner network, an automated
+  user agent, a request that cannot come from the browser it names, every link of a message
+  followed);
+- otherwise the weights add up, **strong** 3 and **weak** 1 per side: a side wins when it
+  has evidence and the other has none, or leads by 2 or more; anything closer is
+  `unknown`. So one weak machine sign ("soon after delivery", "several links within
+  seconds") never outweighs a request that is exactly its browser's user-activated
+  navigation, and a bare browser user agent never outweighs a strong machine sign.
+
+The stored reasons are ordered deciding first; `Reason.decided` says which they are.
 
 | threshold | default | why / source |
 |---|---|---|
-| `soon_after_delivery` | 30 s | gateways scan when mail arrives: "most obvious anti-spam bot clicks happen in the first few seconds" after delivery (Suped, "How long does it take for anti-spam bots to click links", 2025); a person needs longer to see, open and click |
-| `burst_window` | 10 s | Maestra's bot-click filter drops "5 or more clicks within 10 seconds" (help.maestra.io, "Filtering out fake clicks"); we count distinct links, which a person does not sweep |
-| `burst_links` | 3 | distinct links in one window: a person follows one link, maybe two; scanners follow every link (Word to the Wise, "Barracuda filters clicking all links", 2013) |
+| `soon_after_delivery` | 30 s | gateways scan when mail arrives: "most obvious anti-spam bot clicks happen in the first few seconds" after delivery (Suped, "How long does it take for anti-spam bots to click links", 2025); people click reset links that fast too, so it is weak evidence |
+| `burst_window` | 10 s | Maestra's bot-click filter drops "5 or more clicks within 10 seconds" (help.maestra.io, "Filtering out fake clicks"); a person opening products in tabs does it too: weak |
+| `burst_links` | 3 | distinct links in one window (Word to the Wise, "Barracuda filters clicking all links", 2013) |
+| `every_link_min` | 3 | links a message must have before "followed every link" means anything; from 5 links, or in document order, it is decisive: a person does not open every footer and social link |
 | `group_prefix_v4` | /24 | the smallest prefix routed between networks (RIPE-399 / common BGP filter practice): a scanner farm rotates addresses inside it |
 | `group_prefix_v6` | /64 | one link / one subnet (RFC 4291 §2.5.4, RFC 7421) |
 """
-
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Literal, TypeVar
 
 from trackmilter.agents import classify_agent as classify_agent  # re-exported for callers
 from trackmilter.model import HitReason
+from trackmilter.navigation import Fit, check_click, check_image
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 K = TypeVar("K")
@@ -63,7 +77,19 @@ TEXTS: Mapping[str, str] = {
     "prefetch_header": "The request says it is a prefetch or preview ({e}), made in "
     "anticipation, not by a click",
     "soon_after_delivery": "Within seconds of the receiving server accepting the message "
-    "({e}): when security gateways scan, too soon for a person",
+    "({e}): when security gateways scan, though a person expecting it can be that quick",
+    "soon_after_sending": "Within seconds of our MTA accepting the message ({e}), so sooner "
+    "still after its delivery: when security gateways scan, though a person expecting it "
+    "can be that quick",
+    "not_like_its_browser": "The request cannot come from the browser its user agent names "
+    "({e}): a program borrowing a browser's name",
+    "unusual_request": "A request without what every such browser sends on a navigation "
+    "({e})",
+    "programmatic_navigation": "A real browser, but driven by a program ({e})",
+    "not_a_navigation": "A script's request, not a followed link ({e})",
+    "browser_navigation": "Exactly the request {e} sends when a person follows a link",
+    "every_link": "This client or network followed every link of the message ({e}); a "
+    "person follows the ones they want",
     "burst": "Several different links of this message followed within seconds from one client "
     "or network ({e}): scanners follow every link, a person follows one",
     "honeypot": "Followed the hidden link that no person can see",
@@ -72,7 +98,7 @@ TEXTS: Mapping[str, str] = {
     "scanner_network": "From the address ranges of {e}, whose mail security services fetch "
     "links and images; people click from their own networks",
     "mail_client": "A mail program's own user agent ({e}): the recipient's mail client loaded it",
-    "browser": "A web browser's user agent ({e})",
+    "browser": "A web browser's user agent ({e}), whose request could not be checked",
     "private_relay": "From Apple's relay addresses ({e}): the person's own address is hidden",
     "unrecognised_user_agent": "A user agent that is neither a known browser or mail client "
     "nor a known automated fetcher ({e})",
@@ -87,20 +113,60 @@ def reason_text(code: str, evidence: str = "") -> str:
     return template.format(e=evidence or "?")
 
 
+class Weight(IntEnum):
+    """How much a reason counts (see the module docstring)."""
+
+    CONTEXT = 0
+    WEAK = 1
+    STRONG = 3
+    DECISIVE = 1000
+
+
+# The weight of each reason code that leans; every one states its source where it is made.
+WEIGHTS: Mapping[str, Weight] = {
+    # decisive: no person's click or mail client does this
+    "honeypot": Weight.DECISIVE, "honeypot_client": Weight.DECISIVE,
+    "head_request": Weight.DECISIVE, "prefetch_header": Weight.DECISIVE,
+    "scanner_network": Weight.DECISIVE, "scanner_user_agent": Weight.DECISIVE,
+    "link_preview": Weight.DECISIVE, "headless_browser": Weight.DECISIVE,
+    "library_user_agent": Weight.DECISIVE, "crawler_user_agent": Weight.DECISIVE,
+    "empty_user_agent": Weight.DECISIVE, "apple_mpp_prefetch": Weight.DECISIVE,
+    "not_like_its_browser": Weight.DECISIVE, "not_a_navigation": Weight.DECISIVE,
+    # strong
+    "unusual_request": Weight.STRONG, "programmatic_navigation": Weight.STRONG,
+    "every_link": Weight.STRONG, "browser_navigation": Weight.STRONG,
+    "mail_client": Weight.STRONG, "gmail_image_proxy": Weight.STRONG,
+    "yahoo_image_proxy": Weight.STRONG,
+    # weak
+    "soon_after_delivery": Weight.WEAK, "soon_after_sending": Weight.WEAK,
+    "burst": Weight.WEAK, "browser": Weight.WEAK,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Reason:
-    """One named piece of evidence: `leans` is the verdict it argues for, None for context."""
+    """One named piece of evidence: `leans` is the verdict it argues for, None for context;
+    `decided`: among the reasons the verdict rests on."""
 
     code: str
     evidence: str = ""
     leans: Verdict | None = None
+    weight: Weight | None = None  # None: WEIGHTS[code] (context when it does not lean)
+    decided: bool = False
 
     @property
     def text(self) -> str:
         return reason_text(self.code, self.evidence)
 
+    @property
+    def counts(self) -> Weight:
+        if self.leans is None:
+            return Weight.CONTEXT
+        return self.weight if self.weight is not None else WEIGHTS.get(self.code, Weight.WEAK)
+
     def record(self) -> HitReason:
-        return HitReason(self.code, self.evidence, self.leans.value if self.leans else "")
+        return HitReason(self.code, self.evidence, self.leans.value if self.leans else "",
+                         self.counts.name.lower() if self.leans else "", self.decided)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +183,23 @@ class Hit:
     headers: Mapping[str, str] = field(default_factory=dict, hash=False)
     index: int = 0
     honeypot: bool = False
+    # The tracker that recorded it kept the client-hint headers (Sec-CH-UA…); older ones did
+    # not, and their hits must not be blamed for lacking them.
+    hints_kept: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """The message's evidence at judging time; `others` may include later hits."""
+    """The message's evidence at judging time; `others` may include later hits.
+
+    `accepted_at`: when the remote server accepted it (the delivery log); `sent_at`: when our
+    MTA accepted it (from the tracking id; delivery is later); `links`: how many links were
+    rewritten (0: not known, as when a hit is answered)."""
 
     accepted_at: datetime | None = None
     others: Sequence[Hit] = ()
+    sent_at: datetime | None = None
+    links: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +207,7 @@ class Thresholds:
     soon_after_delivery: timedelta = timedelta(seconds=30)
     burst_window: timedelta = timedelta(seconds=10)
     burst_links: int = 3
+    every_link_min: int = 3
     group_prefix_v4: int = 24
     group_prefix_v6: int = 64
     # Network labels (web.networks sources) and what they mean. Apple's egress ranges carry
@@ -143,6 +219,9 @@ class Thresholds:
         {"microsoft", "o365", "google", "proofpoint", "mimecast", "barracuda", "scanner"})
     # Webmail image proxies live in their operator's ranges by design.
     proxy_networks: frozenset[str] = frozenset({"google", "yahoo"})
+    # The tracker's base URL is https (or loopback): the only origins browsers send Fetch
+    # Metadata and client hints to.
+    secure_origin: bool = True
 
 
 DEFAULT = Thresholds()
@@ -161,7 +240,7 @@ class Judgement:
         return tuple(r.record() for r in self.reasons)
 
 
-# --- user agents (classified in trackmilter.agents) --------------------------------------
+# --- user agents (classified in trackmilter.agents) and the request's fit -----------------
 def _agent_reasons(hit: Hit, th: Thresholds) -> list[Reason]:
     category, evidence = classify_agent(hit.user_agent)
     if category == "empty":
@@ -177,13 +256,37 @@ def _agent_reasons(hit: Hit, th: Thresholds) -> list[Reason]:
     if category == "mail":
         return [Reason("mail_client", evidence, H)]
     if category == "browser":
-        out = [Reason("browser", evidence, H)]
+        out = [_browser_reason(hit, evidence, th)]
         if hit.network in th.apple_networks:
             out.append(Reason("private_relay", hit.network or ""))
         return out
     if category == "other":
+        mode = hit.headers.get("sec-fetch-mode", "")
+        if hit.kind == "click" and mode and mode.lower() != "navigate":
+            # Fetch Metadata §2.3: only a navigation has mode "navigate"; a click is one.
+            return [Reason("not_a_navigation", f"Sec-Fetch-Mode: {mode[:20]}", M),
+                    Reason("unrecognised_user_agent", evidence)]
         return [Reason("unrecognised_user_agent", evidence)]
     return [Reason(category, evidence, M)]
+
+
+def _browser_reason(hit: Hit, evidence: str, th: Thresholds) -> Reason:
+    """A browser's user agent: on a click, how the request fits that browser (see
+    trackmilter.navigation); on an open (an image load), the user agent alone."""
+    if hit.kind != "click":
+        found = check_image(hit.user_agent, hit.headers, secure=th.secure_origin)
+    else:
+        found = check_click(hit.user_agent, hit.headers, secure=th.secure_origin,
+                            hints_kept=hit.hints_kept)
+    if found.fit is Fit.INCONSISTENT:
+        return Reason("not_like_its_browser", found.evidence, M)
+    if found.fit is Fit.UNUSUAL:
+        return Reason("unusual_request", found.evidence, M)
+    if found.fit is Fit.NO_ACTIVATION:
+        return Reason("programmatic_navigation", found.evidence, M)
+    if found.fit is Fit.CONSISTENT:
+        return Reason("browser_navigation", found.evidence, H)
+    return Reason("browser", found.evidence or evidence, H)
 
 
 # --- intent, network, time, the message's other hits ---------------------------------------
@@ -254,12 +357,34 @@ def _burst(hit: Hit, key: object, others: Sequence[tuple[object, Hit]],
     return None
 
 
+def _every_link(hit: Hit, key: object, others: Sequence[tuple[object, Hit]], links: int,
+                th: Thresholds) -> Reason | None:
+    """The message's whole story for this client or network: every one of its links
+    followed, at any pace (sandboxes pace themselves like people)."""
+    if links < th.every_link_min or (hit.kind == "click" and not 1 <= hit.index <= links):
+        return None
+    mine = sorted([(o.at, o.index) for k, o in others
+                   if k == key and o.kind == "click" and 1 <= o.index <= links]
+                  + ([(hit.at, hit.index)] if hit.kind == "click" else []))
+    if len({i for _, i in mine}) < links:
+        return None
+    firsts: dict[int, datetime] = {}
+    for at, i in mine:
+        firsts.setdefault(i, at)
+    order = [i for i, _ in sorted(firsts.items(), key=lambda p: p[1])]
+    in_order = order == sorted(order)
+    evidence = f"all {links} links" + (", in document order" if in_order else "")
+    weight = Weight.DECISIVE if in_order or links >= 5 else Weight.STRONG
+    return Reason("every_link", evidence, M, weight)
+
+
 def _judge(hit: Hit, key: object | None, others: Sequence[tuple[object, Hit]],
-           accepted_at: datetime | None, th: Thresholds) -> Judgement:
+           ctx: Context, th: Thresholds) -> Judgement:
     reasons: list[Reason] = []
     if hit.honeypot:
         reasons.append(Reason("honeypot", f"link {hit.index}", M))
     if hit.method.upper() == "HEAD":
+        # RFC 9110 §9.3.2: HEAD asks for the headers only; browsers navigate with GET.
         reasons.append(Reason("head_request", "HEAD", M))
     intent = _prefetch(hit.headers)
     if intent:
@@ -270,12 +395,19 @@ def _judge(hit: Hit, key: object | None, others: Sequence[tuple[object, Hit]],
     if net and net in th.scanner_networks and not (
             net in th.proxy_networks and agent[0].code.endswith("_image_proxy")):
         reasons.append(Reason("scanner_network", net, M))
-    if accepted_at is not None:
-        delta = (hit.at - accepted_at).total_seconds()
+    soon = th.soon_after_delivery.total_seconds()
+    if ctx.accepted_at is not None:
+        delta = (hit.at - ctx.accepted_at).total_seconds()
         # A little before acceptance counts too: clocks differ between hosts, and inline
         # gateways fetch before they answer 250.
-        if abs(delta) <= th.soon_after_delivery.total_seconds():
+        if abs(delta) <= soon:
             reasons.append(Reason("soon_after_delivery", f"{delta:+.0f} s", M))
+    elif ctx.sent_at is not None:
+        # Our MTA's acceptance (whole seconds) comes before delivery: a hit this soon after
+        # it is at least as soon after delivery. Before it is a clock difference at most.
+        delta = (hit.at - ctx.sent_at).total_seconds()
+        if -5.0 <= delta <= soon:
+            reasons.append(Reason("soon_after_sending", f"{delta:+.0f} s", M))
     if key is not None and others:
         if not hit.honeypot:
             for k, o in others:
@@ -286,6 +418,10 @@ def _judge(hit: Hit, key: object | None, others: Sequence[tuple[object, Hit]],
             burst = _burst(hit, key, others, th)
             if burst:
                 reasons.append(Reason("burst", burst, M))
+        # An open from the client that followed every link is that client's too.
+        every = _every_link(hit, key, others, ctx.links, th)
+        if every:
+            reasons.append(every)
     return _conclude(reasons)
 
 
@@ -293,15 +429,28 @@ def _describe(hit: Hit) -> str:
     return hit.network or (str(hit.client) if hit.client else "?")
 
 
-_RANK = {M: 0, H: 1, None: 2}
-
-
 def _conclude(reasons: list[Reason]) -> Judgement:
-    reasons.sort(key=lambda r: _RANK[r.leans])  # stable: machine reasons first, for views
+    """Decisive machine evidence decides; else the side with evidence and none against it,
+    or a lead of two (a strong reason over a weak one), wins; else unknown."""
     if not reasons:
         return Judgement(Verdict.UNKNOWN)
-    first = reasons[0].leans
-    return Judgement(first if first is not None else Verdict.UNKNOWN, tuple(reasons))
+    decisive = any(r.leans is M and r.counts is Weight.DECISIVE for r in reasons)
+    m = sum(int(r.counts) for r in reasons if r.leans is M)
+    h = sum(int(r.counts) for r in reasons if r.leans is H)
+    if decisive:
+        verdict, deciding = M, [r for r in reasons
+                                if r.leans is M and r.counts is Weight.DECISIVE]
+    elif m > h and (h == 0 or m - h >= 2):
+        verdict, deciding = M, [r for r in reasons if r.leans is M]
+    elif h > m and (m == 0 or h - m >= 2):
+        verdict, deciding = H, [r for r in reasons if r.leans is H]
+    else:
+        verdict, deciding = Verdict.UNKNOWN, [r for r in reasons if r.leans is not None]
+    chosen = {id(r) for r in deciding}
+    marked = [replace(r, decided=True) if id(r) in chosen else r for r in reasons]
+    # Deciding reasons first, then the others as context (stable within each group).
+    marked.sort(key=lambda r: (not r.decided, -int(r.counts)))
+    return Judgement(verdict, tuple(marked))
 
 
 def judge(hit: Hit, context: Context = Context(), thresholds: Thresholds = DEFAULT
@@ -309,23 +458,25 @@ def judge(hit: Hit, context: Context = Context(), thresholds: Thresholds = DEFAU
     """The verdict on one hit given what is known of its message now."""
     key = group_key(hit, thresholds)
     others = [(group_key(o, thresholds), o) for o in context.others if o is not hit]
-    return _judge(hit, key, others, context.accepted_at, thresholds)
+    return _judge(hit, key, others, context, thresholds)
 
 
-def judge_keyed(hit: Hit, others: Sequence[tuple[object, Hit]], accepted_at: datetime | None,
+def judge_keyed(hit: Hit, others: Sequence[tuple[object, Hit]], context: Context = Context(),
                 thresholds: Thresholds = DEFAULT) -> Judgement:
     """`judge` for a caller that keeps (group_key, hit) pairs of the message's other hits
-    (the tracker does, so a busy message does not cost a key per hit per request)."""
-    return _judge(hit, group_key(hit, thresholds), others, accepted_at, thresholds)
+    (the tracker does, so a busy message does not cost a key per hit per request);
+    `context.others` is not read."""
+    return _judge(hit, group_key(hit, thresholds), others, context, thresholds)
 
 
-def rejudge(hits: Sequence[tuple[K, Hit]], accepted_at: datetime | None,
+def rejudge(hits: Sequence[tuple[K, Hit]], context: Context = Context(),
             thresholds: Thresholds = DEFAULT) -> list[tuple[K, Judgement]]:
     """Every hit of one message judged again with all the others as evidence (a burst
-    seen later marks its first click too). Same inputs, same answers, in input order."""
+    seen later marks its first click too); `context.others` is not read. Same inputs, same
+    answers, in input order."""
     keyed = [(group_key(h, thresholds), h) for _, h in hits]
     out = []
     for n, (ident, hit) in enumerate(hits):
         others = keyed[:n] + keyed[n + 1:]
-        out.append((ident, _judge(hit, keyed[n][0], others, accepted_at, thresholds)))
+        out.append((ident, _judge(hit, keyed[n][0], others, context, thresholds)))
     return out

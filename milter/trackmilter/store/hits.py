@@ -17,9 +17,10 @@ from trackmilter.store.schema import events, hit_verdicts, hits, messages
 from trackmilter.store.views import HitView
 
 # A reviser judges all hits of one message again, given when the remote server first
-# accepted it (None: not known); it returns one (verdict, reasons) per hit, in order.
+# accepted it (None: not known) and how many links it has (0: not known); it returns one
+# (verdict, reasons) per hit, in order.
 Judgement = tuple[str, tuple[HitReason, ...]]
-Reviser = Callable[[Sequence[HitRecorded], "datetime | None"], Sequence[Judgement]]
+Reviser = Callable[[Sequence[HitRecorded], "datetime | None", int], Sequence[Judgement]]
 
 # Hits of one message judged again in a revision, the latest: a burst or the delivery time
 # concern the recent ones, and a message with more hits than this in one revision is being
@@ -50,15 +51,18 @@ def hit_row(ev: HitRecorded) -> dict[str, Any]:
     }
 
 
-def reasons_json(reasons: Iterable[HitReason]) -> list[dict[str, str]]:
-    return [{"code": r.code, "evidence": r.evidence, "leans": r.leans} for r in reasons]
+def reasons_json(reasons: Iterable[HitReason]) -> list[dict[str, Any]]:
+    return [{"code": r.code, "evidence": r.evidence, "leans": r.leans, "weight": r.weight,
+             "decided": r.decided} for r in reasons]
 
 
 def reasons_from_json(data: Any) -> tuple[HitReason, ...]:
+    """Stored reasons; those stored before weights existed read with none."""
     if not isinstance(data, list):
         return ()
     return tuple(HitReason(str(r.get("code", "")), str(r.get("evidence", "")),
-                           str(r.get("leans", ""))) for r in data if isinstance(r, dict))
+                           str(r.get("leans", "")), str(r.get("weight", "")),
+                           bool(r.get("decided", False))) for r in data if isinstance(r, dict))
 
 
 def write_hits(conn: Connection, batch: Sequence[HitRecorded]) -> None:
@@ -81,6 +85,7 @@ def revise(conn: Connection, tracking_ids: Sequence[str], reviser: Reviser, now:
         for tid in sorted(tracking_ids):
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (tid,))
     accepted = _accepted_at(conn, tracking_ids)
+    links = _link_counts(conn, tracking_ids)
     by_tid: dict[str, list[Any]] = {}
     for tid in tracking_ids:
         # One index range per message, newest first, stopping at the window: a message
@@ -95,7 +100,7 @@ def revise(conn: Connection, tracking_ids: Sequence[str], reviser: Reviser, now:
             by_tid[tid] = rows[::-1]
     changed: list[HitRecorded] = []
     for tid, rows in by_tid.items():
-        judged = reviser([_hit(r) for r in rows], accepted.get(tid))
+        judged = reviser([_hit(r) for r in rows], accepted.get(tid), links.get(tid, 0))
         for row, (verdict, reasons) in zip(rows, judged, strict=True):
             data = reasons_json(reasons)
             if verdict == row.verdict and data == (row.reasons or []):
@@ -123,6 +128,17 @@ def _accepted_at(conn: Connection, tracking_ids: Sequence[str]) -> dict[str, dat
         for tid, at in conn.execute(query):
             if tid not in found or at < found[tid]:
                 found[tid] = at
+    return found
+
+
+def _link_counts(conn: Connection, tracking_ids: Sequence[str]) -> dict[str, int]:
+    """How many links each message had rewritten (the milter records it)."""
+    found: dict[str, int] = {}
+    for chunk in _chunks(list(tracking_ids)):
+        query = select(messages.c.tracking_id, messages.c.link_count).where(
+            messages.c.tracking_id.in_(chunk))
+        for tid, n in conn.execute(query):
+            found[tid] = int(n or 0)
     return found
 
 

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
+from trackmilter.judging import KEPT_HEADER, KEPT_VERSION
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.model import HitReason, HitRecorded, utcnow
@@ -34,11 +35,14 @@ Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
 )
-# Request headers kept as evidence: intent (prefetch / preview), fetch metadata, proxies.
+# Request headers kept as evidence: intent (prefetch / preview), fetch metadata, what a
+# browser sends on a navigation (trackmilter.navigation), proxies. Each hit records which
+# set it was kept with (judging.KEPT_HEADER): version 2 added the client hints.
 EVIDENCE_HEADERS = frozenset({
     b"sec-purpose", b"purpose", b"x-purpose", b"x-moz", b"sec-fetch-mode", b"sec-fetch-site",
     b"sec-fetch-dest", b"sec-fetch-user", b"accept", b"accept-language", b"via", b"from",
-    b"x-forwarded-for", b"forwarded",
+    b"x-forwarded-for", b"forwarded", b"sec-ch-ua", b"sec-ch-ua-mobile",
+    b"sec-ch-ua-platform", b"upgrade-insecure-requests",
 })
 
 _ADDRESS_EVIDENCE = frozenset({"x-forwarded-for", "forwarded", "reverse-dns"})
@@ -194,13 +198,14 @@ class TrackerApp:
                      (b"expires", b"0"), *_COMMON], PIXEL
 
     def ingest(self, path: str, method: str, headers: Sequence[tuple[bytes, bytes]],
-               client: str | None, at: datetime, hit_id: str) -> bool:
+               client: str | None, at: datetime, hit_id: str, *, hints: bool = True) -> bool:
         """A hit nginx already answered (`trackmilter edge`): the token verified again
         here, then the same verdict and recording as a request answered by this app.
 
         ``client`` is the address nginx logged (after its real-IP module, if any): it is
         taken as it is, whatever the resolver would make of forwarding headers. ``hit_id``
         (nginx's $request_id) makes reading the same log line twice store one hit.
+        ``hints``: the log carried the client-hint headers (its format tm2, not tm1).
         False when the token does not verify or the path is none of ours.
         """
         if path.startswith(self._click):
@@ -214,7 +219,7 @@ class TrackerApp:
             return False
         self._record({"headers": headers, "client": (client, 0) if client else None}, target,
                      method, data.tracking_id, data.index, data.url, at=at, hit_id=hit_id,
-                     resolve=False)
+                     resolve=False, hints=hints)
         return True
 
     def _verified(self, token: str, want: Kind, target: str) -> TokenData | None:
@@ -232,7 +237,7 @@ class TrackerApp:
 
     def _record(self, scope: Scope, target: str, method: str, tid: str, index: int,
                 url: str, *, at: datetime | None = None, hit_id: str | None = None,
-                resolve: bool = True) -> None:
+                resolve: bool = True, hints: bool = True) -> None:
         ua = ""
         forwarded = xff = None
         kept: dict[str, str] = {}
@@ -249,6 +254,8 @@ class TrackerApp:
                     forwarded = text if forwarded is None else f"{forwarded}, {text}"
                 elif name == b"x-forwarded-for":
                     xff = text if xff is None else f"{xff}, {text}"
+        if hints:
+            kept[KEPT_HEADER] = KEPT_VERSION
         peer = scope.get("client")
         if resolve:
             ip = self._resolver.client(peer[0] if peer else None, forwarded, xff)

@@ -31,14 +31,18 @@ from trackmilter.store.base import WriteHook
 from trackmilter.tokens import KeyFileError, Signer
 from trackmilter.web.server import build
 
-FORMAT_TAG = "tm1"
+FORMAT_TAG = "tm2"
 # The request headers logged after the user agent, in the log_format's order
-# (conf/nginx/trackmilter-edge.conf): the app's evidence headers.
-HEADER_FIELDS = (
+# (conf/nginx/trackmilter-edge.conf): the app's evidence headers. Format tm1 (logs written
+# with an older configuration) ends after "forwarded"; tm2 adds the client hints.
+HEADER_FIELDS_TM1 = (
     "sec-purpose", "purpose", "x-purpose", "x-moz", "sec-fetch-mode", "sec-fetch-site",
     "sec-fetch-dest", "sec-fetch-user", "accept", "accept-language", "via", "from",
     "x-forwarded-for", "forwarded",
 )
+HEADER_FIELDS = (*HEADER_FIELDS_TM1, "sec-ch-ua", "sec-ch-ua-mobile", "sec-ch-ua-platform",
+                 "upgrade-insecure-requests")
+_FORMATS = {"tm1": HEADER_FIELDS_TM1, FORMAT_TAG: HEADER_FIELDS}
 FIELD_COUNT = 8 + len(HEADER_FIELDS)
 ANSWERED = frozenset({200, 302})
 _ESCAPE = re.compile(r"\\x([0-9A-Fa-f]{2})")
@@ -60,6 +64,7 @@ class EdgeHit:
     peer: str  # the connection's address before nginx's real-IP module
     user_agent: str
     headers: tuple[tuple[str, str], ...]  # only those the request had
+    hints: bool = True  # the line's format logs the client hints (tm2)
 
     @property
     def hit_id(self) -> str:
@@ -84,10 +89,11 @@ def parse_line(line: str) -> EdgeHit | None:
     if not line.strip():
         return None
     fields = line.rstrip("\r\n").split("\t")
-    if fields[0] != FORMAT_TAG:
+    names = _FORMATS.get(fields[0])
+    if names is None:
         raise BadLine(f"does not start with {FORMAT_TAG!r}: not the trackmilter_hits format")
-    if len(fields) != FIELD_COUNT + 1:
-        raise BadLine(f"{len(fields) - 1} fields, {FIELD_COUNT} expected")
+    if len(fields) != 9 + len(names):
+        raise BadLine(f"{len(fields) - 1} fields, {8 + len(names)} expected")
     _, msec, request_id, status, method, path, client, peer, ua, *rest = fields
     try:
         at = datetime.fromtimestamp(float(msec), UTC)
@@ -96,11 +102,11 @@ def parse_line(line: str) -> EdgeHit | None:
         raise BadLine(f"bad time or status: {msec!r} {status!r}") from exc
     if not _REQUEST_ID.fullmatch(request_id):
         raise BadLine(f"bad request id {request_id!r}")
-    headers = tuple((name, v[:512]) for name, raw in zip(HEADER_FIELDS, rest, strict=True)
+    headers = tuple((name, v[:512]) for name, raw in zip(names, rest, strict=True)
                     if (v := _unescape(raw)))
     return EdgeHit(at=at, request_id=request_id, status=code, method=_unescape(method),
                    path=_unescape(path), client=_unescape(client), peer=_unescape(peer),
-                   user_agent=_unescape(ua), headers=headers)
+                   user_agent=_unescape(ua), headers=headers, hints=names is HEADER_FIELDS)
 
 
 class KeyWatcher:
@@ -197,7 +203,8 @@ class Ingest:
     def _ingest(self, hit: EdgeHit) -> bool:
         def once() -> bool:
             return bool(self._app.ingest(hit.path, hit.method, self._headers(hit),
-                                         hit.client or None, hit.at, hit.hit_id))
+                                         hit.client or None, hit.at, hit.hit_id,
+                                         hints=hit.hints))
 
         # Refused: a key nginx knows and we do not? The key file may have been rotated.
         return once() or bool(self._keys and self._keys.reload_if_changed() and once())

@@ -41,7 +41,7 @@ class BurstReviser:
     def __init__(self) -> None:
         self.calls: list[tuple[int, datetime | None]] = []
 
-    def __call__(self, hs: Sequence[HitRecorded], accepted: datetime | None
+    def __call__(self, hs: Sequence[HitRecorded], accepted: datetime | None, links: int = 0
                  ) -> list[tuple[str, tuple[HitReason, ...]]]:
         self.calls.append((len(hs), accepted))
         out = []
@@ -79,7 +79,8 @@ def test_stored_once_and_shown_with_history(store: SQLStore, db_url: str) -> Non
     (view,) = store.lookup(TID)
     (h,) = view.hits
     assert (h.target, h.index, h.verdict, h.client) == ("click", 1, "human", "192.0.2.7")
-    assert h.reasons == ({"code": "browser", "evidence": "Firefox", "leans": "human"},)
+    assert h.reasons == ({"code": "browser", "evidence": "Firefox", "leans": "human",
+                         "weight": "", "decided": False},)
     assert [v["cause"] for v in h.history] == ["request"]
     assert view.to_dict()["hits"][0]["url"] == "https://shop.example.org/1"
 

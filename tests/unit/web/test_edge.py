@@ -27,7 +27,7 @@ def line(path: str = "/c/TOKEN", *, status: str = "302", method: str = "GET",
          client: str = "203.0.113.9", peer: str = "127.0.0.1", ua: str = "Mozilla/5.0 (X11)",
          msec: str = "1795756601.229", rid: str = RID, **headers: str) -> str:
     values = [headers.get(h.replace("-", "_"), "-") for h in HEADER_FIELDS]
-    return "\t".join(["tm1", msec, rid, status, method, path, client, peer, ua, *values])
+    return "\t".join(["tm2", msec, rid, status, method, path, client, peer, ua, *values])
 
 
 def test_a_line_as_nginx_writes_it() -> None:
@@ -60,7 +60,8 @@ def test_the_hit_id_is_stable_and_grows_with_time() -> None:
 @pytest.mark.parametrize("text", [
     pytest.param("127.0.0.1 - - [27/Nov/2026:10:00:00 +0000] \"GET / HTTP/1.1\" 404 0",
                  id="combined-format"),
-    pytest.param(line().replace("tm1", "tm2", 1), id="other-version"),
+    pytest.param(line().replace("tm2", "tm3", 1), id="other-version"),
+    pytest.param(line().replace("tm2", "tm1", 1), id="tm1-with-tm2-fields"),
     pytest.param(line() + "\textra", id="too-many-fields"),
     pytest.param(line().rsplit("\t", 1)[0], id="too-few-fields"),
     pytest.param(line(msec="yesterday"), id="bad-time"),
@@ -153,11 +154,11 @@ def test_a_line_that_fails_is_counted_and_the_rest_is_read() -> None:
     class Failing:
         calls = 0
 
-        def ingest(self, *args: Any) -> bool:
+        def ingest(self, *args: Any, **kw: Any) -> bool:
             self.calls += 1
             if self.calls == 1:
                 raise RuntimeError("judge failed")
-            return bool(app.ingest(*args))
+            return bool(app.ingest(*args, **kw))
 
     ingest = Ingest(Failing(), metrics, log)
     token = click_token()
@@ -166,3 +167,18 @@ def test_a_line_that_fails_is_counted_and_the_rest_is_read() -> None:
     assert metrics.registry.get_sample_value("trackmilter_edge_lines_total",
                                              {"outcome": "error"}) == 1
     assert log.events[0][0] == "edge_line_failed" and "judge failed" in log.events[0][1]["error"]
+
+
+def test_a_line_of_the_older_format_still_reads_without_client_hints() -> None:
+    """Logs written with the tm1 configuration (no client hints) are read, and their hits
+    are marked as recorded without the hints, so no verdict blames them for lacking any."""
+    from trackmilter.web.edge import HEADER_FIELDS_TM1
+
+    new = line(sec_fetch_mode="navigate")
+    old_fields = new.split("\t")[: 9 + len(HEADER_FIELDS_TM1)]
+    old = "\t".join(["tm1", *old_fields[1:]])
+    hit = parse_line(old)
+    assert hit is not None and not hit.hints
+    assert ("sec-fetch-mode", "navigate") in hit.headers
+    fresh = parse_line(new)
+    assert fresh is not None and fresh.hints

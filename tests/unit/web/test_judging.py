@@ -25,11 +25,20 @@ def settings(tmp_path: Path, text: str) -> object:
     return load(p, environ={})
 
 
+# Firefox's navigation when a person follows a link (W3C Fetch Metadata; MDN Accept
+# defaults), as the tracker keeps it.
+FIREFOX_NAV = (("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+               ("accept-language", "en-US,en;q=0.5"), ("sec-fetch-dest", "document"),
+               ("sec-fetch-mode", "navigate"), ("sec-fetch-site", "cross-site"),
+               ("sec-fetch-user", "?1"), ("x-trackmilter-kept", "2"))
+
+
 def hit(n: int, seconds: float, *, ua: str = FIREFOX, client: str = "203.0.113.9",
-        target: str = "click", network: str = "") -> HitRecorded:
+        target: str = "click", network: str = "",
+        headers: tuple[tuple[str, str], ...] = FIREFOX_NAV) -> HitRecorded:
     return HitRecorded(hit_id=f"h{n}", target=target, tracking_id="abcdefghijklmnop",
                        at=T0 + timedelta(seconds=seconds), index=n, client=client,
-                       network=network, user_agent=ua)
+                       network=network, user_agent=ua, headers=headers)
 
 
 def test_thresholds_and_sources_from_toml(tmp_path: Path) -> None:
@@ -94,18 +103,27 @@ def test_request_judge_and_reviser(tmp_path: Path) -> None:
     s = load(None, environ={})
     judge = request_judge(s)
     verdict, reasons = judge(hit(1, 3600))
-    assert verdict == "human" and "browser" in [r.code for r in reasons]
+    assert verdict == "human" and "browser_navigation" in [r.code for r in reasons]
     mpp = hit(0, 5, ua="Mozilla/5.0", client="172.224.226.5", target="open",
               network="apple-mpp")
     verdict, reasons = judge(mpp)
     assert verdict == "machine" and reasons[0].code == "apple_mpp_prefetch"
-    # A scanner sweeping three links within a second: the first looked human on its own;
-    # the third is a burst already when answered (this process saw the other two); the
-    # reviser marks all three, and the delivery time adds its own reason.
-    sweep = [hit(1, 100), hit(2, 100.4), hit(3, 100.8)]
+    # A sandbox driving Firefox through three links within a second, without a person's
+    # click (no Sec-Fetch-User): machine from the first answer; the third is a burst
+    # already when answered (this process saw the other two); the reviser adds the burst
+    # to all three, the delivery time its own reason, and, the message having three
+    # links, that every one was followed in order.
+    robot = tuple((k, v) for k, v in FIREFOX_NAV if k != "sec-fetch-user")
+    sweep = [hit(1, 100, headers=robot), hit(2, 100.4, headers=robot),
+             hit(3, 100.8, headers=robot)]
     fresh = request_judge(s)
-    assert [fresh(h)[0] for h in sweep] == ["human", "human", "machine"]
-    revised = reviser_from(s)(sweep, T0 + timedelta(seconds=95))
+    answers = [fresh(h) for h in sweep]
+    assert [v for v, _ in answers] == ["machine"] * 3
+    assert "burst" in [r.code for r in answers[2][1]]
+    revised = reviser_from(s)(sweep, T0 + timedelta(seconds=95), 3)
     assert [v for v, _ in revised] == ["machine"] * 3
     codes = {r.code for _, rs in revised for r in rs}
-    assert {"burst", "soon_after_delivery"} <= codes
+    assert {"burst", "soon_after_delivery", "every_link", "programmatic_navigation"} <= codes
+    # People opening the same three links in tabs: the burst is noted, the verdict stays.
+    people = reviser_from(s)([hit(1, 100), hit(2, 100.4), hit(3, 100.8)], None, 10)
+    assert [v for v, _ in people] == ["human"] * 3

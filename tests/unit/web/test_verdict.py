@@ -45,10 +45,45 @@ def ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text)
 
 
-def hit(kind: str = "click", at: datetime = LATER, **kw: Any) -> Hit:
+# What each browser sends when a person follows a link from webmail (W3C Fetch Metadata,
+# WICG UA client hints, MDN's default Accept values): see trackmilter.navigation.
+CHROME_NAV = {
+    "sec-ch-ua": '"Google Chrome";v="120", "Chromium";v="120", "Not_A Brand";v="24"',
+    "sec-ch-ua-mobile": "?0", "sec-ch-ua-platform": '"Windows"',
+    "upgrade-insecure-requests": "1",
+    "accept": "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+              "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
+    "sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate", "sec-fetch-user": "?1",
+    "sec-fetch-dest": "document", "accept-language": "en-US,en;q=0.9",
+}
+SAFARI_NAV = {
+    "accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "sec-fetch-site": "cross-site", "sec-fetch-dest": "document",
+    "accept-language": "en-GB,en;q=0.9", "sec-fetch-mode": "navigate",
+}
+
+
+# A browser loading the pixel in a webmail page (an img element: no-cors, dest image).
+CHROME_IMG = {
+    "sec-ch-ua": CHROME_NAV["sec-ch-ua"], "sec-ch-ua-mobile": "?0",
+    "sec-ch-ua-platform": '"Windows"',
+    "accept": "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8",
+    "sec-fetch-site": "cross-site", "sec-fetch-mode": "no-cors", "sec-fetch-dest": "image",
+    "accept-language": "en-US,en;q=0.9",
+}
+
+
+def hit(kind: str = "click", at: datetime = LATER, *, bare: bool = False, **kw: Any) -> Hit:
+    """A request comes with its browser's headers (a person's) unless `bare`."""
     kw.setdefault("user_agent", CHROME)
     kw.setdefault("client", ip("198.51.100.7"))
     kw.setdefault("index", 1 if kind == "click" else 0)
+    if not bare:
+        if kind == "click":
+            nav = {CHROME: CHROME_NAV, SAFARI: SAFARI_NAV}.get(kw["user_agent"], {})
+        else:
+            nav = {CHROME: CHROME_IMG}.get(kw["user_agent"], {})
+        kw["headers"] = {**nav, **kw.get("headers", {})}
     return Hit(kind, at, **kw)  # type: ignore[arg-type]
 
 
@@ -65,7 +100,7 @@ def s(seconds: float) -> datetime:
     pytest.param(hit("open", user_agent=APPLE_MAIL, network="apple-mpp"), T0, "human",
                  ["mail_client"], id="apple-mail-own-fetch"),
     pytest.param(hit(user_agent=SAFARI, network="apple-mpp"), T0, "human",
-                 ["browser", "private_relay"], id="safari-click-via-private-relay"),
+                 ["browser_navigation", "private_relay"], id="safari-click-via-private-relay"),
     # Webmail image proxies fetch on display: probably a person.
     pytest.param(hit("open", user_agent=GMAIL, network="google"), T0, "human",
                  ["gmail_image_proxy"], id="gmail-proxy-open"),
@@ -77,8 +112,10 @@ def s(seconds: float) -> datetime:
                  ["scanner_user_agent", "scanner_network"], id="image-proxy-does-not-click"),
     pytest.param(hit("open", user_agent=GMAIL, network="microsoft"), T0, "machine",
                  ["scanner_network", "gmail_image_proxy"], id="gmail-ua-from-microsoft"),
-    pytest.param(hit("open", user_agent=GMAIL, at=s(8)), T0, "machine",
-                 ["soon_after_delivery", "gmail_image_proxy"], id="gmail-proxy-within-seconds"),
+    # A proxy fetching as the message is displayed, seconds after delivery: a person who
+    # was looking (the proxy is strong, the timing weak).
+    pytest.param(hit("open", user_agent=GMAIL, at=s(8)), T0, "human",
+                 ["gmail_image_proxy", "soon_after_delivery"], id="gmail-proxy-within-seconds"),
     # Real mail clients are people, whatever crawler lists say.
     pytest.param(hit(user_agent=OUTLOOK), T0, "human", ["mail_client"], id="outlook-desktop-click"),
     pytest.param(hit("open", user_agent=OUTLOOK_MSO), T0, "human", ["mail_client"],
@@ -87,25 +124,42 @@ def s(seconds: float) -> datetime:
                  id="thunderbird-open"),
     pytest.param(hit("open", user_agent=APPLE_MAIL), T0, "human", ["mail_client"],
                  id="apple-mail-open"),
-    # Browsers.
-    pytest.param(hit(), T0, "human", ["browser"], id="browser-click-two-hours-later"),
-    pytest.param(hit(), None, "human", ["browser"], id="browser-click-delivery-unknown"),
+    # Browsers: the request must be what the browser sends.
+    pytest.param(hit(), T0, "human", ["browser_navigation"], id="browser-click-two-hours-later"),
+    pytest.param(hit(), None, "human", ["browser_navigation"],
+                 id="browser-click-delivery-unknown"),
     pytest.param(hit(user_agent="Mozilla/5.0 (Linux; Android 13; CUBOT X30) AppleWebKit/537.36 "
-                 "(KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36"), T0, "human",
-                 ["browser"], id="cubot-phone-is-not-a-bot"),
+                 "(KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36",
+                 headers={**CHROME_NAV, "sec-ch-ua-platform": '"Android"'}), T0, "human",
+                 ["browser_navigation"], id="cubot-phone-is-not-a-bot"),
     pytest.param(hit(user_agent="SomeApp/1.0"), T0, "unknown", ["unrecognised_user_agent"],
                  id="unrecognised"),
+    pytest.param(hit(bare=True), T0, "machine", ["not_like_its_browser"],
+                 id="browser-ua-without-its-headers"),
+    pytest.param(hit(headers={"sec-fetch-user": ""}), T0, "machine",
+                 ["programmatic_navigation"], id="browser-navigating-without-a-click"),
+    pytest.param(hit(headers={"accept-language": ""}), T0, "machine", ["unusual_request"],
+                 id="browser-without-accept-language"),
     # Scanners, time, network.
     pytest.param(hit(at=s(4), network="microsoft"), T0, "machine",
-                 ["scanner_network", "soon_after_delivery", "browser"],
+                 ["scanner_network", "browser_navigation", "soon_after_delivery"],
                  id="safe-links-scan-after-delivery"),
-    pytest.param(hit(at=s(6)), T0, "machine", ["soon_after_delivery", "browser"],
+    # People click reset links within seconds: timing alone does not outweigh a request
+    # that is exactly a person's browser.
+    pytest.param(hit(at=s(6)), T0, "human", ["browser_navigation", "soon_after_delivery"],
+                 id="person-seconds-after-delivery"),
+    pytest.param(hit(at=s(6), bare=True), T0, "machine",
+                 ["not_like_its_browser", "soon_after_delivery"],
                  id="browser-ua-seconds-after-delivery"),
-    pytest.param(hit(at=s(-3)), T0, "machine", ["soon_after_delivery", "browser"],
+    pytest.param(hit("open", bare=True), T0, "machine", ["not_like_its_browser"],
+                 id="pixel-with-a-browser-ua-and-no-image-headers"),
+    pytest.param(hit("open"), T0, "human", ["browser"], id="pixel-in-a-webmail-page"),
+    pytest.param(hit(at=s(-3), headers={"sec-fetch-user": ""}), T0, "machine",
+                 ["programmatic_navigation", "soon_after_delivery"],
                  id="inline-gateway-before-the-250"),
-    pytest.param(hit(at=s(31)), T0, "human", ["browser"], id="just-outside-the-window"),
-    pytest.param(hit(network="proofpoint"), T0, "machine", ["scanner_network", "browser"],
-                 id="proofpoint-range-later"),
+    pytest.param(hit(at=s(31)), T0, "human", ["browser_navigation"], id="just-outside-the-window"),
+    pytest.param(hit(network="proofpoint"), T0, "machine",
+                 ["scanner_network", "browser_navigation"], id="proofpoint-range-later"),
     pytest.param(hit(user_agent="Barracuda Sentinel (EE)"), T0, "machine",
                  ["scanner_user_agent"], id="barracuda-sentinel"),
     pytest.param(hit(user_agent="Mozilla/5.0 (compatible; MicrosoftPreview/2.0; "
@@ -122,21 +176,20 @@ def s(seconds: float) -> datetime:
                  "+http://example.org/bot)"), T0, "machine", ["crawler_user_agent"],
                  id="self-declared-crawler"),
     # Method and intent.
-    pytest.param(hit(method="HEAD"), T0, "machine", ["head_request", "browser"], id="head"),
+    pytest.param(hit(method="HEAD"), T0, "machine", ["head_request", "browser_navigation"],
+                 id="head"),
     pytest.param(hit(headers={"sec-purpose": "prefetch"}), T0, "machine",
-                 ["prefetch_header", "browser"], id="sec-purpose-prefetch"),
+                 ["prefetch_header", "browser_navigation"], id="sec-purpose-prefetch"),
     pytest.param(hit(headers={"sec-purpose": "prefetch;prerender"}), T0, "machine",
-                 ["prefetch_header", "browser"], id="sec-purpose-prerender"),
+                 ["prefetch_header", "browser_navigation"], id="sec-purpose-prerender"),
     pytest.param(hit(headers={"purpose": "prefetch"}), T0, "machine",
-                 ["prefetch_header", "browser"], id="legacy-purpose"),
-    pytest.param(hit(headers={"x-purpose": "preview"}), T0, "machine",
-                 ["prefetch_header", "browser"], id="safari-x-purpose-preview"),
+                 ["prefetch_header", "browser_navigation"], id="legacy-purpose"),
+    pytest.param(hit(user_agent=SAFARI, headers={"x-purpose": "preview"}), T0, "machine",
+                 ["prefetch_header", "browser_navigation"], id="safari-x-purpose-preview"),
     pytest.param(hit(headers={"x-moz": "prefetch"}), T0, "machine",
-                 ["prefetch_header", "browser"], id="firefox-x-moz"),
-    pytest.param(hit(headers={"sec-fetch-mode": "navigate", "accept": "text/html"}), T0, "human",
-                 ["browser"], id="ordinary-navigation-headers"),
-    pytest.param(hit(honeypot=True, index=9), T0, "machine", ["honeypot", "browser"],
-                 id="honeypot"),
+                 ["prefetch_header", "browser_navigation"], id="firefox-x-moz"),
+    pytest.param(hit(honeypot=True, index=9), T0, "machine",
+                 ["honeypot", "browser_navigation"], id="honeypot"),
 ])
 def test_judge_one_hit(h: Hit, accepted: datetime | None, verdict: str, codes: list[str]) -> None:
     j = judge(h, Context(accepted))
@@ -165,7 +218,7 @@ def clicks(*spec: tuple[float, int, str]) -> list[tuple[str, Hit]]:
     return [(f"h{n}", hit(at=s(t), index=i, client=ip(c))) for n, (t, i, c) in enumerate(spec)]
 
 
-@pytest.mark.parametrize("hits, machine", [
+@pytest.mark.parametrize("hits, burst", [
     pytest.param(clicks((100, 1, "192.0.2.10"), (101, 2, "192.0.2.11"), (102, 3, "192.0.2.12"),
                         (103, 4, "192.0.2.13")), {"h0", "h1", "h2", "h3"},
                  id="four-links-in-3s-from-one-24"),
@@ -188,22 +241,28 @@ def clicks(*spec: tuple[float, int, str]) -> list[tuple[str, Hit]]:
                   ("o", hit("open", at=s(100.5), client=ip("192.0.2.10")))], set(),
                  id="opens-are-not-links"),
 ])
-def test_burst_on_rejudge(hits: list[tuple[str, Hit]], machine: set[str]) -> None:
-    got = rejudge(hits, accepted_at=None)
+def test_burst_on_rejudge(hits: list[tuple[str, Hit]], burst: set[str]) -> None:
+    got = rejudge(hits)
     assert [i for i, _ in got] == [i for i, _ in hits]
-    assert {i for i, j in got if j.verdict is Verdict.MACHINE} == machine
-    assert all("burst" in j.codes for i, j in got if i in machine)
-    assert all(j.verdict is Verdict.HUMAN for i, j in got if i not in machine)
+    assert {i for i, j in got if "burst" in j.codes} == burst
+    # A burst is weak evidence: these requests are each a person's browser navigation
+    # (someone opening links in tabs), which outweighs it.
+    assert all(j.verdict is Verdict.HUMAN for _, j in got)
+
+
+def test_burst_decides_when_the_request_does_not_speak_for_a_person() -> None:
+    """An unrecognised client sweeping links: the burst is the only leaning evidence."""
+    hits = [(n, hit(at=s(100 + n), index=n + 1, user_agent="SomeApp/1.0")) for n in range(3)]
+    assert {j.verdict for _, j in rejudge(hits)} == {Verdict.MACHINE}
 
 
 def test_burst_seen_later_marks_the_first_click() -> None:
     hits = clicks((100, 1, "192.0.2.10"), (101, 2, "192.0.2.77"), (102, 3, "192.0.2.10"),
                   (103, 4, "192.0.2.200"))
     first = hits[0][1]
-    # At answer time only the first click was known: a person, as far as anyone knew.
-    assert judge(first, Context(T0)).verdict is Verdict.HUMAN
+    # At answer time only the first click was known.
+    assert "burst" not in judge(first, Context(T0)).codes
     later = judge(first, Context(T0, [h for _, h in hits]))
-    assert later.verdict is Verdict.MACHINE
     assert [r.evidence for r in later.reasons if r.code == "burst"] == ["4 links in 3.0 s"]
 
 
@@ -246,7 +305,7 @@ def test_burst_evidence_matches_its_definition_on_random_clicks() -> None:
 def test_burst_groups_by_network_label() -> None:
     hits = [(n, hit(at=s(100 + n), index=n, client=ip(a), network="corp-proxy"))
             for n, a in enumerate(("192.0.2.1", "198.51.100.1", "203.0.113.1"))]
-    assert all(j.verdict is Verdict.MACHINE for _, j in rejudge(hits, None))
+    assert all("burst" in j.codes for _, j in rejudge(hits))
 
 
 def test_honeypot_marks_the_same_clients_other_hits() -> None:
@@ -256,33 +315,36 @@ def test_honeypot_marks_the_same_clients_other_hits() -> None:
         ("trap", hit(at=s(301), index=7, client=ip("192.0.2.11"), honeypot=True)),
         ("person", hit(at=LATER, index=1, client=ip("203.0.113.5"))),
     ]
-    got = dict(rejudge(hits, T0))
+    got = dict(rejudge(hits, Context(T0)))
     assert got["trap"].verdict is Verdict.MACHINE and "honeypot" in got["trap"].codes
     for name in ("open", "first"):
         assert got[name].verdict is Verdict.MACHINE
         assert got[name].codes[0] == "honeypot_client"
         assert got[name].reasons[0].evidence == "192.0.2.11"
-    assert got["person"] == Judgement(Verdict.HUMAN, (Reason("browser", "Chrome 120", Verdict.HUMAN),))
+    assert got["person"] == Judgement(Verdict.HUMAN, (
+        Reason("browser_navigation", "Chrome 120", Verdict.HUMAN, decided=True),))
 
 
 def test_rejudge_is_deterministic_and_order_free() -> None:
     hits = [*clicks((100, 1, "192.0.2.10"), (101, 2, "192.0.2.11"), (102, 3, "192.0.2.12"),
                     (7000, 1, "203.0.113.9")),
             ("mpp", hit("open", at=s(900), user_agent="Mozilla/5.0", network="apple-mpp"))]
-    expected = dict(rejudge(hits, T0))
+    expected = dict(rejudge(hits, Context(T0)))
     shuffled = hits[:]
     random.Random(4).shuffle(shuffled)
-    assert dict(rejudge(shuffled, T0)) == expected
-    assert dict(rejudge(hits, T0)) == expected
+    assert dict(rejudge(shuffled, Context(T0))) == expected
+    assert dict(rejudge(hits, Context(T0))) == expected
 
 
 def test_thresholds_are_honoured() -> None:
     strict = Thresholds(soon_after_delivery=timedelta(seconds=60), burst_links=2,
                         burst_window=timedelta(seconds=3), group_prefix_v4=16)
-    assert judge(hit(at=s(45)), Context(T0), strict).verdict is Verdict.MACHINE
+    app = hit(at=s(45), user_agent="SomeApp/1.0")
+    assert judge(app, Context(T0), strict).verdict is Verdict.MACHINE
+    assert judge(app, Context(T0)).verdict is Verdict.UNKNOWN
     two = clicks((100, 1, "192.0.2.10"), (102, 2, "192.0.200.1"))
-    assert {j.verdict for _, j in rejudge(two, None, strict)} == {Verdict.MACHINE}
-    assert {j.verdict for _, j in rejudge(two, None)} == {Verdict.HUMAN}
+    assert all("burst" in j.codes for _, j in rejudge(two, Context(), strict))
+    assert not any("burst" in j.codes for _, j in rejudge(two))
 
 
 def test_every_reason_has_an_honest_sentence() -> None:
@@ -293,7 +355,8 @@ def test_every_reason_has_an_honest_sentence() -> None:
     assert r.text.startswith("Apple Mail Privacy Protection prefetch")
     assert "whether or not it is read" in r.text
     assert reason_text("some_future_code", "42") == "some future code: 42"
-    assert r.record() == HitReason("apple_mpp_prefetch", "Mozilla/5.0 from apple-mpp", "machine")
+    assert r.record() == HitReason("apple_mpp_prefetch", "Mozilla/5.0 from apple-mpp", "machine",
+                                   "decisive")
     assert Reason("private_relay", "apple-mpp").record().leans == ""
 
 

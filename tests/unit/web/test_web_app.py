@@ -96,7 +96,8 @@ def test_click_redirects_to_the_signed_url_and_records_the_hit() -> None:
     assert (ev.target, ev.tracking_id, ev.index, ev.url) == ("click", TID, 3,
                                                              "https://shop.example.org/a?b=1")
     assert ev.client == "198.51.100.4" and ev.user_agent == "Mozilla/5.0 Firefox/128.0"
-    assert dict(ev.headers) == {"accept": "text/html"}  # cookies are not evidence
+    # Cookies are not evidence; the hit says which header set was kept (with client hints).
+    assert dict(ev.headers) == {"accept": "text/html", "x-trackmilter-kept": "2"}
     assert ev.at == NOW and ev.tracker == "t1" and ev.verdict == "unknown"
     assert metrics.registry.get_sample_value(
         "trackmilter_tracker_hits_total", {"target": "click", "verdict": "unknown"}) == 1
@@ -215,10 +216,11 @@ def test_truncation_applies_to_storage_not_to_the_verdict() -> None:
     assert judge.seen[0][0].client == "198.51.100.4"
     assert sink.events[0].client == "198.51.100.0/24"
     # Nothing else stored carries the whole address.
-    assert dict(sink.events[0].headers) == {"accept": "*/*"}
+    assert dict(sink.events[0].headers) == {"accept": "*/*", "x-trackmilter-kept": "2"}
     app, sink, _, _ = make_app()
     call(app, f"/c/{click_token()}", peer="127.0.0.1", headers=[("X-Forwarded-For", "198.51.100.4")])
-    assert dict(sink.events[0].headers) == {"x-forwarded-for": "198.51.100.4"}
+    assert dict(sink.events[0].headers) == {"x-forwarded-for": "198.51.100.4",
+                                            "x-trackmilter-kept": "2"}
     assert truncate(ipaddress.ip_address("2001:db8:1:2::5"), 24, 48) == "2001:db8:1::/48"
 
 
@@ -271,7 +273,7 @@ def test_head_pixel_gives_the_get_length_and_evidence_headers_are_bounded() -> N
     status, headers, body = call(app, f"/o/{Signer([KEY]).sign_open(TID)}", method="HEAD",
                                  headers=[("Accept", "x" * 5000), ("Accept", "y" * 5000)])
     assert status == 200 and body == b"" and headers["content-length"] == "43"
-    assert dict(sink.events[0].headers) == {"accept": "x" * 512}
+    assert dict(sink.events[0].headers) == {"accept": "x" * 512, "x-trackmilter-kept": "2"}
 
 
 def test_percent_encoded_base_path() -> None:

@@ -105,7 +105,7 @@ def test_hit_payload_carries_verdict_and_reasons() -> None:
     data = build_payload(HIT)["data"]
     assert data["verdict"] == "machine"
     assert data["reasons"] == [{"code": "safe_links", "evidence": "Microsoft",
-                                "leans": "machine"}]
+                                "leans": "machine", "weight": "", "decided": False}]
 
 
 def test_message_events_have_no_webhook() -> None:

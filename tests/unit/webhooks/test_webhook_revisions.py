@@ -27,7 +27,7 @@ def hit(n: int) -> HitRecorded:
                        reasons=(HitReason("browser", "Firefox", "human"),))
 
 
-def all_machine(hs: Sequence[HitRecorded], accepted: datetime | None
+def all_machine(hs: Sequence[HitRecorded], accepted: datetime | None, links: int = 0
                 ) -> list[tuple[str, tuple[HitReason, ...]]]:
     return [("machine", (HitReason("burst", "3 links", "machine"),)) for _ in hs]
 
