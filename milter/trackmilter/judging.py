@@ -10,6 +10,7 @@ import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from trackmilter.config import Settings
@@ -24,7 +25,7 @@ from trackmilter.verdict import (
     rejudge,
 )
 
-__all__ = ["KEPT_HEADER", "KEPT_VERSION", "RequestJudge", "Reviser", "hit_from_record", "parse_client", "request_judge",
+__all__ = ["KEPT_HEADER", "KEPT_VERSION", "RequestJudge", "RevisionCounter", "Reviser", "hit_from_record", "parse_client", "request_judge",
            "reviser_from", "thresholds_from"]
 
 Judged = tuple[str, tuple[HitReason, ...]]
@@ -143,3 +144,20 @@ def hit_from_record(record: HitRecorded, client: IPAddress | None = None) -> Hit
         network=record.network or None,
         headers=dict(record.headers), index=record.index, honeypot=record.honeypot,
         hints_kept=dict(record.headers).get(KEPT_HEADER, "") >= KEPT_VERSION)
+
+
+class RevisionCounter:
+    """A store write hook that counts the verdicts a revision changed, by target and new
+    verdict (trackmilter_tracker_verdict_revisions_total), in whichever process revises:
+    the tracker (hits stored later) or the log follower (a delivery time). A write that
+    rolls back is counted all the same, and again when it is retried: rare, and the count
+    is of revisions made, not of those that survived."""
+
+    def __init__(self, metrics: Any) -> None:
+        self._metrics = metrics
+
+    def written(self, conn: Any, events: Sequence[Any], now: datetime) -> None:
+        m = self._metrics
+        for ev in events:
+            if isinstance(ev, HitRecorded) and ev.revision:
+                m.child(m.verdict_revisions, ev.target, ev.verdict or "unknown").inc()

@@ -185,7 +185,8 @@ class Metrics:
         # tracker
         self.hits = Counter(
             "trackmilter_tracker_hits_total",
-            "Clicks and opens answered by the tracker, by the verdict given when answering",
+            "Clicks and opens answered by the tracker, by the verdict given when answering (the "
+            "first answer; later changes: trackmilter_tracker_verdict_revisions_total)",
             ["target", "verdict"],
             registry=r,
         )
@@ -226,7 +227,10 @@ class Metrics:
         )
         self.verdict_revisions = Counter(
             "trackmilter_tracker_verdict_revisions_total",
-            "Stored verdicts changed by later evidence (a burst, the delivery time)",
+            "Stored verdicts changed by later evidence (the delivery time, the message's other "
+            "hits and links), by target and the verdict given now; "
+            "trackmilter_tracker_hits_total counts the first answers",
+            ["target", "verdict"],
             registry=r,
         )
 

@@ -205,13 +205,26 @@ def _reason_text(reason: Mapping[str, Any]) -> str:
 
 
 def describe_hit(h: HitView) -> str:
-    """`opened — machine (Apple Mail Privacy Protection prefetch: …)`, `clicked link 2
-    (https://…) — human (…)`: the verdict with its reasons, never a bare "read"."""
+    """`clicked link 2 (https://…) — machine (the deciding reasons) [outweighed: …]
+    [also: …]`: the verdict with the reasons it rests on first, then the evidence that
+    pointed the other way and the rest, never a bare "read"."""
     what = "opened" if h.target == "open" else f"clicked link {h.index} ({h.url})"
-    reasons = "; ".join(_reason_text(r) for r in h.reasons)
-    text = f"{what} — {h.verdict or 'unknown'}"
-    if reasons:
-        text += f" ({reasons})"
+    verdict = h.verdict or "unknown"
+    text = f"{what} — {verdict}"
+    # Reasons stored before weights existed carry no `decided`: all of them are shown as
+    # they were, as the verdict's reasons.
+    marked = any(r.get("decided") for r in h.reasons)
+    deciding = [r for r in h.reasons if r.get("decided") or not marked]
+    rest = [r for r in h.reasons if marked and not r.get("decided")]
+    against = [r for r in rest if r.get("leans") and r.get("leans") != verdict
+               and verdict != "unknown"]
+    also = [r for r in rest if r not in against]
+    if deciding:
+        text += f" ({'; '.join(_reason_text(r) for r in deciding)})"
+    if against:
+        text += f" [outweighed: {'; '.join(_reason_text(r) for r in against)}]"
+    if also:
+        text += f" [also: {'; '.join(_reason_text(r) for r in also)}]"
     if len(h.history) > 1 and h.history[0].get("verdict") != h.verdict:
         text += f" [revised; first judged {h.history[0].get('verdict')}]"
     return text

@@ -308,9 +308,11 @@ def stored_state(config: Path, tids: Sequence[str]) -> tuple[list[Any], dict[str
     return rows, accepted
 
 
-def settled(config: Path, rows: Sequence[Any], accepted: Mapping[str, datetime]) -> list[str]:
+def settled(config: Path, rows: Sequence[Any], accepted: Mapping[str, datetime],
+            links: Mapping[str, int]) -> list[str]:
     """Hits whose stored verdict is not what the reviser gives on the stored evidence (the
-    revisions have not caught up yet); empty once settled."""
+    delivery time, the message's link count; the revisions have not caught up yet); empty
+    once settled."""
     from trackmilter import config as cfgmod
     from trackmilter.judging import reviser_from
     from trackmilter.model import HitReason, HitRecorded
@@ -328,7 +330,8 @@ def settled(config: Path, rows: Sequence[Any], accepted: Mapping[str, datetime])
             honeypot=r.honeypot, verdict=r.verdict, tracker=r.tracker,
             reasons=tuple(HitReason(x["code"], x.get("evidence", ""), x.get("leans", ""))
                           for x in r.reasons or ())) for r in rs]
-        for r, (verdict, reasons) in zip(rs, reviser(recs, accepted.get(tid)), strict=True):
+        judged = reviser(recs, accepted.get(tid), links.get(tid, 0))
+        for r, (verdict, reasons) in zip(rs, judged, strict=True):
             if verdict != r.verdict or [x.code for x in reasons] != [
                     x["code"] for x in r.reasons or ()]:
                 behind.append(r.hit_id)
@@ -407,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             state["rows"], state["accepted"] = rows, accepted
             if len(rows) < total - len(failed) or len(accepted) < len(by_tid):
                 return None
-            behind = settled(rig.config, rows, accepted)
+            behind = settled(rig.config, rows, accepted,
+                             {tid: sc.links for tid, sc in by_tid.items()})
             state["behind"] = behind
             return True if not behind else None
 

@@ -427,7 +427,8 @@ def _replay(data: ScenarioSet, workdir: Path) -> Replay:
                                        f"{len(sink.events) - before} hits recorded")
                 recorded[i] = sink.events[-1]
             stored = [recorded[i] for i in order]  # as the store reads them: by time
-            revised = reviser(stored, delivered)
+            # As the store revises: with the delivery time and the message's link count.
+            revised = reviser(stored, delivered, scenario.links)
             final = dict(zip(order, revised, strict=True))
             for i, hit in enumerate(scenario.hits):
                 first = recorded[i]

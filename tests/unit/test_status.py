@@ -238,3 +238,19 @@ def test_hits_are_shown_with_verdicts_and_never_as_reads() -> None:
     assert none["engagement"]["attributed_to"] is None
     assert "no open signal (images blocked or plain text): unknown" in (
         none["engagement"]["summary"])
+
+
+def test_a_hit_shows_the_deciding_reasons_first_and_what_it_outweighed() -> None:
+    hits = [{"target": "click", "at": "t4", "index": 1, "url": "https://x.example/",
+             "verdict": "machine", "history": [{"verdict": "machine"}],
+             "reasons": [{"code": "not_like_its_browser", "evidence": "no Sec-Fetch-* headers",
+                          "leans": "machine", "weight": "decisive", "decided": True},
+                         {"code": "soon_after_delivery", "evidence": "+3 s",
+                          "leans": "machine", "weight": "weak", "decided": False},
+                         {"code": "browser", "evidence": "Chrome 131", "leans": "human",
+                          "weight": "weak", "decided": False}]}]
+    text = render([_msg(hits=hits, rewritten=True)])
+    line = next(ln for ln in text.splitlines() if "clicked link 1" in ln)
+    assert line.index("cannot come from the browser") < line.index("[outweighed: A web browser")
+    assert "[also: Within seconds of the receiving server" in line
+    assert "(A web browser" not in line  # never "machine (…; a browser)"

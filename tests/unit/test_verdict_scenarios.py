@@ -111,7 +111,6 @@ def test_the_replay_judges_every_hit(data: ScenarioSet, result: Replay) -> None:
     assert "ALL" in report and "hard5-time-of-click" in report
 
 
-@pytest.mark.xfail(strict=True, reason="evidence model not built yet")
 @pytest.mark.parametrize("answer", ["first", "final"])
 def test_the_verdicts_meet_the_targets(result: Replay, answer: str) -> None:
     """Issue 14: machine precision >= 0.95, machine recall >= 0.90, people kept >= 0.95."""

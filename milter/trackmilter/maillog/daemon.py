@@ -18,7 +18,7 @@ from trackmilter.follow import (
     read_stream,
     warn_lost,
 )
-from trackmilter.judging import reviser_from
+from trackmilter.judging import RevisionCounter, reviser_from
 from trackmilter.logging import get_logger
 from trackmilter.maillog.parse import LineParser
 from trackmilter.maillog.queues import MAX_REMEMBERED, Queues, QueueStateError, received_ids
@@ -227,7 +227,8 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     log = get_logger(component="maillog")
     metrics = Metrics()
     # With a reviser: a delivery time stored after the tracker's hits revises their verdicts.
-    store = store_from(settings, hooks=hooks, reviser=reviser_from(settings))
+    store = store_from(settings, hooks=(*hooks, RevisionCounter(metrics)),
+                       reviser=reviser_from(settings))
     # Its own spool directory: two processes must never append to the same segments.
     writer = BatchWriter.configured(store, settings.store.spool_dir / "maillog", metrics,
                                     settings.store, logger=log)

@@ -73,8 +73,7 @@ class RevisionQueue:
                     self._pending.setdefault(tid, (now, now))
             return 0
         self._failing = False
-        if changed:
-            self._metrics.verdict_revisions.inc(changed)
+        if changed:  # counted by judging.RevisionCounter, a hook of the store
             self._log.info("verdicts_revised", messages=len(tids), changed=changed)
         return changed
 

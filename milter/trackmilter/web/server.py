@@ -12,7 +12,7 @@ from typing import Any
 from trackmilter.config import Settings
 from trackmilter.config import load as load_settings
 from trackmilter.daemon import StartupError, store_from
-from trackmilter.judging import request_judge, reviser_from
+from trackmilter.judging import RevisionCounter, request_judge, reviser_from
 from trackmilter.lifecycle import Deadline
 from trackmilter.logging import configure as configure_logging
 from trackmilter.logging import get_logger
@@ -87,7 +87,8 @@ def build(settings: Settings, metrics: Metrics, *, hooks: Sequence[WriteHook],
         raise StartupError("[tracking] base_url is empty: the tracker has no URLs to answer")
     signer = Signer.from_file(t.secret_file)
     log = get_logger(component="web")
-    store = store_from(settings, hooks=hooks, reviser=reviser_from(settings))
+    store = store_from(settings, hooks=(*hooks, RevisionCounter(metrics)),
+                       reviser=reviser_from(settings))
     s = settings.store
     spool, _lock = claim_spool(s.spool_dir, spool_prefix)
     revisions = RevisionQueue(store, metrics, log)

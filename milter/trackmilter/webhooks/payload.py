@@ -81,6 +81,9 @@ def build_payload(ev: Event) -> dict[str, Any]:
     """The JSON object POSTed for one event: envelope fields plus the event as stored."""
     data = ev.to_dict()
     data.pop("kind", None)
+    if isinstance(ev, HitRecorded):
+        # The verdict given when the hit was answered, or one a revision changed it to.
+        data["answer"] = "revised" if ev.revision else "first"
     at = data.get("at", "")
     return {
         "id": event_id(ev),

@@ -127,3 +127,21 @@ def test_request_judge_and_reviser(tmp_path: Path) -> None:
     # People opening the same three links in tabs: the burst is noted, the verdict stays.
     people = reviser_from(s)([hit(1, 100), hit(2, 100.4), hit(3, 100.8)], None, 10)
     assert [v for v, _ in people] == ["human"] * 3
+
+
+def test_revisions_are_counted_by_target_and_new_verdict() -> None:
+    import dataclasses
+
+    from trackmilter.judging import RevisionCounter
+    from trackmilter.metrics import Metrics
+
+    metrics = Metrics()
+    counter = RevisionCounter(metrics)
+    first = hit(1, 10)
+    revised = dataclasses.replace(first, verdict="machine", revision=2)
+    counter.written(None, [first, revised, dataclasses.replace(revised, hit_id="h9")], T0)
+    get = metrics.registry.get_sample_value
+    assert get("trackmilter_tracker_verdict_revisions_total",
+               {"target": "click", "verdict": "machine"}) == 2
+    assert get("trackmilter_tracker_verdict_revisions_total",
+               {"target": "click", "verdict": "human"}) is None
