@@ -11,12 +11,14 @@ engine runs when it does (for the daemon's start-up log).
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
 __all__ = ["ENGINE", "ENV", "NOTE", "extension"]
 
 ENV = "TRACKMILTER_ENGINE"
+_NAME = "trackmilter.rewrite._native"
 
 
 def _load() -> tuple[ModuleType | None, str | None]:
@@ -25,14 +27,14 @@ def _load() -> tuple[ModuleType | None, str | None]:
     if wanted == "python":
         return None, f"{ENV}=python"
     try:
-        from trackmilter.rewrite import _native
+        module = importlib.import_module(_NAME)
     except ImportError as exc:
         if wanted == "native":
             raise ImportError(f"{ENV}=native but the native engine cannot be loaded: {exc}") from exc
         return None, f"native engine not available ({exc}); running the Python engine"
     if wanted not in ("auto", "native"):
         return None, f"{ENV}={wanted!r} is not python, native or auto: running the Python engine"
-    return _native, None
+    return module, None
 
 
 _module, NOTE = _load()
@@ -48,7 +50,6 @@ def try_extension() -> ModuleType | None:
     """The extension whatever the environment says (None when it cannot be imported): for
     the differential tests and the benchmark, which run both engines side by side."""
     try:
-        from trackmilter.rewrite import _native
+        return importlib.import_module(_NAME)
     except ImportError:
         return None
-    return _native

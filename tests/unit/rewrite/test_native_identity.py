@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -265,3 +267,38 @@ def test_qp_splice_on_one_long_line(eol: bytes) -> None:
     want = transfer.qp_splice(raw, decoded, edits, eol)
     assert want is not None
     assert NATIVE.qp_splice(raw, decoded, edits, eol) == want
+
+
+def test_install_without_a_compiler_runs_the_python_engine(tmp_path: Path) -> None:
+    """The extension is optional: with no working C compiler the wheel builds without it,
+    and the installed trackmilter rewrites on the Python engine and says why."""
+    root = Path(__file__).resolve().parents[3]
+    tree = tmp_path / "src"
+    tree.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, tree / name)
+    shutil.copytree(root / "milter", tree / "milter",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.egg-info"))
+    env = {**os.environ, "CC": "/bin/false", "PIP_NO_INPUT": "1"}
+    env.pop(native.ENV, None)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist"), str(tree)],
+                   env=env, check=True, capture_output=True, timeout=600)
+    (wheel,) = (tmp_path / "dist").glob("trackmilter-*.whl")
+    assert not [n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".so")]
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(target), str(wheel)], env=env, check=True, capture_output=True, timeout=600)
+    code = ("import trackmilter\n"
+            f"assert trackmilter.__file__.startswith({str(target)!r}), trackmilter.__file__\n"
+            "from trackmilter.rewrite import native, rewrite_message, RewriteOptions\n"
+            "r = rewrite_message('text/html', None, b'<a href=\"http://a.example/\">a</a>',"
+            " lambda i, u: 'https://t.example/c/1', None, RewriteOptions())\n"
+            "print(native.ENGINE); print(r.body.decode()); print(native.NOTE)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(target)}, capture_output=True,
+                          text=True, timeout=60, check=True)
+    engine_name, body, note = proc.stdout.splitlines()
+    assert engine_name == "python"
+    assert body == '<a href="https://t.example/c/1">a</a>'
+    assert "No module named 'trackmilter.rewrite._native'" in note
