@@ -62,6 +62,8 @@ class TrackingSettings:
     optout_attribute: str = "data-notrack"
     header: str = "X-Trackmilter-ID"
     read_receipts: bool = False
+    # A test lab's switch: let the milter rewrite links to a reserved example domain.
+    allow_reserved_base_url: bool = False
 
 
 @dataclass(frozen=True)
@@ -494,6 +496,7 @@ SCHEMA: dict[str, tuple[type[Any], dict[str, Callable[[Any], Any]]]] = {
             "optout_attribute": _str,
             "header": _header_name,
             "read_receipts": _bool,
+            "allow_reserved_base_url": _bool,
         },
     ),
     "database": (DatabaseSettings, {"url": _db_url, "statement_timeout": _seconds_or_zero}),

@@ -8,13 +8,14 @@ maillog, web, edge, webhooks) and the command line use it, it uses none of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 from typing import TYPE_CHECKING
 
 from trackmilter.config import Settings
 from trackmilter.store.base import WriteHook
 from trackmilter.store.hits import Reviser
 from trackmilter.store.sql import SQLStore
-from trackmilter.tokens import Signer
+from trackmilter.tokens import KeyFileError, Signer
 
 if TYPE_CHECKING:
     from trackmilter.metrics import Metrics
@@ -42,12 +43,38 @@ def start_metrics(listen: str, metrics: Metrics) -> None:
         raise StartupError(f"[metrics] listen = {listen!r}: {exc.strerror}") from exc
 
 
+# Names that can never be a tracker of yours: RFC 2606 §2-3 (the .example, .test, .invalid
+# and .localhost top-level names; example.com, .net, .org), RFC 6761 §6.
+_RESERVED_TLDS = ("example", "test", "invalid", "localhost")
+_RESERVED_DOMAINS = ("example.com", "example.net", "example.org")
+
+
+def reserved_host(host: str) -> bool:
+    """A documentation or test name: mail with links there would point nowhere you own."""
+    h = host.lower().rstrip(".")
+    return h.rpartition(".")[2] in _RESERVED_TLDS or any(
+        h == d or h.endswith("." + d) for d in _RESERVED_DOMAINS)
+
+
 def load_signer(settings: Settings) -> Signer | None:
-    """The tracking key set, or None when [tracking] base_url is empty (tracking off)."""
+    """The tracking key set, or None when [tracking] base_url is empty (tracking off).
+
+    Refuses (StartupError, naming the key) a base_url on a reserved example domain — the
+    milter would rewrite real mail's links to a host nobody owns — unless [tracking]
+    allow_reserved_base_url says this is a test lab, and a key file it cannot use."""
     t = settings.tracking
     if not t.base_url:
         return None
-    return Signer.from_file(t.secret_file)
+    host = urlsplit(t.base_url).hostname or ""
+    if reserved_host(host) and not t.allow_reserved_base_url:
+        raise StartupError(
+            f"[tracking] base_url = {t.base_url!r} is a reserved example domain (RFC 2606): "
+            "the links in your mail would point to a host nobody owns. Set it to your "
+            "tracker's public URL (or leave it empty to record without rewriting)")
+    try:
+        return Signer.from_file(t.secret_file)
+    except KeyFileError as exc:
+        raise StartupError(f"[tracking] secret_file = {str(t.secret_file)!r}: {exc}") from exc
 
 
 def store_from(settings: Settings, *, hooks: Sequence[WriteHook] = (),

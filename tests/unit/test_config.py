@@ -29,7 +29,31 @@ def test_defaults_without_file() -> None:
 def test_shipped_example_loads() -> None:
     s = load(REPO / "conf" / "trackmilter.toml", environ={})
     assert s.milter.socket == "unix:/var/spool/postfix/trackmilter/milter.sock"
-    assert s.tracking.base_url == "https://t.example.com"
+    # Shipped empty: record-only until the admin names the tracker (never an example domain).
+    assert s.tracking.base_url == ""
+
+
+def test_the_milter_refuses_a_reserved_example_domain(tmp_path: Path) -> None:
+    from trackmilter.daemon import StartupError, load_signer, reserved_host
+
+    for host in ("t.example.com", "example.org", "t.example", "mail.test", "x.invalid",
+                 "localhost", "T.EXAMPLE.NET."):
+        assert reserved_host(host), host
+    for host in ("t.example.de", "myexample.com", "examples.org", "t.shop.example.co.uk"):
+        assert not reserved_host(host), host
+    key = tmp_path / "secret"
+    key.write_text("k" * 32 + "\n")
+    cfg = tmp_path / "tm.toml"
+    cfg.write_text(f'[tracking]\nbase_url = "https://t.example.com"\nsecret_file = "{key}"\n')
+    with pytest.raises(StartupError, match=r"\[tracking\] base_url = 'https://t.example.com' "
+                       "is a reserved example domain"):
+        load_signer(load(cfg, environ={}))
+    lab = load(cfg, environ={"TRACKMILTER_TRACKING_ALLOW_RESERVED_BASE_URL": "true"})
+    assert load_signer(lab) is not None
+    gone = load(cfg, environ={"TRACKMILTER_TRACKING_BASE_URL": "https://t.shop.test.de",
+                              "TRACKMILTER_TRACKING_SECRET_FILE": str(tmp_path / "none")})
+    with pytest.raises(StartupError, match=r"\[tracking\] secret_file = .*none.*cannot read"):
+        load_signer(gone)
 
 
 def test_file_values(tmp_path: Path) -> None:
