@@ -853,25 +853,28 @@ static PyObject *qp_decode_bytes(bptr d, Py_ssize_t n)
 static const char HEX[] = "0123456789ABCDEF";
 
 /* binascii.b2a_qp(data, quotetabs=False, istext=istext, header=False), written anew: the
- * same bytes for every input. o must hold qp_encode_bound(n) bytes. */
-static Py_ssize_t qp_encode_bound(Py_ssize_t n)
-{
-    /* a byte gives at most a soft break (3) and an escape (3), or a line break (2) after
-     * a re-escaped space (2) */
-    return n > (PY_SSIZE_T_MAX - 8) / 6 ? -1 : 6 * n + 8;
-}
-
+ * same bytes for every input. With o == NULL it only counts them (the output is sized
+ * exactly, as binascii sizes it: a 1 MB part never costs a 6 MB scratch buffer). */
 static Py_ssize_t qp_encode_into(bptr d, Py_ssize_t n, int istext, unsigned char *o)
 {
     const unsigned char *lf = memchr(d, '\n', (size_t)n);
     int crlf = lf != NULL && lf > d && lf[-1] == '\r';
     Py_ssize_t in = 0, out = 0, linelen = 0;
+    unsigned char prev = 0; /* the last byte written (out > 0) */
+#define PUT(ch)                                                                            \
+    do {                                                                                   \
+        unsigned char put_ = (unsigned char)(ch);                                          \
+        if (o != NULL)                                                                     \
+            o[out] = put_;                                                                 \
+        out++;                                                                             \
+        prev = put_;                                                                       \
+    } while (0)
 #define SOFT_BREAK()                                                                       \
     do {                                                                                   \
-        o[out++] = '=';                                                                    \
+        PUT('=');                                                                          \
         if (crlf)                                                                          \
-            o[out++] = '\r';                                                               \
-        o[out++] = '\n';                                                                   \
+            PUT('\r');                                                                     \
+        PUT('\n');                                                                         \
         linelen = 0;                                                                       \
     } while (0)
     while (in < n) {
@@ -884,46 +887,52 @@ static Py_ssize_t qp_encode_into(bptr d, Py_ssize_t n, int istext, unsigned char
             (c < 33 && c != '\r' && c != '\n' && c != '\t' && c != ' ')) {
             if (linelen + 3 >= QP_MAX)
                 SOFT_BREAK();
-            o[out++] = '=';
-            o[out++] = (unsigned char)HEX[c >> 4];
-            o[out++] = (unsigned char)HEX[c & 15];
+            PUT('=');
+            PUT(HEX[c >> 4]);
+            PUT(HEX[c & 15]);
             linelen += 3;
             in++;
         } else if (istext && (c == '\n' || (!last && c == '\r' && d[in + 1] == '\n'))) {
             linelen = 0;
-            if (out > 0 && (o[out - 1] == ' ' || o[out - 1] == '\t')) {
-                unsigned char ws = o[out - 1];
-                o[out - 1] = '=';
-                o[out++] = (unsigned char)HEX[ws >> 4];
-                o[out++] = (unsigned char)HEX[ws & 15];
+            if (out > 0 && (prev == ' ' || prev == '\t')) {
+                /* white space before a line break is escaped */
+                unsigned char ws = prev;
+                out--;
+                PUT('=');
+                PUT(HEX[ws >> 4]);
+                PUT(HEX[ws & 15]);
             }
             if (crlf)
-                o[out++] = '\r';
-            o[out++] = '\n';
+                PUT('\r');
+            PUT('\n');
             in += c == '\r' ? 2 : 1;
         } else {
             if (!last && d[in + 1] != '\n' && linelen + 1 >= QP_MAX)
                 SOFT_BREAK();
             linelen++;
-            o[out++] = c;
+            PUT(c);
             in++;
         }
     }
 #undef SOFT_BREAK
+#undef PUT
     return out;
 }
 
 static PyObject *qp_encode_bytes(bptr d, Py_ssize_t n, int istext)
 {
-    Py_ssize_t bound = qp_encode_bound(n);
-    if (bound < 0)
+    if (n > PY_SSIZE_T_MAX / 8)
         return PyErr_NoMemory();
-    unsigned char *buf = PyMem_Malloc((size_t)bound);
-    if (buf == NULL)
-        return PyErr_NoMemory();
-    Py_ssize_t len = qp_encode_into(d, n, istext, buf);
-    PyObject *res = PyBytes_FromStringAndSize((const char *)buf, len);
-    PyMem_Free(buf);
+    Py_ssize_t len = qp_encode_into(d, n, istext, NULL);
+    PyObject *res = PyBytes_FromStringAndSize(NULL, len);
+    if (res == NULL)
+        return NULL;
+    Py_ssize_t written = qp_encode_into(d, n, istext, (unsigned char *)PyBytes_AS_STRING(res));
+    if (written != len) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_SystemError, "qp_encode: sizing and encoding disagree");
+        return NULL;
+    }
     return res;
 }
 
