@@ -51,6 +51,18 @@ def _settings(ctx: click.Context, *, logs: bool = True) -> Settings:
     return settings
 
 
+def _remember_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["config_path"] = value
+
+
+def _config_here(f: Any) -> Any:
+    """`--config` accepted after the command too (`trackmilter status --config X ID`)."""
+    return click.option("--config", type=click.Path(path_type=Path), expose_value=False,
+                        callback=_remember_config, is_eager=True,
+                        help="TOML configuration file (as before the command).")(f)
+
+
 @click.group()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), envvar="TRACKMILTER_CONFIG",
               help="TOML configuration file (default /etc/trackmilter/trackmilter.toml if present).")
@@ -62,6 +74,7 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 
 
 @main.command()
+@_config_here
 @click.pass_context
 def milter(ctx: click.Context) -> None:
     """Run the milter daemon (Postfix smtpd_milters / Sendmail INPUT_MAIL_FILTER)."""
@@ -81,6 +94,7 @@ def milter(ctx: click.Context) -> None:
 
 @main.command()
 @click.argument("path", required=False)
+@_config_here
 @click.pass_context
 def maillog(ctx: click.Context, path: str | None) -> None:
     """Follow the MTA's delivery log and record, per recipient, what the next server said.
@@ -107,6 +121,7 @@ def maillog(ctx: click.Context, path: str | None) -> None:
 
 
 @main.command()
+@_config_here
 @click.pass_context
 def web(ctx: click.Context) -> None:
     """Run the tracker: the click and pixel URLs under [tracking] base_url, /healthz,
@@ -132,6 +147,7 @@ def web(ctx: click.Context) -> None:
 
 
 @main.command()
+@_config_here
 @click.pass_context
 def edge(ctx: click.Context) -> None:
     """Store the hits nginx answered itself (conf/nginx/trackmilter-edge.conf): follow its
@@ -163,6 +179,7 @@ def _multiprocess_metrics(directory: Path) -> None:
 @main.command()
 @click.option("--older-than", "days", type=click.IntRange(min=1),
               help="Days to keep (default: [privacy] retention_days).")
+@_config_here
 @click.pass_context
 def purge(ctx: click.Context, days: int | None) -> None:
     """Delete messages, their timelines and tracker hits older than the retention period."""
@@ -183,7 +200,7 @@ def purge(ctx: click.Context, days: int | None) -> None:
     try:
         # No statement bound: deleting months of a large store may take longer than one
         # of the daemons' statements may; it runs by hand or from a timer.
-        store = store_from(settings, statement_timeout=0)
+        store = store_from(settings, statement_timeout=0, existing=True)
         try:
             counts = store.purge(before)
         finally:
@@ -196,6 +213,7 @@ def purge(ctx: click.Context, days: int | None) -> None:
 
 
 @main.command()
+@_config_here
 @click.pass_context
 def webhooks(ctx: click.Context) -> None:
     """Deliver stored events to the [webhooks] endpoints: signed POSTs from a durable outbox,
@@ -218,6 +236,7 @@ def networks() -> None:
 
 
 @networks.command("refresh")
+@_config_here
 @click.pass_context
 def networks_refresh(ctx: click.Context) -> None:
     """Download every source that has a url (needs internet; run it daily from a timer).
@@ -236,6 +255,7 @@ def networks_refresh(ctx: click.Context) -> None:
 
 
 @networks.command("check")
+@_config_here
 @click.pass_context
 def networks_check(ctx: click.Context) -> None:
     """Parse every configured list and say how many ranges each holds."""
@@ -261,24 +281,34 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@_config_here
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the schema of [database] url to the current version."""
-    from trackmilter.store import StoreError, upgrade
+    from trackmilter.store import StoreError, current_revision, head_revision, upgrade
 
     ctx.ensure_object(dict)["cli"] = True
     settings = _settings(ctx)
+    url = settings.database.url
     try:
-        upgrade(settings.database.url)
+        before = current_revision(url)
+        upgrade(url)
+        after = current_revision(url)
     except StoreError as exc:
         click.echo(f"trackmilter db upgrade: {exc}", err=True)
         ctx.exit(1)
-    click.echo("database schema is up to date")
+    if before is None:
+        click.echo(f"created the database schema (revision {after})")
+    elif before != after:
+        click.echo(f"upgraded the database schema from revision {before} to {after}")
+    else:
+        click.echo(f"the database schema is up to date (revision {head_revision()})")
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.argument("ident")
+@_config_here
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, ident: str) -> None:
     """Show what is known about a message: IDENT is a tracking id, Message-ID, queue id or
@@ -290,7 +320,7 @@ def status(ctx: click.Context, as_json: bool, ident: str) -> None:
     ctx.ensure_object(dict)["cli"] = True
     settings = _settings(ctx, logs=False)
     try:
-        store = store_from(settings)
+        store = store_from(settings, existing=True)
         try:
             views = store.lookup(ident)
         finally:
@@ -314,6 +344,7 @@ def status(ctx: click.Context, as_json: bool, ident: str) -> None:
 @click.option("--header", "headers", multiple=True, metavar="NAME=VALUE",
               help="Only messages with this header (one of [milter] record_headers).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_config_here
 @click.pass_context
 def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...],
            as_json: bool) -> None:
@@ -339,7 +370,7 @@ def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...]
                    "[milter] record_headers: no message will match", err=True)
     try:
         # No statement bound: a report scans the whole period, however long that takes.
-        store = store_from(settings, statement_timeout=0)
+        store = store_from(settings, statement_timeout=0, existing=True)
         try:
             total = store.count_messages(start, sender)
             with click.progressbar(length=total, label="scanning", file=sys.stderr,

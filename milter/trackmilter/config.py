@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
@@ -256,7 +257,10 @@ def _int(v: Any) -> int:
     if isinstance(v, int):
         n = v
     elif isinstance(v, str):
-        n = int(v.strip())
+        try:
+            n = int(v.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {v!r}") from None
     else:
         raise ValueError(f"expected an integer, got {type(v).__name__}")
     if n < 0:
@@ -620,6 +624,10 @@ def build(data: Mapping[str, Any], where: str, env: Mapping[str, str]) -> Settin
     for name in env:
         if name.startswith(ENV_PREFIX) and _env_target(name) is None:
             raise ConfigError(f"environment: unknown setting {name}")
+        near = _near_section(name) if name.startswith(ENV_PREFIX) else None
+        if near:
+            raise ConfigError(f"environment: unknown setting {name}: did you mean "
+                              f"{ENV_PREFIX}{near.upper()}_…?")
 
     sections: dict[str, Any] = {}
     for section, (cls, keys) in SCHEMA.items():
@@ -638,6 +646,19 @@ def build(data: Mapping[str, Any], where: str, env: Mapping[str, str]) -> Settin
                 raise ConfigError(f"{origin}: {exc}") from exc
         sections[section] = cls(**values)
     return Settings(**sections, source=where)
+
+
+def _near_section(name: str) -> str | None:
+    """The section a TRACKMILTER_* variable naming none of ours was probably meant for
+    (TRACKMILTER_MILTR_SOCKET: milter), so a typo is an error, not silently ignored;
+    None for variables that are not configuration (TRACKMILTER_CONFIG, TRACKMILTER_ENGINE,
+    a test suite's own)."""
+    rest = name[len(ENV_PREFIX):].lower()
+    if any(rest.startswith(section + "_") for section in SCHEMA):
+        return None
+    head = rest.split("_", 1)[0]
+    close = difflib.get_close_matches(head, list(SCHEMA), n=1, cutoff=0.8)
+    return close[0] if close and "_" in rest else None
 
 
 def _env_target(name: str) -> tuple[str, str] | None:

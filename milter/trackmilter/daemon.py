@@ -8,11 +8,12 @@ maillog, web, edge, webhooks) and the command line use it, it uses none of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from trackmilter.config import Settings
-from trackmilter.store.base import WriteHook
+from trackmilter.store.base import StoreConfigError, WriteHook
+from trackmilter.store.engine import check_sqlite_directory, parse_url, sqlite_path
 from trackmilter.store.hits import Reviser
 from trackmilter.store.sql import SQLStore
 from trackmilter.tokens import KeyFileError, Signer
@@ -79,14 +80,26 @@ def load_signer(settings: Settings) -> Signer | None:
 
 def store_from(settings: Settings, *, hooks: Sequence[WriteHook] = (),
                reviser: Reviser | None = None,
-               statement_timeout: float | None = None) -> SQLStore:
+               statement_timeout: float | None = None,
+               existing: bool = False) -> SQLStore:
     """The store of [database] url, as every daemon and command opens it.
 
     `hooks`: called in each write transaction (the webhook outbox, trackmilter.wiring);
     `reviser`: judges a message's tracker hits again when its delivery time is stored
     (trackmilter.judging.reviser_from); `statement_timeout`: seconds, 0 for none, default
-    [database] statement_timeout. Creating it does not connect.
+    [database] statement_timeout. Creating it does not connect, but a SQLite file that
+    could never be written (no directory, no permission) is refused now, with its path
+    (StoreConfigError): that is a configuration error, not an outage to spool through.
+    `existing`: the read-only commands' case: a SQLite file must exist (connecting would
+    create an empty one and report nothing recorded).
     """
+    parsed = parse_url(settings.database.url)
+    path = sqlite_path(parsed)
+    if existing and path is not None and not path.exists():
+        raise StoreConfigError(f"no database at {path} ([database] url): run `trackmilter "
+                               "db upgrade` there, or point --config at the right file")
+    if not existing:
+        check_sqlite_directory(parsed)
     bound = settings.database.statement_timeout if statement_timeout is None \
         else statement_timeout
     return SQLStore(settings.database.url, hooks=hooks, reviser=reviser,
