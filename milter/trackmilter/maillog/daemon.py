@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -20,6 +20,7 @@ from trackmilter.follow import (
 )
 from trackmilter.judging import RevisionCounter, reviser_from
 from trackmilter.logging import get_logger
+from trackmilter.maillog.journal import JournalLines, load_cursor, save_cursor
 from trackmilter.maillog.parse import LineParser
 from trackmilter.maillog.queues import MAX_REMEMBERED, Queues, QueueStateError, received_ids
 from trackmilter.maillog.records import (
@@ -42,12 +43,20 @@ __all__ = [
     "bad_line_logger",
     "consume",
     "follow_file",
+    "follow_stream",
+    "journal_lines",
     "restore_queues",
     "run",
 ]
 
 # How much of a line that could not be handled goes into the log.
 MAX_LOGGED_CHARS = 300
+# Malformed journal lines logged one by one before only every LOG_MALFORMED_EVERY-th is
+# (all are counted): a stream of json-pretty output would otherwise log every line.
+LOG_MALFORMED_FIRST = 20
+LOG_MALFORMED_EVERY = 1000
+# What an administrator runs to go on after the saved cursor (see the README).
+RESUME_COMMAND = "journalctl -f -o json -u 'postfix@*' --after-cursor='{cursor}'"
 
 KINDS: frozenset[RecordType] = frozenset({Delivery, MessageExpired, MessageRemoved})
 
@@ -167,6 +176,58 @@ def consume(block: str, parser: LineParser, queues: Queues, sink: Sink,
     return sum(counts.values())
 
 
+def journal_lines(log: Any, metrics: Metrics) -> JournalLines:
+    """A JournalLines whose malformed lines are counted as unparsed and logged with the
+    reason (the first LOG_MALFORMED_FIRST, then one in LOG_MALFORMED_EVERY), and which
+    says once that `journalctl -o cat` output cannot be read."""
+
+    def malformed(line: str, reason: str) -> None:
+        metrics.maillog_unparsed.inc()
+        n = journal.malformed
+        if n <= LOG_MALFORMED_FIRST or n % LOG_MALFORMED_EVERY == 0:
+            log.warning("maillog_line_failed", stage="journal", reason=reason,
+                        line=_cut(line), malformed_so_far=n)
+
+    def cat(line: str) -> None:
+        log.warning("maillog_input_unusable", line=_cut(line),
+                    reason="a message without its time, host and program: journalctl -o cat "
+                           "output cannot be tied to a delivery agent or a time",
+                    hint="run journalctl -o json (or -o short-iso) instead, e.g. "
+                         "journalctl -f -o json -u 'postfix@*' | trackmilter maillog -")
+
+    journal = JournalLines(on_malformed=malformed, on_cat=cat)
+    return journal
+
+
+def follow_stream(blocks: Iterable[str], journal: JournalLines, parser: LineParser,
+                  queues: Queues, sink: FlushingSink, metrics: Metrics, log: Any,
+                  state_file: Path | None, should_stop: Callable[[], bool],
+                  flush_timeout: float = 30.0,
+                  providers: frozenset[str] = frozenset()) -> str | None:
+    """Read blocks of a stream (standard input) to its end or until `should_stop()`.
+
+    Journal entries (`journalctl -o json`) become syslog lines first. Once a block's
+    events are stored (or spooled), the cursor of its last journal entry is saved in
+    `state_file` with the queues' state: a restart with `journalctl --after-cursor`
+    neither skips nor repeats an entry. Input without cursors saves nothing. Returns
+    the cursor last saved (or restored), None when there is none.
+    """
+    saved = journal.cursor
+    for block in blocks:
+        consume(journal.convert(block), parser, queues, sink, metrics, log, providers)
+        if not sink.flush(timeout=flush_timeout):
+            log.warning("maillog_flush_incomplete", timeout=flush_timeout)
+        elif state_file is not None and journal.cursor is not None and journal.cursor != saved:
+            try:
+                save_cursor(state_file, journal.cursor, queues.dump())
+                saved = journal.cursor
+            except OSError as exc:
+                log.warning("maillog_state_not_saved", error=str(exc))
+        if should_stop():
+            break
+    return saved
+
+
 def restore_queues(queues: Queues, state_file: Path, log: Any) -> bool:
     """Restore what the last run saved with its position; a missing or damaged state
     is logged and the queue book starts empty. True when a state was restored."""
@@ -225,7 +286,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     log = get_logger(component="maillog")
-    metrics = Metrics()
+    metrics = Metrics.for_daemon("maillog", maillog_file=(m.path, m.state_file))
     # With a reviser: a delivery time stored after the tracker's hits revises their verdicts.
     store = store_from(settings, hooks=(*hooks, RevisionCounter(metrics)),
                        reviser=reviser_from(settings))
@@ -240,12 +301,18 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     log.info("maillog_starting", path=m.path, format=m.format, state_file=str(m.state_file))
     try:
         if reading_stdin:
-            for block in read_stream(stdin):  # type: ignore[arg-type]
-                consume(block, parser, queues, writer, metrics, log, providers)
-                if not writer.flush(timeout=30.0):
-                    log.warning("maillog_flush_incomplete", timeout=30.0)
-                if stop[0]:
-                    break
+            journal = journal_lines(log, metrics)
+            # A cursor saved by the last run: journalctl goes on after it, so do the queues.
+            journal.cursor = load_cursor(m.state_file)
+            if journal.cursor is not None:
+                restore_queues(queues, m.state_file, log)
+                log.info("maillog_journal_resume", cursor=journal.cursor,
+                         state_file=str(m.state_file),
+                         hint="for no entry to be missed, journalctl starts after it: "
+                              + RESUME_COMMAND.format(cursor=journal.cursor))
+            follow_stream(read_stream(stdin), journal, parser,  # type: ignore[arg-type]
+                          queues, writer, metrics, log, m.state_file, lambda: stop[0],
+                          providers=providers)
         else:
             restore_queues(queues, m.state_file, log)
             follower = FileFollower(m.path, state_path=m.state_file,
@@ -260,7 +327,9 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
         # what was submitted, so a restart neither skips nor repeats a line.
         counts = writer.close(timeout=settings.store.stop_timeout)
         store.close()
+        # Reading journalctl's output: the cursor a restart goes on after.
+        resume = {"cursor": load_cursor(m.state_file)} if reading_stdin else {}
         log.info("maillog_stopped", events=counts.get("submitted", 0),
                  stored=counts.get("written", 0), left_on_disk=counts.get("on_disk", 0),
-                 dropped=counts.get("dropped", 0))
+                 dropped=counts.get("dropped", 0), **resume)
     return 0
