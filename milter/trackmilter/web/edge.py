@@ -270,7 +270,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     log = get_logger(component="edge")
-    metrics = Metrics()
+    metrics = Metrics.for_daemon("edge")
     e = settings.edge
     # nginx decided who the client is (its real-IP module): TrackerApp.ingest takes the
     # logged address as it is and never looks at forwarding headers again.

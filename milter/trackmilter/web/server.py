@@ -115,7 +115,7 @@ def worker_app(hooks: Callable[[Settings], Sequence[WriteHook]]) -> TrackerApp:
     settings = load_settings(Path(path) if path else None)
     configure_logging(settings.log.format, settings.log.level,
                     hash_addresses=settings.log.hash_addresses)
-    metrics = Metrics()
+    metrics = Metrics.for_daemon("web")
     app, writer, store, revisions = build(settings, metrics, hooks=hooks(settings))
     log = get_logger(component="web")
 

@@ -228,7 +228,7 @@ def run(settings: Settings) -> int:
                 check_schema(conn, describe(engine.url))
         except exc.SQLAlchemyError as e:
             raise translate(e, engine.url) from e
-        metrics = Metrics()
+        metrics = Metrics.for_daemon("webhooks")
         start_metrics(w.metrics_listen, metrics)
         log.info("webhooks_starting", endpoints=[redact(e.url) for e in w.endpoints],
                  metrics=w.metrics_listen or None)

@@ -69,7 +69,7 @@ def test_lab_log_outcomes_per_recipient() -> None:
     lines = metrics.registry.get_sample_value("trackmilter_maillog_lines_total")
     assert lines == len((DATA / "postfix-3.7-lab.log").read_text().splitlines())
     sent = metrics.registry.get_sample_value("trackmilter_maillog_deliveries_total",
-                                             {"status": "sent"})
+                                             {"outcome": "sent"})
     assert sent == sum(1 for e in events if e.status is DeliveryStatus.SENT) > 0
 
 
@@ -501,11 +501,11 @@ def test_outcome_metrics_by_status_dsn_and_provider() -> None:
             providers=frozenset({"gmail.com"}))
     get = metrics.registry.get_sample_value
     assert get("trackmilter_delivery_outcomes_total",
-               {"status": "sent", "dsn": "2.0.0", "provider": "gmail.com"}) == 1
+               {"outcome": "sent", "enhanced_code": "2.0.0", "provider": "gmail.com"}) == 1
     assert get("trackmilter_delivery_outcomes_total",
-               {"status": "bounced", "dsn": "5.1.1", "provider": "other"}) == 1
-    assert get("trackmilter_delivery_delay_seconds_count", {"status": "bounced"}) == 1
-    assert get("trackmilter_delivery_delay_seconds_sum", {"status": "sent"}) == 1.5
+               {"outcome": "bounced", "enhanced_code": "5.1.1", "provider": "other"}) == 1
+    assert get("trackmilter_delivery_delay_seconds_count", {"outcome": "bounced"}) == 1
+    assert get("trackmilter_delivery_delay_seconds_sum", {"outcome": "sent"}) == 1.5
 
 
 class ListSinkForMetrics:

@@ -142,7 +142,7 @@ def test_outcome_before_the_hand_off_is_tied_by_a_reinjected_event(old: str, new
     assert late.at == datetime(2026, 11, 27, 10, 0, 2, tzinfo=UTC)
     get = metrics.registry.get_sample_value
     # The hand-off is neither an outcome nor an unparsed line.
-    assert get("trackmilter_maillog_deliveries_total", {"status": "sent"}) == 1
+    assert get("trackmilter_maillog_deliveries_total", {"outcome": "sent"}) == 1
     assert get("trackmilter_maillog_unparsed_lines_total") == 0
 
 

@@ -241,7 +241,7 @@ def test_metrics_counted(sink: ListSink) -> None:
                {"direction": "outgoing", "action": "rewritten"}) == 1
     assert get("trackmilter_milter_links_rewritten_total") == 1
     assert get("trackmilter_milter_recipients_total",
-               {"outcome": "accepted", "status": ""}) == 1
+               {"outcome": "accepted", "enhanced_code": ""}) == 1
     assert get("trackmilter_milter_callback_duration_seconds_count", {"callback": "eom"}) == 1
 
 

@@ -85,7 +85,7 @@ class WebhookMetrics(Metrics):
 
     def deliveries(self, result: str) -> float:
         return self.registry.get_sample_value(
-            "trackmilter_webhook_deliveries_total", {"endpoint": URL, "result": result}) or 0.0
+            "trackmilter_webhook_deliveries_total", {"endpoint": URL, "outcome": result}) or 0.0
 
 
 @dataclass
