@@ -14,6 +14,7 @@ lines there (the outputs of the real journalctl on the real journal file).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -105,6 +106,22 @@ def export_format(items: Sequence[dict[str, str | bytes]]) -> bytes:
                 out += name.encode() + b"\n" + len(raw).to_bytes(8, "little") + raw + b"\n"
         out += b"\n"
     return bytes(out)
+
+
+def json_lines(items: Sequence[dict[str, str | bytes]], seqnum_id: str = "0" * 32) -> str:
+    """What `journalctl -o json` writes for `items`, for a host without
+    systemd-journal-remote: one object per line, a value that is not text as an array
+    of byte values, and a cursor of journalctl's shape (`s=...;i=...;b=...;...`)."""
+    out = []
+    for i, entry in enumerate(items, start=1):
+        obj: dict[str, object] = {
+            name: list(value) if isinstance(value, bytes) else value
+            for name, value in entry.items()}
+        obj["__CURSOR"] = (f"s={seqnum_id};i={i:x};b={entry.get('_BOOT_ID', BOOT_ID)};"
+                           f"m={int(str(entry['__MONOTONIC_TIMESTAMP'])):x};"
+                           f"t={int(str(entry['__REALTIME_TIMESTAMP'])):x};x={i:016x}")
+        out.append(json.dumps(obj, separators=(",", ":")) + "\n")
+    return "".join(out)
 
 
 def write_journal(items: Sequence[dict[str, str | bytes]], path: Path) -> Path:
