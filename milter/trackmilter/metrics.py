@@ -187,10 +187,12 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, *,
                  families: Iterable[str] = FAMILIES, standard: bool = False,
-                 maillog_file: tuple[str | Path, str | Path] | None = None) -> None:
+                 maillog_file: tuple[str | Path, str | Path] | None = None,
+                 mta: str = "") -> None:
         """`families`: those this registry exports (FAMILIES); `standard`: add the process_*
         and python_* collectors; `maillog_file`: ([maillog] path, state_file) for the
-        follower's lag."""
+        follower's lag; `mta`: the MTA this process serves ([milter] / [maillog] mta_name),
+        a label of trackmilter_build_info (dashboards choose instances by it)."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         wanted = frozenset(families)
         if unknown := wanted - set(FAMILIES):
@@ -209,9 +211,14 @@ class Metrics:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         # A gauge, not an Info: the same exposition, and it works in multiprocess mode too.
-        self.build_info = Gauge("trackmilter_build_info", "trackmilter version", ["version"],
-                                registry=self.registry, multiprocess_mode="max")
-        self.build_info.labels(__version__).set(1)
+        # The tracker, edge and the webhook sender serve no MTA: no mta label.
+        info = {"version": __version__, **({"mta": mta} if mta else {})}
+        self.build_info = Gauge(
+            "trackmilter_build_info",
+            "trackmilter version, and the MTA the process serves ([milter] / [maillog] "
+            "mta_name) for the milter and the log follower",
+            list(info), registry=self.registry, multiprocess_mode="max")
+        self.build_info.labels(**info).set(1)
 
         # milter
         r = reg("milter")
@@ -494,12 +501,13 @@ class Metrics:
         self._zero()
 
     @classmethod
-    def for_daemon(cls, daemon: str, *,
+    def for_daemon(cls, daemon: str, *, mta: str = "",
                    maillog_file: tuple[str | Path, str | Path] | None = None) -> Metrics:
         """The registry a daemon serves (DAEMONS: milter, maillog, web, edge, webhooks): its
-        own families, build info, process_* and python_*. `maillog_file`: the follower's
-        ([maillog] path, state_file), for its lag."""
-        return cls(families=DAEMONS[daemon], standard=True, maillog_file=maillog_file)
+        own families, build info, process_* and python_*. `mta`: its mta_name (milter,
+        maillog); `maillog_file`: the follower's ([maillog] path, state_file), for its lag."""
+        return cls(families=DAEMONS[daemon], standard=True, maillog_file=maillog_file,
+                   mta=mta)
 
     def _bound(self, metric: Any, *per_label: Callable[[str], str] | None) -> None:
         """Map each label value through its closed set (None: the value is ours or

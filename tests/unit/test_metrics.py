@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
+from trackmilter import __version__
 from trackmilter.follow import Position, save_position
 from trackmilter.metrics import (
     BOUNCE_REASONS,
@@ -273,3 +274,11 @@ def test_follower_lag_exported_by_the_maillog_daemon(tmp_path: Path) -> None:
     assert m.registry.get_sample_value("trackmilter_maillog_unread_bytes") == 2
     assert (m.registry.get_sample_value("trackmilter_maillog_lag_seconds") or -1) >= 0
     assert "trackmilter_maillog_lag_seconds" not in exposed(Metrics.for_daemon("edge"))
+
+
+def test_build_info_names_the_mta_of_the_milter_and_the_follower() -> None:
+    milter = Metrics.for_daemon("milter", mta="mx1.example.org")
+    assert milter.registry.get_sample_value(
+        "trackmilter_build_info", {"version": __version__, "mta": "mx1.example.org"}) == 1
+    web = Metrics.for_daemon("web")
+    assert web.registry.get_sample_value("trackmilter_build_info", {"version": __version__}) == 1

@@ -286,7 +286,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     log = get_logger(component="maillog")
-    metrics = Metrics.for_daemon("maillog", maillog_file=(m.path, m.state_file))
+    metrics = Metrics.for_daemon("maillog", mta=m.mta_name, maillog_file=(m.path, m.state_file))
     # With a reviser: a delivery time stored after the tracker's hits revises their verdicts.
     store = store_from(settings, hooks=(*hooks, RevisionCounter(metrics)),
                        reviser=reviser_from(settings))

@@ -76,7 +76,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     block_stop_signals()
 
     log = get_logger(component="milter")
-    metrics = Metrics.for_daemon("milter")
+    metrics = Metrics.for_daemon("milter", mta=settings.milter.mta_name)
     signer = load_signer(settings)
     if signer is None:
         log.warning("tracking_disabled", reason="[tracking] base_url is empty: "
