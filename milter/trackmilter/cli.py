@@ -307,14 +307,17 @@ def db_upgrade(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--explain", is_flag=True,
+              help="Every piece of evidence as a sentence saying what it proves.")
 @click.argument("ident")
 @_config_here
 @click.pass_context
-def status(ctx: click.Context, as_json: bool, ident: str) -> None:
+def status(ctx: click.Context, as_json: bool, explain: bool, ident: str) -> None:
     """Show what is known about a message: IDENT is a tracking id, Message-ID, queue id or
-    recipient address."""
+    recipient address (then only that recipient is shown). One line per piece of evidence,
+    within 100 columns; --explain says in words what each proves."""
     from trackmilter.daemon import store_from
-    from trackmilter.status import annotate, render
+    from trackmilter.status import annotate, render, render_short
     from trackmilter.store import StoreError
 
     ctx.ensure_object(dict)["cli"] = True
@@ -323,6 +326,7 @@ def status(ctx: click.Context, as_json: bool, ident: str) -> None:
         store = store_from(settings, existing=True)
         try:
             views = store.lookup(ident)
+            seen = store.log_progress([v.mta for v in views if v.mta]) if views else {}
         finally:
             store.close()
     except StoreError as exc:
@@ -331,7 +335,7 @@ def status(ctx: click.Context, as_json: bool, ident: str) -> None:
     if as_json:
         click.echo(json.dumps(annotate(views), indent=2, sort_keys=True))
     elif views:
-        click.echo(render(views))
+        click.echo(render(views) if explain else render_short(views, ident, seen))
     else:
         click.echo(f"nothing recorded for {ident!r}")
     if not views:

@@ -320,3 +320,161 @@ def render(messages: Iterable[MessageView]) -> str:
                 out.append(f"  {_iso(ev.at)}  {who}{describe_event(ev)}")
         out.append("")
     return "\n".join(out)
+
+
+# --- the compact view: `trackmilter status` (one line per piece of evidence) -------------------
+WIDTH = 100
+
+# Few words per event, the same honesty: "accepted by" a server is never "delivered".
+_SHORT_INLINE = {"accepted": "accepted by our MTA", "refused": "refused by our MTA, not sent"}
+_SHORT_DELIVERY = {"sent": "accepted by {relay}", "deferred": "deferred by {relay}",
+                   "bounced": "bounced by {relay}", "expired": "expired: our MTA gave up"}
+_SHORT_LOCAL = {"discard": "discarded by our MTA", "local": "delivered locally ({relay})",
+                "virtual": "delivered locally ({relay})", "pipe": "delivered locally ({relay})",
+                "error": "refused by our MTA (error transport)"}
+_SHORT_DSN = {"failed": "bounce report from {source}", "delayed": "delay report from {source}",
+              "delivered": "DSN delivered from {source}", "relayed": "DSN relayed from {source}",
+              "expanded": "DSN expanded from {source}"}
+_SHORT_STATE = {
+    "accepted": "accepted by our MTA; nothing known beyond",
+    "refused": "refused by our MTA; never sent",
+    "sent": "accepted by the remote server (not proof of inbox)",
+    "deferred": "deferred; our MTA retries",
+    "bounced": "bounced; not delivered",
+    "expired": "expired; not delivered",
+    "delivered_locally": "delivered locally by our MTA",
+    "discarded": "discarded by our MTA",
+    "unknown": "no evidence yet: unknown",
+}
+
+
+def _clock(at: datetime | None) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S") if at is not None else "?" * 19
+
+
+def _fit(line: str) -> str:
+    return line if len(line) <= WIDTH else line[:WIDTH - 1] + "…"
+
+
+def short_event(ev: EventView) -> str:
+    """An event in a few words (codes, not sentences); --explain gives the sentences."""
+    text, detail = _short_parts(ev)
+    return f"{text}  {detail}" if detail else text
+
+
+def _short_parts(ev: EventView) -> tuple[str, str]:
+    data = _data(ev)
+    relay = str(data.get("relay") or "the next hop").strip()
+    if ev.kind == "inline":
+        text = _SHORT_INLINE.get(ev.status, ev.status)
+    elif ev.kind == "delivery":
+        transport = str(data.get("transport") or "")
+        if transport in _SHORT_LOCAL and ev.status in ("sent", "bounced"):
+            text = _SHORT_LOCAL[transport].format(relay=relay)
+        else:
+            text = _SHORT_DELIVERY.get(ev.status, ev.status).format(relay=relay)
+    elif ev.kind == "dsn":
+        text = _SHORT_DSN.get(ev.status, f"DSN {ev.status} from {{source}}").format(
+            source=ev.source or "a remote server")
+        if ev.status == "failed" and data.get("reason"):
+            text += f": {data['reason']}, {'hard' if data.get('hardbounce') else 'soft'}"
+    elif ev.kind == "mdn":
+        text = f"MDN {ev.status or 'without disposition'} (not proof of reading)"
+    elif ev.kind == "arf":
+        text = f"complaint (ARF {ev.status or 'abuse'})"
+    else:
+        text = f"{ev.kind} {ev.status}"
+    return text, " ".join(x for x in (ev.code, ev.text) if x)
+
+
+def _short_lines(events: list[EventView], indent: str) -> list[str]:
+    lines: list[str] = []
+    run: list[EventView] = []
+
+    def same(a: EventView, b: EventView) -> bool:
+        return (a.kind, a.status, a.code, a.text) == (b.kind, b.status, b.code, b.text)
+
+    for ev in [*events, None]:
+        if ev is not None and run and same(run[0], ev):
+            run.append(ev)
+            continue
+        if run:
+            # The count before the reply text: a long reply is what gets cut at WIDTH.
+            text, detail = _short_parts(run[0])
+            if len(run) > 1:
+                text += f" ×{len(run)} until {_clock(run[-1].at)[11:]}"
+            lines.append(_fit(f"{indent}{_clock(run[0].at)}  {text}"
+                              + (f"  {detail}" if detail else "")))
+        run = [ev] if ev is not None else []
+    return lines
+
+
+def short_hit(h: HitView) -> str:
+    """`open`/`click 2`, the verdict and the codes of the reasons it rests on."""
+    what = "open   " if h.target == "open" else f"click {h.index:<2}"
+    marked = any(r.get("decided") for r in h.reasons)
+    codes = [str(r.get("code", "")) for r in h.reasons if r.get("decided") or not marked]
+    revised = ""
+    if len(h.history) > 1 and h.history[0].get("verdict") != h.verdict:
+        revised = f" (first {h.history[0].get('verdict')})"
+    client = f"  {h.client}" if h.client else ""
+    return f"{what}  {h.verdict or 'unknown'}{revised}  {','.join(codes)}{client}"
+
+
+def render_short(messages: Iterable[MessageView], only: str = "",
+                 log_seen: Mapping[str, datetime | None] | None = None) -> str:
+    """`trackmilter status`: one line per piece of evidence, at most WIDTH columns.
+
+    `only`: show just this recipient (the address asked about). `log_seen`: per MTA name,
+    the latest delivery-log line stored from it (None: none ever), so that "nothing yet"
+    can be told from "the log follower is not running"."""
+    out: list[str] = []
+    want = only.strip().strip("<>").lower()
+    for m in messages:
+        ids = [f"queue {m.queue_id}" if m.queue_id else "no queue id",
+               f"<{m.message_id}>" if m.message_id else "no Message-ID"]
+        out.append(_fit(f"message {m.tracking_id}  {'  '.join(ids)}"))
+        auth = f" auth {m.auth_user}" if m.auth_user else ""
+        out.append(_fit(f"  {_clock(m.started_at)}  from <{m.sender}> via "
+                        f"{m.client_name or m.client_addr or '?'}{auth}  {m.direction}  "
+                        f"{m.size} bytes"))
+        if m.rewritten:
+            pixel = " + open pixel" if m.pixel else ""
+            out.append(_fit(f"  tracking: {m.link_count} link(s) rewritten{pixel}"))
+        elif m.skip_reason or m.tracking_header:
+            out.append(_fit(f"  tracking: body not modified ({m.skip_reason or 'tracking off'})"))
+        if _END.get(m.end_reason, ""):
+            out.append(_fit(f"  {_END[m.end_reason]}"))
+        timeline = sorted(m.events, key=_order)
+        recipients = [r for r in m.recipients if not want or r.address.lower() == want]
+        if want and not recipients:
+            recipients = list(m.recipients)  # asked by another id: show them all
+        hidden = len(m.recipients) - len(recipients)
+        for r in recipients:
+            events = [ev for ev in timeline if ev.recipient == r.address]
+            out.append(_fit(f"  {r.address}: {_SHORT_STATE.get(state(events), state(events))}"))
+            out.extend(_short_lines(events, "    "))
+        if hidden:
+            out.append(f"  (and {hidden} other recipient(s): trackmilter status {m.tracking_id})")
+        known = {r.address for r in m.recipients}
+        others = [ev for ev in timeline if ev.recipient not in known]
+        if others:
+            out.append("  about the message:")
+            for ev in others:
+                who = f"{ev.recipient}: " if ev.recipient else ""
+                out.append(_fit(f"    {_clock(ev.at)}  {who}{short_event(ev)}"))
+        if m.hits or m.rewritten:
+            eng = engagement(m)
+            who = (f"by {eng['attributed_to']}, the only recipient" if eng["attributed_to"]
+                   else "not attributable to one recipient")
+            out.append(_fit(f"  opens/clicks ({who}): {eng['summary']}"))
+            out.extend(_fit(f"    {_clock(h.at)}  {short_hit(h)}") for h in m.hits)
+        if log_seen is not None and m.mta and m.direction == "outgoing":
+            seen = log_seen.get(m.mta)
+            if seen is None:
+                out.append(_fit(f"  log: no delivery line from {m.mta} stored yet: is "
+                                "`trackmilter maillog` running there?"))
+            else:
+                out.append(_fit(f"  log: read up to {_clock(seen)} on {m.mta}"))
+        out.append("")
+    return "\n".join(out)

@@ -135,6 +135,6 @@ def test_dsn_after_250_makes_the_recipient_bounced(rig: Rig) -> None:
     [late] = view["recipients"]
     assert late["state"] == "bounced"
     assert late["now"].startswith("bounced after the remote server had accepted it")
-    text = subprocess.run(command(rig.config, "status", "late@example.com"), check=True,
+    text = subprocess.run(command(rig.config, "status", "--explain", "late@example.com"), check=True,
                           capture_output=True, text=True).stdout
     assert "now: bounced after the remote server had accepted it: bounce report (DSN)" in text

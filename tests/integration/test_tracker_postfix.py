@@ -220,7 +220,7 @@ def test_people_and_machines_get_the_right_verdicts(rig_factory: Callable[..., R
     assert eng["clicks"] == {"human": 1, "machine": 5, "unknown": 0}
     assert eng["opens"] == {"human": 1, "machine": 1, "unknown": 0}
     assert "clicked — human" in eng["summary"]
-    text = subprocess.run(command(rig.config, "status", tid), capture_output=True, text=True,
+    text = subprocess.run(command(rig.config, "status", "--explain", tid), capture_output=True, text=True,
                           check=True, timeout=60).stdout
     assert "opened — machine (Apple Mail Privacy Protection prefetch" in text
     assert "attributed to bob@example.net" in text

@@ -43,7 +43,7 @@ def view(d: Mapping[str, Any]) -> MessageView:
         client_addr=d.get("client_addr", ""), size=d.get("size", 0),
         rewritten=d.get("rewritten", False), skip_reason=d.get("skip_reason", ""),
         pixel=d.get("pixel", False), tracking_header=d.get("tracking_header", False),
-        link_count=d.get("link_count", 0),
+        link_count=d.get("link_count", 0), mta=d.get("mta", ""),
         recipients=tuple(RecipientView(r["address"], r.get("outcome", ""), "", "", None)
                          for r in d.get("recipients", ())),
         events=tuple(_event(e) for e in d.get("events", ())),
@@ -254,3 +254,36 @@ def test_a_hit_shows_the_deciding_reasons_first_and_what_it_outweighed() -> None
     assert line.index("cannot come from the browser") < line.index("[outweighed: A web browser")
     assert "[also: Within seconds of the receiving server" in line
     assert "(A web browser" not in line  # never "machine (…; a browser)"
+
+
+def test_the_short_view_fits_a_terminal_and_shows_only_the_asked_recipient() -> None:
+    long_text = "Connection timed out while talking to the server " * 8
+    events = [*_msg()["events"],
+              _delivery("deferred", "t3", "4.4.1", long_text),
+              _delivery("deferred", "t4", "4.4.1", long_text),
+              _delivery("sent", "t9", "2.0.0", "250 2.0.0 Ok: queued as 9C")]
+    hits = [{"target": "click", "at": "t20", "index": 1, "url": "https://x.example/" + "a" * 300,
+             "client": "203.0.113.9", "verdict": "machine", "history": [{"verdict": "human"},
+                                                                          {"verdict": "machine"}],
+             "reasons": [{"code": "every_link", "evidence": "all 3 links", "leans": "machine",
+                          "weight": "decisive", "decided": True},
+                         {"code": "browser_navigation", "evidence": "Chrome 131",
+                          "leans": "human", "weight": "strong", "decided": False}]}]
+    m = view(_msg(events=events, hits=hits, rewritten=True, link_count=3,
+                  mta="mx1", direction="outgoing"))
+    text = status.render_short([m], "B@example.net", {"mx1": T0 + timedelta(seconds=9)})
+    lines = text.splitlines()
+    assert max(len(ln) for ln in lines) <= 100
+    assert "  b@example.net: accepted by the remote server (not proof of inbox)" in lines
+    assert not any("c@example.net" in ln for ln in lines if not ln.startswith("  (and"))
+    assert "  (and 1 other recipient(s): trackmilter status abcdefghijklmnop)" in lines
+    assert any("deferred by mx.example.net[192.0.2.9]:25 ×2 until 00:00:04  4.4.1 Conn"
+               in ln for ln in lines)  # retries folded
+    hit = next(ln for ln in lines if "click 1" in ln)
+    assert "machine (first human)  every_link  203.0.113.9" in hit
+    assert "browser_navigation" not in hit  # the deciding codes only; --explain says more
+    assert "  log: read up to 2026-01-01 00:00:09 on mx1" in lines
+    silent = status.render_short([m], "", {"mx1": None})
+    assert "no delivery line from mx1 stored yet: is `trackmilter maillog` running there?" \
+        in silent
+    assert "c@example.net: refused by our MTA; never sent" in silent

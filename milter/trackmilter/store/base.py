@@ -75,6 +75,10 @@ class StoreReader(Protocol):
         """Every message started at or after `since` (from `sender`), `chunk` at a time."""
         ...
 
+    def log_progress(self, mtas: Sequence[str]) -> dict[str, datetime | None]:
+        """Per MTA, the latest delivery-log line stored from it (None: none ever)."""
+        ...
+
 
 class StoreUpkeep(Protocol):
     """What the tracker's revisions and `trackmilter purge` ask of the store."""

@@ -149,6 +149,8 @@ events = Table(
     Index(None, "message"),
     Index(None, "recipient"),
     Index(None, "dedup_key", unique=True),
+    # The latest delivery line from each MTA (SQLStore.log_progress; migration 0008).
+    Index("ix_events_source_kind_at", "source", "kind", "at"),
 )
 
 

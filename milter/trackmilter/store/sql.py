@@ -30,6 +30,7 @@ from trackmilter.store.hits import (
 from trackmilter.store.migrate import check_schema
 from trackmilter.store.reading import message_views
 from trackmilter.store.rows import (
+    DELIVERY_KIND,
     MAX_INDEXED_CHARS,
     normalize_address,
     strip_brackets,
@@ -151,6 +152,22 @@ class SQLStore:
                 return int(conn.execute(query).scalar() or 0)
         except exc.SQLAlchemyError as e:
             raise translate(e, self._url) from e
+
+    def log_progress(self, mtas: Sequence[str]) -> dict[str, datetime | None]:
+        """Per MTA name, the time of the latest delivery-log line stored from it (None:
+        none ever): how far `trackmilter maillog` has read that MTA's log."""
+        out: dict[str, datetime | None] = {}
+        try:
+            with self._engine.connect() as conn:
+                self._ensure_schema(conn)
+                for mta in dict.fromkeys(mtas):
+                    out[mta] = conn.execute(
+                        select(func.max(events.c.at)).where(
+                            events.c.kind == DELIVERY_KIND, events.c.source == mta)
+                    ).scalar()
+        except exc.SQLAlchemyError as e:
+            raise translate(e, self._url) from e
+        return out
 
     def scan(self, since: datetime, sender: str = "", chunk: int = 200
              ) -> Iterator[list[MessageView]]:

@@ -77,7 +77,7 @@ def deliveries(view: MessageView) -> list[tuple[str | None, str, str]]:
 def status(db_url: str, tmp_path: Path, ident: str) -> str:
     cfg = tmp_path / "tm.toml"
     cfg.write_text(f'[database]\nurl = "{db_url}"\n')
-    res = CliRunner().invoke(main, ["--config", str(cfg), "status", ident])
+    res = CliRunner().invoke(main, ["--config", str(cfg), "status", "--explain", ident])
     assert res.exit_code == 0, res.output
     return res.stdout
 
