@@ -99,8 +99,13 @@ def milter(ctx: click.Context) -> None:
 def maillog(ctx: click.Context, path: str | None) -> None:
     """Follow the MTA's delivery log and record, per recipient, what the next server said.
 
-    PATH overrides [maillog] path; "-" reads standard input, e.g.
-    `journalctl -f -o cat -u postfix | trackmilter maillog -`.
+    PATH overrides [maillog] path; "-" reads standard input: syslog lines, or the
+    systemd journal as `journalctl -o json` (or -o short-iso) writes it. Debian 12
+    runs Postfix as postfix@-.service, so select it with -u 'postfix@*':
+    `journalctl -f -a -n all -o json -u 'postfix@*' | trackmilter maillog -`
+    (not -o cat: it drops the time, host and program). Reading JSON, the last entry's
+    cursor is saved in [maillog] state_file once stored; restart journalctl with
+    --after-cursor=CURSOR (the README's "The delivery log" has the script).
     """
     import dataclasses
 
