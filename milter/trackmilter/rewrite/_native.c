@@ -739,20 +739,6 @@ static void slice_bounds(Py_ssize_t n, Py_ssize_t *i, Py_ssize_t *j)
         *j = *i;
 }
 
-static PyObject *bslice(PyObject *b, Py_ssize_t i, Py_ssize_t j)
-{
-    slice_bounds(PyBytes_GET_SIZE(b), &i, &j);
-    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(b) + i, j - i);
-}
-
-static PyObject *empty_bytes; /* b"" */
-
-/* sep.join(list) */
-static PyObject *join_bytes(PyObject *sep, PyObject *list)
-{
-    return PyObject_CallMethod(sep, "join", "O", list);
-}
-
 /* transfer._QPCursor */
 typedef struct {
     bptr raw;
@@ -774,9 +760,18 @@ static Py_ssize_t raw_offset(qp_cursor *c, Py_ssize_t dec)
     for (int round = 0; round < 64; round++) {
         if (est > c->n || est < counted)
             return -1;
-        eq += count_eq(c->raw, c->n, counted, est);
-        Py_ssize_t from = counted - overlap > pos ? counted - overlap : pos;
-        sb += count_sub(c->raw, c->n, from, est, c->soft, c->slen);
+        /* One pass for both counts: the '=' in [counted, est) and the soft breaks in
+         * [max(pos, counted - overlap), est) (two cannot overlap: each holds one '='). */
+        Py_ssize_t i = counted - overlap > pos ? counted - overlap : pos;
+        while (i < est) {
+            const unsigned char *q = memchr(c->raw + i, '=', (size_t)(est - i));
+            if (q == NULL)
+                break;
+            i = q - c->raw;
+            eq += i >= counted;
+            sb += i + c->slen <= est && memcmp(q, c->soft, (size_t)c->slen) == 0;
+            i++;
+        }
         counted = est;
         Py_ssize_t next = target + 2 * eq + extra * sb;
         if (next == est) {
@@ -855,10 +850,13 @@ static const char HEX[] = "0123456789ABCDEF";
 /* binascii.b2a_qp(data, quotetabs=False, istext=istext, header=False), written anew: the
  * same bytes for every input. With o == NULL it only counts them (the output is sized
  * exactly, as binascii sizes it: a 1 MB part never costs a 6 MB scratch buffer). */
-static Py_ssize_t qp_encode_into(bptr d, Py_ssize_t n, int istext, unsigned char *o)
+static Py_ssize_t qp_encode_into(bptr d, Py_ssize_t n, int istext, int crlf, unsigned char *o)
 {
-    const unsigned char *lf = memchr(d, '\n', (size_t)n);
-    int crlf = lf != NULL && lf > d && lf[-1] == '\r';
+    if (crlf < 0) {
+        /* binascii: CRLF soft breaks when the first LF follows a CR */
+        const unsigned char *lf = memchr(d, '\n', (size_t)n);
+        crlf = lf != NULL && lf > d && lf[-1] == '\r';
+    }
     Py_ssize_t in = 0, out = 0, linelen = 0;
     unsigned char prev = 0; /* the last byte written (out > 0) */
 #define PUT(ch)                                                                            \
@@ -923,11 +921,12 @@ static PyObject *qp_encode_bytes(bptr d, Py_ssize_t n, int istext)
 {
     if (n > PY_SSIZE_T_MAX / 8)
         return PyErr_NoMemory();
-    Py_ssize_t len = qp_encode_into(d, n, istext, NULL);
+    Py_ssize_t len = qp_encode_into(d, n, istext, -1, NULL);
     PyObject *res = PyBytes_FromStringAndSize(NULL, len);
     if (res == NULL)
         return NULL;
-    Py_ssize_t written = qp_encode_into(d, n, istext, (unsigned char *)PyBytes_AS_STRING(res));
+    Py_ssize_t written =
+        qp_encode_into(d, n, istext, -1, (unsigned char *)PyBytes_AS_STRING(res));
     if (written != len) {
         Py_DECREF(res);
         PyErr_SetString(PyExc_SystemError, "qp_encode: sizing and encoding disagree");
@@ -957,24 +956,17 @@ static PyObject *py_b2a_qp(PyObject *self, PyObject *args)
     return res;
 }
 
-/* transfer.qp_encode */
-static PyObject *qp_encode(PyObject *data, PyObject *eol)
+/* transfer.qp_encode(data, eol), into o (NULL: only count). The Python function's three
+ * cases come down to binascii's encoder with soft breaks in `eol`: data without line breaks
+ * (b2a_qp's LF soft breaks then replaced by eol's), data whose breaks are all eol (b2a_qp
+ * takes eol from them), and the rest, line by line in binary mode (LF soft breaks replaced
+ * by eol's: a binary-mode line holds no raw line break to be mistaken for one). */
+static Py_ssize_t qp_encode_eol(bptr d, Py_ssize_t n, int crlf, unsigned char *o)
 {
-    const char *d = PyBytes_AS_STRING(data);
-    Py_ssize_t n = PyBytes_GET_SIZE(data);
-    int crlf = PyBytes_GET_SIZE(eol) == 2;
-    if (memchr(d, '\n', (size_t)n) == NULL && memchr(d, '\r', (size_t)n) == NULL) {
-        /* b2a_qp's soft breaks are then LF; with CRLF lines, "=\r\n" */
-        PyObject *out = qp_encode_bytes((bptr)d, n, 1);
-        if (out == NULL || !crlf)
-            return out;
-        PyObject *res = PyObject_CallMethod(out, "replace", "y#y#", "=\n", (Py_ssize_t)2,
-                                            "=\r\n", (Py_ssize_t)3);
-        Py_DECREF(out);
-        return res;
-    }
     int clean;
-    if (crlf) {
+    if (memchr(d, '\n', (size_t)n) == NULL && memchr(d, '\r', (size_t)n) == NULL) {
+        clean = 1;
+    } else if (crlf) {
         Py_ssize_t lf = 0, cr = 0, pairs = 0;
         for (Py_ssize_t k = 0; k < n; k++) {
             if (d[k] == '\n')
@@ -990,33 +982,38 @@ static PyObject *qp_encode(PyObject *data, PyObject *eol)
         clean = memchr(d, '\r', (size_t)n) == NULL;
     }
     if (clean)
-        return qp_encode_bytes((bptr)d, n, 1);
-    /* eol.join(b2a_qp(line, istext=False).replace(b"=\n", b"=" + eol) for line in
-     * data.split(eol)) */
-    PyObject *lines = PyObject_CallMethod(data, "split", "O", eol);
-    if (lines == NULL)
-        return NULL;
-    PyObject *soft = PyBytes_FromStringAndSize(crlf ? "=\r\n" : "=\n", crlf ? 3 : 2);
-    PyObject *res = NULL;
-    if (soft == NULL)
-        goto done;
-    Py_ssize_t count = PyList_GET_SIZE(lines);
-    for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *line = PyList_GET_ITEM(lines, k);
-        PyObject *enc = qp_encode_bytes((bptr)PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line), 0);
-        if (enc == NULL)
-            goto done;
-        PyObject *fixed = PyObject_CallMethod(enc, "replace", "y#O", "=\n", (Py_ssize_t)2, soft);
-        Py_DECREF(enc);
-        if (fixed == NULL)
-            goto done;
-        if (PyList_SetItem(lines, k, fixed) < 0) /* steals fixed, drops the old line */
-            goto done;
+        return qp_encode_into(d, n, 1, crlf, o);
+    /* eol.join(b2a_qp(line, istext=False) ... for line in data.split(eol)) */
+    Py_ssize_t w = crlf ? 2 : 1, out = 0, start = 0;
+    for (;;) {
+        Py_ssize_t stop = start;
+        while (stop < n && !(d[stop] == (crlf ? '\r' : '\n') &&
+                             (!crlf || (stop + 1 < n && d[stop + 1] == '\n'))))
+            stop++;
+        out += qp_encode_into(d + start, stop - start, 0, crlf, o == NULL ? NULL : o + out);
+        if (stop >= n)
+            return out;
+        if (o != NULL)
+            memcpy(o + out, crlf ? "\r\n" : "\n", (size_t)w);
+        out += w;
+        start = stop + w;
     }
-    res = join_bytes(eol, lines);
-done:
-    Py_XDECREF(soft);
-    Py_DECREF(lines);
+}
+
+/* transfer.qp_encode as a new bytes object. */
+static PyObject *qp_encode_new(bptr d, Py_ssize_t n, int crlf)
+{
+    if (n > PY_SSIZE_T_MAX / 8)
+        return PyErr_NoMemory();
+    Py_ssize_t len = qp_encode_eol(d, n, crlf, NULL);
+    PyObject *res = PyBytes_FromStringAndSize(NULL, len);
+    if (res == NULL)
+        return NULL;
+    if (qp_encode_eol(d, n, crlf, (unsigned char *)PyBytes_AS_STRING(res)) != len) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_SystemError, "qp_encode: sizing and encoding disagree");
+        return NULL;
+    }
     return res;
 }
 
@@ -1031,36 +1028,9 @@ static PyObject *py_qp_encode(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "eol must be LF or CRLF");
         return NULL;
     }
-    return qp_encode(data, eol);
+    return qp_encode_new((bptr)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), w == 2);
 }
 
-/* transfer._room_for_soft_break */
-static PyObject *room_for_soft_break(PyObject *encoded, PyObject *eol)
-{
-    bptr e = (bptr)PyBytes_AS_STRING(encoded);
-    Py_ssize_t n = PyBytes_GET_SIZE(encoded);
-    bptr el = (bptr)PyBytes_AS_STRING(eol);
-    Py_ssize_t elen = PyBytes_GET_SIZE(eol);
-    Py_ssize_t line_start = 0;
-    for (Py_ssize_t k = n - elen; k >= 0; k--) {
-        if (memcmp(e + k, el, (size_t)elen) == 0) {
-            line_start = k + elen;
-            break;
-        }
-    }
-    if (n - line_start < QP_LINE)
-        return Py_NewRef(encoded);
-    Py_ssize_t cut = n - ((n >= 3 && e[n - 3] == '=') ? 3 : 1);
-    PyObject *res = PyBytes_FromStringAndSize(NULL, n + 1 + elen);
-    if (res == NULL)
-        return NULL;
-    char *o = PyBytes_AS_STRING(res);
-    memcpy(o, e, (size_t)cut);
-    o[cut] = '=';
-    memcpy(o + cut + 1, el, (size_t)elen);
-    memcpy(o + cut + 1 + elen, e + cut, (size_t)(n - cut));
-    return res;
-}
 
 typedef struct {
     Py_ssize_t start, end, d_start, d_end, first, past;
@@ -1122,7 +1092,9 @@ static PyObject *qp_splice(PyObject *self, PyObject *args)
     Py_ssize_t n = PyBytes_GET_SIZE(raw_o);
     bptr el = (bptr)PyBytes_AS_STRING(eol);
     Py_ssize_t width = PyBytes_GET_SIZE(eol);
-    PyObject *result = NULL, *out = NULL;
+    PyObject *result = NULL;
+    unsigned char **encs = NULL, *joined = NULL;
+    Py_ssize_t *enc_lens = NULL, made = 0;
     qp_region *regions = PyMem_New(qp_region, (size_t)n_edits);
     unsigned char *soft = PyMem_Malloc((size_t)width + 1);
     if (regions == NULL || soft == NULL || width < 1) {
@@ -1183,10 +1155,16 @@ static PyObject *qp_splice(PyObject *self, PyObject *args)
             cend = edits[k].e;
     }
 
-    out = PyList_New(0);
-    if (out == NULL)
+    /* Each region's new encoding in a buffer of its own, then the whole body in one. */
+    encs = PyMem_New(unsigned char *, (size_t)n_regions + 1);
+    enc_lens = PyMem_New(Py_ssize_t, (size_t)n_regions + 1);
+    if (encs == NULL || enc_lens == NULL) {
+        PyErr_NoMemory();
         goto done;
-    Py_ssize_t copied = 0;
+    }
+    const unsigned char *dd = (const unsigned char *)PyBytes_AS_STRING(decoded);
+    Py_ssize_t dn = PyBytes_GET_SIZE(decoded);
+    int crlf = width == 2;
     for (Py_ssize_t r = 0; r < n_regions; r++) {
         qp_region *g = &regions[r];
         if (g->d_start < 0) {
@@ -1195,7 +1173,7 @@ static PyObject *qp_splice(PyObject *self, PyObject *args)
         }
         Py_ssize_t rs = g->start, re_ = g->end, ds = g->d_start, de = g->d_end;
         slice_bounds(n, &rs, &re_);
-        slice_bounds(PyBytes_GET_SIZE(decoded), &ds, &de);
+        slice_bounds(dn, &ds, &de);
         /* a2b_qp(raw[start:end]) == decoded[d_start:d_end], without the objects */
         unsigned char *scratch = PyMem_Malloc((size_t)(re_ - rs) + 1);
         if (scratch == NULL) {
@@ -1203,48 +1181,104 @@ static PyObject *qp_splice(PyObject *self, PyObject *args)
             goto done;
         }
         Py_ssize_t got = qp_decode_into(raw + rs, re_ - rs, scratch);
-        int same = got == de - ds &&
-                   memcmp(scratch, PyBytes_AS_STRING(decoded) + ds, (size_t)got) == 0;
+        int same = got == de - ds && memcmp(scratch, dd + ds, (size_t)got) == 0;
         PyMem_Free(scratch);
         if (!same) {
             result = Py_NewRef(Py_None);
             goto done;
         }
-        PyObject *pieces = PyList_New(0);
-        if (pieces == NULL)
-            goto done;
-        Py_ssize_t cur = g->d_start;
-        int bad = 0;
-        for (Py_ssize_t k = g->first; k < g->past && !bad; k++) {
-            bad = push(pieces, bslice(decoded, cur, edits[k].s)) < 0 ||
-                  PyList_Append(pieces, edits[k].new) < 0;
-            cur = edits[k].e;
+        /* The region's decoded text with its edits: decoded[d_start:s0] + new0 + ... +
+         * decoded[e_last:d_end], with Python's slice bounds. */
+        Py_ssize_t jl = 0, cur = g->d_start;
+        for (int pass = 0; pass < 2; pass++) {
+            unsigned char *j = pass == 0 ? NULL : joined;
+            Py_ssize_t at = 0;
+            cur = g->d_start;
+            for (Py_ssize_t k = g->first; k <= g->past; k++) {
+                Py_ssize_t a = cur, b = k < g->past ? edits[k].s : g->d_end;
+                slice_bounds(dn, &a, &b);
+                if (j != NULL)
+                    memcpy(j + at, dd + a, (size_t)(b - a));
+                at += b - a;
+                if (k == g->past)
+                    break;
+                Py_ssize_t nl = PyBytes_GET_SIZE(edits[k].new);
+                if (j != NULL)
+                    memcpy(j + at, PyBytes_AS_STRING(edits[k].new), (size_t)nl);
+                at += nl;
+                cur = edits[k].e;
+            }
+            if (pass == 0) {
+                jl = at;
+                joined = PyMem_Malloc((size_t)jl + 1);
+                if (joined == NULL) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+            }
         }
-        bad = bad || push(pieces, bslice(decoded, cur, g->d_end)) < 0;
-        PyObject *joined = bad ? NULL : join_bytes(empty_bytes, pieces);
-        Py_DECREF(pieces);
-        if (joined == NULL)
+        Py_ssize_t enl = qp_encode_eol(joined, jl, crlf, NULL);
+        unsigned char *enc = PyMem_Malloc((size_t)enl + 1 + (size_t)width);
+        if (enc == NULL) {
+            PyErr_NoMemory();
             goto done;
-        PyObject *encoded = qp_encode(joined, eol);
-        Py_DECREF(joined);
-        if (encoded == NULL)
-            goto done;
+        }
+        encs[made] = enc;
+        made++;
+        qp_encode_eol(joined, jl, crlf, enc);
+        PyMem_Free(joined);
+        joined = NULL;
         if (g->end < n && raw[g->end] == '=') {
-            PyObject *roomy = room_for_soft_break(encoded, eol);
-            Py_DECREF(encoded);
-            encoded = roomy;
-            if (encoded == NULL)
-                goto done;
+            /* transfer._room_for_soft_break */
+            Py_ssize_t line_start = 0;
+            for (Py_ssize_t q = enl - width; q >= 0; q--) {
+                if (memcmp(enc + q, el, (size_t)width) == 0) {
+                    line_start = q + width;
+                    break;
+                }
+            }
+            if (enl - line_start >= QP_LINE) {
+                Py_ssize_t cut = enl - ((enl >= 3 && enc[enl - 3] == '=') ? 3 : 1);
+                memmove(enc + cut + 1 + width, enc + cut, (size_t)(enl - cut));
+                enc[cut] = '=';
+                memcpy(enc + cut + 1, el, (size_t)width);
+                enl += 1 + width;
+            }
         }
-        if (push(out, bslice(raw_o, copied, g->start)) < 0 || push(out, encoded) < 0)
-            goto done;
-        copied = g->end;
+        enc_lens[r] = enl;
     }
-    if (push(out, bslice(raw_o, copied, n)) < 0)
+    Py_ssize_t total = 0, copied = 0;
+    for (Py_ssize_t r = 0; r <= n_regions; r++) {
+        Py_ssize_t a = copied, b = r < n_regions ? regions[r].start : n;
+        slice_bounds(n, &a, &b);
+        total += b - a;
+        if (r == n_regions)
+            break;
+        total += enc_lens[r];
+        copied = regions[r].end;
+    }
+    result = PyBytes_FromStringAndSize(NULL, total);
+    if (result == NULL)
         goto done;
-    result = join_bytes(empty_bytes, out);
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(result);
+    copied = 0;
+    for (Py_ssize_t r = 0; r <= n_regions; r++) {
+        Py_ssize_t a = copied, b = r < n_regions ? regions[r].start : n;
+        slice_bounds(n, &a, &b);
+        memcpy(o, raw + a, (size_t)(b - a));
+        o += b - a;
+        if (r == n_regions)
+            break;
+        memcpy(o, encs[r], (size_t)enc_lens[r]);
+        o += enc_lens[r];
+        copied = regions[r].end;
+    }
 done:
-    Py_XDECREF(out);
+    for (Py_ssize_t r = 0; r < made; r++)
+        PyMem_Free(encs[r]);
+    PyMem_Free(encs);
+    PyMem_Free(enc_lens);
+    PyMem_Free(joined);
     PyMem_Free(regions);
     PyMem_Free(soft);
     PyMem_Free(edits);
@@ -1562,8 +1596,7 @@ PyMODINIT_FUNC PyInit__native(void)
 {
     amp_entity = PyUnicode_InternFromString("&amp;");
     amp = PyUnicode_InternFromString("&");
-    empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
-    if (empty_bytes == NULL || amp_entity == NULL || amp == NULL)
+    if (amp_entity == NULL || amp == NULL)
         return NULL;
     return PyModule_Create(&module);
 }
