@@ -353,11 +353,13 @@ def status(ctx: click.Context, as_json: bool, explain: bool, ident: str) -> None
 @click.option("--header", "headers", multiple=True, metavar="NAME=VALUE",
               help="Only messages with this header (one of [milter] record_headers).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--all", "everything", is_flag=True,
+              help="Count inbound mail and bounce notices (null sender) too.")
 @_config_here
 @click.pass_context
 def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...],
-           as_json: bool) -> None:
-    """Counts and rates over the messages of a period, each with its denominator."""
+           as_json: bool, everything: bool) -> None:
+    """Counts and rates over the outgoing messages of a period, each with its denominator."""
     from trackmilter.daemon import store_from
     from trackmilter.model import utcnow
     from trackmilter.store import StoreError
@@ -384,7 +386,8 @@ def report(ctx: click.Context, since: str, sender: str, headers: tuple[str, ...]
             total = store.count_messages(start, sender)
             with click.progressbar(length=total, label="scanning", file=sys.stderr,
                                    show_pos=True) as bar:
-                counted = tally(store, start, sender, wanted, progress=bar.update)
+                counted = tally(store, start, sender, wanted, progress=bar.update,
+                                everything=everything)
         finally:
             store.close()
     except StoreError as exc:

@@ -141,6 +141,12 @@ def _latest(events: Iterable[EventView]) -> tuple[EventView | None, bool]:
     return latest, late
 
 
+def failed_after_acceptance(events: Iterable[EventView]) -> bool:
+    """The remote server said 2xx, and a failure came afterwards (a bounce report, a
+    later refusal): its acceptance meant little."""
+    return _latest(events)[1]
+
+
 def current(events: Iterable[EventView]) -> str:
     """One line for where a recipient stands now; "" when there is no evidence."""
     latest, late = _latest(events)

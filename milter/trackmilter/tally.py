@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from trackmilter.status import state
+from trackmilter.status import failed_after_acceptance, state
 from trackmilter.store.base import StoreReader
 from trackmilter.store.views import EventView, HitView, MessageView
 
@@ -39,6 +39,12 @@ class Tally:
     clicks: Counter[str] = field(default_factory=Counter)  # verdict -> messages
     open_hits: Counter[str] = field(default_factory=Counter)
     click_hits: Counter[str] = field(default_factory=Counter)
+    # Messages left out of the counts (without --all): inbound mail, bounce notices.
+    set_aside: Counter[str] = field(default_factory=Counter)
+    # Per receiving domain: recipients its servers accepted (2xx), and of those, how many
+    # bounced afterwards (backscatter: where a 250 meant least).
+    accepted_by_domain: Counter[str] = field(default_factory=Counter)
+    bounced_after_by_domain: Counter[str] = field(default_factory=Counter)
 
     def add(self, m: MessageView) -> None:
         self.messages += 1
@@ -54,6 +60,11 @@ class Tally:
             self.states[st] += 1
             if st in _FAILED:
                 self._failure(mine)
+            if any(ev.kind == "delivery" and ev.status == "sent" for ev in mine):
+                domain = r.address.rpartition("@")[2].lower()
+                self.accepted_by_domain[domain] += 1
+                if failed_after_acceptance(mine):
+                    self.bounced_after_by_domain[domain] += 1
         for ev in m.events:
             if ev.kind == "arf":
                 self.complaints += 1
@@ -110,16 +121,32 @@ def parse_since(value: str) -> timedelta:
         raise ValueError(f"expected e.g. 7d, 12h or 30m, got {value!r}") from None
 
 
+def set_aside(m: MessageView) -> str:
+    """Why a message is not the sender's outgoing mail ("" when it is): inbound mail (an
+    MX's), or a bounce notice our own MTA sent (the null sender, RFC 5321 §4.5.5)."""
+    if m.direction != "outgoing":
+        return "inbound"
+    if not m.sender.strip("<>"):
+        return "bounce notice (null sender)"
+    return ""
+
+
 def tally(store: StoreReader, since: datetime, sender: str = "", wanted: Mapping[str, str] = {},
           allowed: Callable[[str], bool] = lambda sender: True,
-          progress: Callable[[int], None] = lambda n: None) -> Tally:
+          progress: Callable[[int], None] = lambda n: None, everything: bool = False) -> Tally:
     """Scan the store's messages from `since` (from `sender`) and add up those that carry
-    the `wanted` recorded headers and whose sender is `allowed`; `progress` gets each
+    the `wanted` recorded headers and whose sender is `allowed`: outgoing mail only, unless
+    `everything` (inbound mail and bounce notices are counted apart); `progress` gets each
     chunk's size."""
     t = Tally()
     for views in store.scan(since, sender):
         for m in views:
-            if matches(m, wanted) and allowed(m.sender):
+            if not (matches(m, wanted) and allowed(m.sender)):
+                continue
+            why = set_aside(m)
+            if why and not everything:
+                t.set_aside[why] += 1
+            else:
                 t.add(m)
         progress(len(views))
     return t
@@ -159,6 +186,9 @@ FOOTNOTES = [
     "scanners) say nothing about a person; no hit is 'unknown', never 'unread': images may "
     "be blocked and plain-text readers load no pixel. Hits are per message: the links of "
     "a message are shared by all its recipients.",
+    "outgoing mail only: inbound mail (an MX's) and the bounce notices our MTA sends (null "
+    "sender) are counted apart; accepted, then bounced: recipients whose server answered "
+    "2xx and a bounce report came back later.",
 ]
 
 
@@ -194,6 +224,15 @@ def render(t: Tally, title: str) -> str:
         for verdict in ("human", "unknown", "machine"):
             lines.append(f"  {name} — {verdict:8} {_pct(per_msg[verdict], denom)}"
                          f"   ({hits[verdict]} hits)")
+    if t.bounced_after_by_domain:
+        lines += ["", "accepted, then bounced (by receiving domain: where a 2xx meant least)"]
+        worst = sorted(t.bounced_after_by_domain.items(),
+                       key=lambda kv: (-kv[1] / t.accepted_by_domain[kv[0]], -kv[1], kv[0]))
+        for domain, n in worst[:10]:
+            lines.append(f"  {domain:30} {_pct(n, t.accepted_by_domain[domain])}")
+    if t.set_aside:
+        lines += ["", "not counted above (--all counts them): " + ", ".join(
+            f"{n} {why}" for why, n in sorted(t.set_aside.items()))]
     lines += ["", "notes:"] + [f"  {n}. {text}" for n, text in enumerate(FOOTNOTES, 1)]
     return "\n".join(lines)
 
@@ -208,5 +247,8 @@ def as_dict(t: Tally) -> dict[str, Any]:
         "pixel_messages": t.pixel_messages, "tracked_messages": t.tracked_messages,
         "opened": dict(t.opens), "clicked": dict(t.clicks),
         "open_hits": dict(t.open_hits), "click_hits": dict(t.click_hits),
+        "set_aside": dict(t.set_aside),
+        "accepted_then_bounced": {d: {"bounced": n, "accepted": t.accepted_by_domain[d]}
+                                  for d, n in t.bounced_after_by_domain.items()},
         "notes": FOOTNOTES,
     }

@@ -111,3 +111,43 @@ def test_report_by_recorded_header(store: SQLStore, db_url: str, tmp_path: Path)
     assert data["messages"] == 1 and data["headers"] == {"x-campaign": "spring"}
     res = CliRunner().invoke(main, ["--config", str(cfg), "report", "--header", "nonsense"])
     assert res.exit_code == 2 and "NAME=VALUE" in res.output
+
+
+def test_outgoing_only_by_default_and_where_a_2xx_meant_least(store: SQLStore) -> None:
+    """Postfix's own bounce notices (null sender) and inbound mail are counted apart, and a
+    recipient whose server accepted then bounced it is counted against that domain."""
+    import dataclasses
+
+    from trackmilter.model import Direction
+    from trackmilter.tally import tally
+
+    late = make_message(11, tracking_id="t000000000000011", queue_id="4Q11",
+                        rcpts=("late@example.com",))
+    ok = make_message(12, tracking_id="t000000000000012", queue_id="4Q12",
+                      rcpts=("fine@example.com",))
+    notice = make_message(13, tracking_id="t000000000000013", queue_id="4Q13",
+                          rcpts=("alice@example.org",), sender="")
+    inbound = dataclasses.replace(
+        make_message(14, tracking_id="t000000000000014", queue_id="4Q14",
+                     rcpts=("staff@example.org",)), direction=Direction.INBOUND)
+    store.write([late, ok, notice, inbound])
+    store.write([
+        _delivery(late, "late@example.com", DeliveryStatus.SENT, "2.0.0"),
+        _delivery(ok, "fine@example.com", DeliveryStatus.SENT, "2.0.0"),
+        _delivery(notice, "alice@example.org", DeliveryStatus.SENT, "2.0.0"),
+        ReportReceived("dsn", T0 + timedelta(hours=1),
+                       (ReportRecipient("late@example.com", "failed", "5.2.2",
+                                        reason="mailboxfull", hardbounce=False),),
+                       tracking_id="t000000000000011", report_message_id="<dsn11@x>"),
+    ])
+    t = tally(store, T0 - timedelta(days=1))
+    assert (t.messages, t.recipients) == (2, 2)
+    assert dict(t.set_aside) == {"inbound": 1, "bounce notice (null sender)": 1}
+    assert (t.accepted_by_domain["example.com"], t.bounced_after_by_domain["example.com"]) == (2, 1)
+    text = render(t, "title")
+    assert "accepted, then bounced (by receiving domain" in text
+    assert "example.com" in text and "50.0 % of 2" in text
+    assert "not counted above (--all counts them): 1 bounce notice (null sender), 1 inbound" \
+        in text
+    everything = tally(store, T0 - timedelta(days=1), everything=True)
+    assert everything.messages == 4 and not everything.set_aside
