@@ -27,6 +27,7 @@ shrink without VACUUM).
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import sqlite3
 import sys
@@ -69,7 +70,8 @@ PATHS = ["spring-sale/shoes", "blog/2026/03/how-we-ship", "account/preferences",
 
 
 def tracking_id(n: int) -> str:
-    return f"{n:016x}"[-16:].replace("0", "a")  # 16 characters, as the milter's
+    """The milter's form: 10 bytes in 16 lower-case base32 characters (here: n, distinct)."""
+    return base64.b32encode(n.to_bytes(10, "big")).decode("ascii").lower()
 
 
 def message(n: int, links: int, recipients: int) -> list[Event]:
@@ -185,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         with sqlite3.connect(path) as conn:
             revisions = conn.execute("SELECT count(*) FROM hit_verdicts").fetchone()[0]
             stored = conn.execute("SELECT count(*) FROM hits").fetchone()[0]
+            kept = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
         total = path.stat().st_size
+    if (kept, stored) != (args.messages, args.hits):  # a duplicate id would be stored once
+        print(f"stored {kept} messages and {stored} hits of {args.messages} and {args.hits}",
+              file=sys.stderr)
+        return 1
     print(f"SQLite {sqlite3.sqlite_version}, batches of {batch} events, empty schema "
           f"{empty / 1024:.0f} KiB, at the end {total / 2**20:.1f} MiB")
     print(f"message ({args.recipients} recipient(s) with a delivery line each, {args.links} "
