@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prometheus_client import (
     CollectorRegistry,
@@ -181,6 +181,24 @@ class FollowerLag(Collector):
         return max(0.0, self._clock() - saved_at), behind
 
 
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+
+class _Unexported:
+    """A metric of a family this process does not export: every call (labels, inc, set,
+    observe...) does nothing, and labels() is itself."""
+
+    def labels(self, *args: Any, **kwargs: Any) -> _Unexported:
+        return self
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _nothing
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 class Metrics:
     """The metrics of one process. Tests build one per test on a fresh ``CollectorRegistry``
     (every family); the daemons use ``Metrics.for_daemon``."""
@@ -198,13 +216,12 @@ class Metrics:
         if unknown := wanted - set(FAMILIES):
             raise ValueError(f"unknown metric families: {sorted(unknown)}")
         self.families = wanted
-        # Families not asked for: counted into, never exported.
-        self._unexported = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._bounds: dict[int, Callable[[tuple[str, ...]], tuple[str, ...]]] = {}
 
-        def reg(family: str) -> CollectorRegistry:
-            return self.registry if family in wanted else self._unexported
+        def reg(family: str) -> CollectorRegistry | None:
+            """None: a family not asked for, whose metrics count nothing (`_new`)."""
+            return self.registry if family in wanted else None
 
         if standard:
             ProcessCollector(registry=self.registry)
@@ -222,13 +239,15 @@ class Metrics:
 
         # milter
         r = reg("milter")
-        self.messages = Counter(
+        self.messages = self._new(
+            Counter,
             "trackmilter_milter_messages_total",
             "SMTP transactions seen by the milter, by direction and what was done to them",
             ["direction", "action"],
             registry=r,
         )
-        self.recipients = Counter(
+        self.recipients = self._new(
+            Counter,
             "trackmilter_milter_recipients_total",
             "Recipients by in-line outcome at our MTA (accepted, refused) and enhanced status "
             "code of a refusal (IANA's registered codes, else other)",
@@ -236,12 +255,14 @@ class Metrics:
             registry=r,
         )
         self._bound(self.recipients, None, _closed(ENHANCED_CODES))
-        self.links_rewritten = Counter(
+        self.links_rewritten = self._new(
+            Counter,
             "trackmilter_milter_links_rewritten_total",
             "Links replaced by signed tracking links",
             registry=r,
         )
-        self.links_skipped = Counter(
+        self.links_skipped = self._new(
+            Counter,
             "trackmilter_milter_links_skipped_total",
             "Links left as written in messages that were tracked, by reason: url_too_long "
             "(the token would be longer than the trackers accept), unsignable (e.g. an "
@@ -250,50 +271,58 @@ class Metrics:
             registry=r,
         )
         self._bound(self.links_skipped, _closed(LINK_SKIP_REASONS))
-        self.pixels = Counter(
+        self.pixels = self._new(
+            Counter,
             "trackmilter_milter_pixels_added_total", "Open pixels added", registry=r
         )
-        self.skips = Counter(
+        self.skips = self._new(
+            Counter,
             "trackmilter_milter_skipped_total",
             "Outgoing or inbound messages left unmodified, by reason",
             ["reason"],
             registry=r,
         )
         self._bound(self.skips, _closed(str(s) for s in SkipReason))
-        self.callback_seconds = Histogram(
+        self.callback_seconds = self._new(
+            Histogram,
             "trackmilter_milter_callback_duration_seconds",
             "Time spent inside each milter callback",
             ["callback"],
             buckets=CALLBACK_BUCKETS,
             registry=r,
         )
-        self.errors = Counter(
+        self.errors = self._new(
+            Counter,
             "trackmilter_errors_total",
             "Internal errors caught at an exception boundary; mail passed through unmodified",
             ["stage"],
             registry=r,
         )
         self._bound(self.errors, _closed(ERROR_STAGES))
-        self.link_growth = Counter(
+        self.link_growth = self._new(
+            Counter,
             "trackmilter_milter_link_growth_bytes_total",
             "Bytes tracking links added over the original URLs (divide by links rewritten "
             "for the mean overhead per link)",
             registry=r,
         )
         # [milter] memory_budget: what buffered bodies and their rewriting may cost
-        self.memory_budget = Gauge(
+        self.memory_budget = self._new(
+            Gauge,
             "trackmilter_milter_memory_budget_bytes",
             "The milter's budget for message bytes in flight ([milter] memory_budget; 0: "
             "no limit)",
             registry=r,
         )
-        self.memory_reserved = Gauge(
+        self.memory_reserved = self._new(
+            Gauge,
             "trackmilter_milter_memory_reserved_bytes",
             "Bytes reserved now by messages in flight (their buffered bodies and what "
             "rewriting them will cost)",
             registry=r,
         )
-        self.memory_waits = Counter(
+        self.memory_waits = self._new(
+            Counter,
             "trackmilter_milter_memory_waits_total",
             "Times a message waited for room in the memory budget (those that got none in "
             "time are skipped with reason busy)",
@@ -302,21 +331,24 @@ class Metrics:
 
         # reports (DSN, MDN, ARF) seen by the milter
         r = reg("reports")
-        self.reports = Counter(
+        self.reports = self._new(
+            Counter,
             "trackmilter_reports_total",
             "Reports (dsn, mdn, arf) decoded from mail passing through the milter",
             ["kind"],
             registry=r,
         )
         self._bound(self.reports, _closed(REPORT_KINDS))
-        self.reports_skipped = Counter(
+        self.reports_skipped = self._new(
+            Counter,
             "trackmilter_reports_skipped_total",
             "Possible reports not decoded, by reason (not_a_report, too_large, queue_full, "
             "error, shutdown, busy: no room in the memory budget)",
             ["reason"],
             registry=r,
         )
-        self.report_recipients = Counter(
+        self.report_recipients = self._new(
+            Counter,
             "trackmilter_reports_recipients_total",
             "Recipients named by decoded reports, by kind (dsn, mdn, arf), action (RFC 3464 "
             "DSN action, RFC 8098 MDN disposition, ARF feedback type; other: anything else, "
@@ -328,16 +360,18 @@ class Metrics:
 
         # maillog follower
         r = reg("maillog")
-        self.maillog_lines = Counter(
-            "trackmilter_maillog_lines_total", "Log lines read by the maillog follower",
+        self.maillog_lines = self._new(
+            Counter, "trackmilter_maillog_lines_total", "Log lines read by the maillog follower",
             registry=r,
         )
-        self.maillog_unparsed = Counter(
+        self.maillog_unparsed = self._new(
+            Counter,
             "trackmilter_maillog_unparsed_lines_total",
             "Lines that look like delivery outcomes (status= / stat=) but could not be parsed",
             registry=r,
         )
-        self.maillog_deliveries = Counter(
+        self.maillog_deliveries = self._new(
+            Counter,
             "trackmilter_maillog_deliveries_total",
             "Per-recipient delivery outcomes read from the MTA log (also for mail the milter "
             "never saw), by outcome (sent, deferred, bounced, expired)",
@@ -346,7 +380,8 @@ class Metrics:
         )
         self._bound(self.maillog_deliveries, _closed(DELIVERY_OUTCOMES))
         # delivery (what the next hop answered, from the MTA's log)
-        self.delivery_outcomes = Counter(
+        self.delivery_outcomes = self._new(
+            Counter,
             "trackmilter_delivery_outcomes_total",
             "Per-recipient delivery outcomes by outcome (Postfix's status=: sent, deferred, "
             "bounced, expired), enhanced status code (Postfix's dsn=; IANA's registered "
@@ -356,7 +391,8 @@ class Metrics:
         )
         self._bound(self.delivery_outcomes, _closed(DELIVERY_OUTCOMES),
                     _closed(ENHANCED_CODES), None)
-        self.delivery_delay = Histogram(
+        self.delivery_delay = self._new(
+            Histogram,
             "trackmilter_delivery_delay_seconds",
             "Time from arrival to this delivery attempt's outcome (Postfix's delay=), by "
             "outcome",
@@ -365,20 +401,20 @@ class Metrics:
             registry=r,
         )
         self._bound(self.delivery_delay, _closed(DELIVERY_OUTCOMES))
-        if maillog_file is not None:
-            r.register(FollowerLag(*maillog_file))
-        elif r is self.registry:  # the families are known (dashboards check against them)
-            r.register(FollowerLag(None, None))
+        if r is not None:  # without a log file: the families are known, with no samples
+            r.register(FollowerLag(*(maillog_file or (None, None))))
 
         # webhooks (endpoint labels: the configured URLs without credentials or query)
         r = reg("webhooks")
-        self.webhook_deliveries = Counter(
+        self.webhook_deliveries = self._new(
+            Counter,
             "trackmilter_webhook_deliveries_total",
             "Webhook POSTs by endpoint and outcome (delivered, retry, gave_up)",
             ["endpoint", "outcome"],
             registry=r,
         )
-        self.webhook_queue = Gauge(
+        self.webhook_queue = self._new(
+            Gauge,
             "trackmilter_webhook_queue_events",
             "Events waiting in the webhook outbox, by endpoint",
             ["endpoint"],
@@ -388,7 +424,8 @@ class Metrics:
 
         # tracker (the tracker's app, also in `trackmilter edge`)
         r = reg("tracker")
-        self.hits = Counter(
+        self.hits = self._new(
+            Counter,
             "trackmilter_tracker_hits_total",
             "Clicks and opens answered by the tracker, by the verdict given when answering (the "
             "first answer; later changes: trackmilter_tracker_verdict_revisions_total)",
@@ -396,7 +433,8 @@ class Metrics:
             registry=r,
         )
         self._bound(self.hits, _closed(TARGETS), _closed(VERDICTS))
-        self.hit_reasons = Counter(
+        self.hit_reasons = self._new(
+            Counter,
             "trackmilter_tracker_hit_reasons_total",
             "Reasons behind the tracker's verdicts (a hit may have several; the reason codes "
             "of trackmilter.verdict, else other)",
@@ -404,14 +442,16 @@ class Metrics:
             registry=r,
         )
         self._bound(self.hit_reasons, _closed(TARGETS), _closed(VERDICT_REASONS))
-        self.invalid_tokens = Counter(
+        self.invalid_tokens = self._new(
+            Counter,
             "trackmilter_tracker_invalid_tokens_total",
             "Requests for tracking URLs whose token did not verify (answered 404)",
             ["target"],
             registry=r,
         )
         self._bound(self.invalid_tokens, _closed(TARGETS))
-        self.request_seconds = Histogram(
+        self.request_seconds = self._new(
+            Histogram,
             "trackmilter_tracker_request_duration_seconds",
             "Time to answer a tracking URL inside the application (verify, judge, queue the "
             "hit), by target",
@@ -421,7 +461,8 @@ class Metrics:
         )
         self._bound(self.request_seconds, _closed(TARGETS))
         r = reg("edge")
-        self.edge_lines = Counter(
+        self.edge_lines = self._new(
+            Counter,
             "trackmilter_edge_lines_total",
             "Lines of nginx's hit log read by `trackmilter edge`, by outcome: hit (verified, "
             "judged and queued for the store writer; trackmilter_store_events_written_total "
@@ -433,13 +474,15 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        self.edge_lag = Gauge(
+        self.edge_lag = self._new(
+            Gauge,
             "trackmilter_edge_lag_seconds",
             "Age of the last hit `trackmilter edge` queued for the store, when it was queued "
             "(the time nginx logged it to the time edge read it)",
             registry=r,
         )
-        self.verdict_revisions = Counter(
+        self.verdict_revisions = self._new(
+            Counter,
             "trackmilter_tracker_verdict_revisions_total",
             "Stored verdicts changed by later evidence (the delivery time, the message's other "
             "hits and links), by target and the verdict given now; "
@@ -451,49 +494,58 @@ class Metrics:
 
         # store
         r = reg("store")
-        self.store_queue = Gauge(
+        self.store_queue = self._new(
+            Gauge,
             "trackmilter_store_queue_events",
             "Events waiting in memory for the background writer",
             registry=r,
         )
-        self.store_batch_seconds = Histogram(
+        self.store_batch_seconds = self._new(
+            Histogram,
             "trackmilter_store_batch_duration_seconds",
             "Time to write one batch to the database",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
-        self.store_written = Counter(
+        self.store_written = self._new(
+            Counter,
             "trackmilter_store_events_written_total",
             "Events written to the database",
             registry=r,
         )
-        self.store_failures = Counter(
+        self.store_failures = self._new(
+            Counter,
             "trackmilter_store_write_failures_total",
             "Batches the database refused or could not take (they went to the spool)",
             registry=r,
         )
-        self.spool_events = Gauge(
+        self.spool_events = self._new(
+            Gauge,
             "trackmilter_store_spool_events",
             "Events waiting in the on-disk spool for the database to come back",
             registry=r,
         )
-        self.spool_replayed = Counter(
+        self.spool_replayed = self._new(
+            Counter,
             "trackmilter_store_spool_replayed_total",
             "Events replayed from the spool into the database",
             registry=r,
         )
-        self.store_stalls = Counter(
+        self.store_stalls = self._new(
+            Counter,
             "trackmilter_store_stalls_total",
             "Database writes that outlived [store] write_timeout (interrupted; events waited "
             "in the journal)",
             registry=r,
         )
-        self.journal_failures = Counter(
+        self.journal_failures = self._new(
+            Counter,
             "trackmilter_store_journal_failures_total",
             "Events the on-disk journal could not take (full disk): they waited in memory",
             registry=r,
         )
-        self.store_dropped = Counter(
+        self.store_dropped = self._new(
+            Counter,
             "trackmilter_store_events_dropped_total",
             "Events lost because neither the database nor the spool could take them",
             registry=r,
@@ -508,6 +560,16 @@ class Metrics:
         maillog); `maillog_file`: the follower's ([maillog] path, state_file), for its lag."""
         return cls(families=DAEMONS[daemon], standard=True, maillog_file=maillog_file,
                    mta=mta)
+
+    @staticmethod
+    def _new(cls: type[_M], *args: Any, registry: CollectorRegistry | None, **kwargs: Any
+             ) -> _M:
+        """The metric on `registry`, or for a family not asked for (None) one that counts
+        nothing: in prometheus-client's multiprocess mode every metric made writes to the
+        shared files, whatever registry it is on, and the scrape would show it."""
+        if registry is None:
+            return cast(_M, _Unexported())
+        return cast(_M, cast(Any, cls)(*args, registry=registry, **kwargs))
 
     def _bound(self, metric: Any, *per_label: Callable[[str], str] | None) -> None:
         """Map each label value through its closed set (None: the value is ours or

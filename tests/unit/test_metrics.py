@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,16 +231,16 @@ USE = re.compile(r"(?:\bm|\bmetrics|_metrics)\.(\w+)|_count\(metrics, \"(\w+)\""
 
 @pytest.mark.parametrize("daemon", sorted(DAEMON_MODULES))
 def test_each_daemon_exports_every_metric_its_code_counts(daemon: str) -> None:
+    every = Metrics(CollectorRegistry())
+    metric_attrs = {a for a, v in vars(every).items() if isinstance(v, MetricWrapperBase)}
     m = Metrics.for_daemon(daemon)
-    metric_attrs = {a for a, v in vars(m).items() if isinstance(v, MetricWrapperBase)}
-    exported = exposed(m)
     used: set[str] = set()
     for module in DAEMON_MODULES[daemon]:
         text = (PACKAGE / module).read_text()
         used |= {a or b for a, b in USE.findall(text)} & metric_attrs
     assert used, daemon
     missing = {a for a in used - NOT_CALLED.get(daemon, set())
-               if list(getattr(m, a).describe())[0].name not in exported}
+               if not isinstance(getattr(m, a), MetricWrapperBase)}
     assert missing == set(), daemon
 
 
@@ -282,3 +284,37 @@ def test_build_info_names_the_mta_of_the_milter_and_the_follower() -> None:
         "trackmilter_build_info", {"version": __version__, "mta": "mx1.example.org"}) == 1
     web = Metrics.for_daemon("web")
     assert web.registry.get_sample_value("trackmilter_build_info", {"version": __version__}) == 1
+
+
+MULTIPROCESS = """
+import sys
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from trackmilter.metrics import Metrics
+m = Metrics.for_daemon(sys.argv[1])
+# What shared code may count: every family, exported or not.
+m.child(m.errors, "eom").inc()
+m.links_rewritten.inc()
+m.store_written.inc()
+m.child(m.hits, "click", "human").inc()
+m.child(m.request_seconds, "click").observe(0.001)
+merged = CollectorRegistry()
+multiprocess.MultiProcessCollector(merged)
+sys.stdout.write(generate_latest(merged).decode())
+"""
+
+
+def test_multiprocess_mode_exports_only_the_trackers_families(tmp_path: Path) -> None:
+    """`trackmilter web` with several workers (PROMETHEUS_MULTIPROC_DIR): every metric a
+    worker makes is in the shared files whatever its registry, so a family the tracker does
+    not export must make no metric at all."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", MULTIPROCESS, "web"], env=env, check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    names = set(re.findall(r"^# TYPE (\S+)", out, re.M))
+    assert {"trackmilter_tracker_hits_total", "trackmilter_store_events_written_total",
+            "trackmilter_tracker_request_duration_seconds"} <= names
+    assert "trackmilter_build_info" in names
+    assert not {n for n in names if n.startswith(("trackmilter_milter", "trackmilter_errors",
+                                                   "trackmilter_reports", "trackmilter_maillog",
+                                                   "trackmilter_webhook", "trackmilter_edge"))}
+    assert "_created" not in out
