@@ -11,7 +11,9 @@ real journal file by systemd-journal-remote and read back with the real journalc
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support import poll
 from tests.unit.maillog import journal_export as je
 
 from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, send
@@ -134,3 +137,105 @@ def test_journal_json_outcomes_reach_status_and_the_cursor_resumes(rig: Rig) -> 
     view = rig.status("second@example.com", lambda v: bool(outcomes(v)))
     assert outcomes(view) == {"ok2@example.net": ["sent"]}
     assert saved_cursor(rig.state) == later[-1]["__CURSOR"]
+
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def readme_script(journal_dir: Path, state: Path, config: Path) -> str:
+    """The README's service script, as written there, with this test's journal
+    directory, state file and configuration in place of the system's."""
+    text = README.read_text()
+    start = text.index("#!/bin/sh\n# /usr/local/bin/trackmilter-maillog-journal")
+    script = text[start:text.index("```", start)]
+    for old, new in (
+        ("journalctl --follow", f"journalctl --directory={journal_dir} --follow"),
+        ("state=/var/lib/trackmilter/maillog.state", f"state={state}"),
+        ("/opt/trackmilter/bin/trackmilter --config /etc/trackmilter/trackmilter.toml",
+         " ".join(command(config))),
+    ):
+        assert script.count(old) == 1, f"the README's script no longer says {old!r}"
+        script = script.replace(old, new)
+    return script
+
+
+def maillog_child(shell: subprocess.Popen[bytes]) -> int:
+    """The pid of `trackmilter maillog -` in the script's pipeline."""
+    def find() -> int | None:
+        children = Path(f"/proc/{shell.pid}/task/{shell.pid}/children").read_text().split()
+        for pid in children:
+            try:
+                if b"maillog" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return int(pid)
+            except FileNotFoundError:
+                continue
+        return None
+    return poll(find, timeout=30, what="trackmilter maillog in the pipeline")
+
+
+@pytest.mark.skipif(not je.JOURNAL_REMOTE.exists(),
+                    reason="no systemd-journal-remote (apt-get install systemd-journal-remote)")
+def test_the_readme_service_script_follows_and_resumes(rig: Rig) -> None:
+    """The README's script, live: journalctl --follow feeds the follower as entries are
+    written; stopped and started again, it goes on after the saved cursor."""
+    journal_dir = rig.journal.parent / "journal"
+    journal_dir.mkdir()
+    rig.journal = journal_dir / "system.journal"
+    script = readme_script(journal_dir, rig.state, rig.config)
+
+    def run_script(out: Path) -> subprocess.Popen[bytes]:
+        with out.open("wb") as f:
+            # Its own process group: a failed test kills the whole pipeline.
+            return subprocess.Popen(["/bin/sh", "-c", script], stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(shell: subprocess.Popen[bytes]) -> None:
+        # As `systemctl stop` would for the follower: it stores what it holds and
+        # exits 0; journalctl, its reader gone, ends; so does the script.
+        try:
+            os.kill(maillog_child(shell), signal.SIGTERM)
+            assert shell.wait(timeout=60) == 0
+        finally:
+            if shell.poll() is None:
+                os.killpg(shell.pid, signal.SIGKILL)
+                shell.wait(timeout=30)
+
+    def journal_after(rcpts: list[str], subject: str) -> str:
+        rig.send(rcpts, subject)
+        for rcpt in rcpts:
+            rig.postfix.wait_log(rf"to=<{re.escape(rcpt)}>.*status=(sent|bounced)",
+                                 timeout=60)
+        last = json.loads(rig.journal_json().splitlines()[-1])  # appends to the journal
+        return str(last["__CURSOR"])
+
+    cursor = journal_after(["ok@example.net", "reject-1@example.net"], "first")
+    tmp = rig.journal.parent.parent
+    shell = run_script(tmp / "script-1.log")
+    try:
+        view = rig.status("first@example.com", lambda v: len(outcomes(v)) == 2)
+        assert outcomes(view) == {"ok@example.net": ["sent"],
+                                  "reject-1@example.net": ["bounced"]}
+        poll(lambda: saved_cursor(rig.state) == cursor, timeout=30, what="cursor saved")
+        # Entries written while it runs are read as they come (journalctl --follow).
+        cursor = journal_after(["ok2@example.net"], "live")
+        view = rig.status("live@example.com", lambda v: bool(outcomes(v)))
+        assert outcomes(view) == {"ok2@example.net": ["sent"]}
+        poll(lambda: saved_cursor(rig.state) == cursor, timeout=30, what="cursor saved")
+    finally:
+        if shell.poll() is None:
+            stop(shell)
+    # Mail while the follower is stopped; started again, it reads only what is new.
+    journal_after(["ok3@example.net"], "stopped")
+    shell = run_script(tmp / "script-2.log")
+    try:
+        view = rig.status("stopped@example.com", lambda v: bool(outcomes(v)))
+        assert outcomes(view) == {"ok3@example.net": ["sent"]}
+    finally:
+        if shell.poll() is None:
+            stop(shell)
+    lines = [json.loads(line) for line in (tmp / "script-2.log").read_text().splitlines()
+             if line.startswith("{")]
+    [resumed] = [ln for ln in lines if ln["event"] == "maillog_journal_resume"]
+    [stopped] = [ln for ln in lines if ln["event"] == "maillog_stopped"]
+    assert resumed["cursor"] == cursor
+    assert stopped["events"] == 1  # ok3 only: nothing before the cursor read again

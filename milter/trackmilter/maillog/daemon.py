@@ -56,7 +56,7 @@ MAX_LOGGED_CHARS = 300
 LOG_MALFORMED_FIRST = 20
 LOG_MALFORMED_EVERY = 1000
 # What an administrator runs to go on after the saved cursor (see the README).
-RESUME_COMMAND = "journalctl -f -o json -u 'postfix@*' --after-cursor='{cursor}'"
+RESUME_COMMAND = "journalctl -f -a -o json -u 'postfix@*' --after-cursor='{cursor}'"
 
 KINDS: frozenset[RecordType] = frozenset({Delivery, MessageExpired, MessageRemoved})
 
