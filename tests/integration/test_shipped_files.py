@@ -17,9 +17,12 @@ quietly ignored. Every other byte is the shipped one.
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
+import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,6 +31,10 @@ from pathlib import Path
 import pytest
 
 from trackmilter.config import load
+from trackmilter.model import new_tracking_id
+from trackmilter.tokens import Signer
+from trackmilter.web.edge import parse_line
+from trackmilter_lab import child, free_port
 from trackmilter_lab.postfix import PostfixInstance, postfix_available
 from trackmilter_lab.sendmail import SENDMAIL_HOME
 
@@ -94,9 +101,10 @@ def _nginx_paths(p: Path) -> dict[str, str]:
     }
 
 
-def _nginx_t(p: Path, name: str, text: str | None = None) -> subprocess.CompletedProcess[str]:
+def _nginx_install(p: Path, name: str, text: str | None = None, extra: str = "") -> Path:
     """Install conf/nginx/NAME (or `text` under that name) into prefix `p` with its paths
-    mapped, and run `nginx -t`."""
+    mapped, included in an http block as Debian's nginx.conf includes conf.d/*.conf;
+    returns the nginx.conf to give to nginx (`extra`: main-context lines)."""
     if text is None:
         text = (CONF / "nginx" / name).read_text()
     paths = _nginx_paths(p)
@@ -108,7 +116,7 @@ def _nginx_t(p: Path, name: str, text: str | None = None) -> subprocess.Complete
     (p / "conf.d" / name).write_text(text)
     includes = "".join(f"include {c};\n" for c in DEBIAN_MODULE_CONFS)
     (p / "nginx.conf").write_text(f"""\
-{includes}pid {p}/nginx.pid;
+{includes}{extra}pid {p}/nginx.pid;
 events {{ }}
 http {{
     include /etc/nginx/mime.types;
@@ -121,8 +129,13 @@ http {{
     include {p}/conf.d/*.conf;
 }}
 """)
-    return _run([NGINX, "-t", "-p", f"{p}/", "-c", str(p / "nginx.conf"),
-                 "-e", str(p / "error.log")])
+    return p / "nginx.conf"
+
+
+def _nginx_t(p: Path, name: str, text: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` on conf/nginx/NAME (or `text`) installed in prefix `p`."""
+    conf = _nginx_install(p, name, text)
+    return _run([NGINX, "-t", "-p", f"{p}/", "-c", str(conf), "-e", str(p / "error.log")])
 
 
 @pytest.mark.parametrize("name", ["trackmilter-edge.conf", "trackmilter-web.conf"])
@@ -143,6 +156,62 @@ def test_nginx_t_fails_on_a_directive_debian_12_lacks(nginx_prefix: Path) -> Non
     done = _nginx_t(nginx_prefix, "trackmilter-web.conf", newer)
     assert done.returncode != 0
     assert 'unknown directive "http2"' in done.stderr
+
+
+def test_nginx_runs_the_shipped_edge_file(nginx_prefix: Path) -> None:
+    """`nginx -t` does not run init_by_lua: start nginx on the shipped edge file (only its
+    port changed, the IPv6 listen dropped) so that its lua_package_path, its require and
+    its key file load are exercised, answer a click and a pixel, and leave the hit lines
+    `trackmilter edge` reads."""
+    port = free_port()
+    shipped = (CONF / "nginx" / "trackmilter-edge.conf").read_text()
+    v4, v6 = "    listen 443 ssl http2;\n", "    listen [::]:443 ssl http2;\n"
+    assert v4 in shipped and v6 in shipped
+    text = shipped.replace(v4, f"    listen 127.0.0.1:{port} ssl http2;\n").replace(v6, "")
+    user = "user root;\n" if os.geteuid() == 0 else ""  # the workers write in tmp_path
+    conf = _nginx_install(nginx_prefix, "trackmilter-edge.conf", text, extra=user)
+    errors = nginx_prefix / "error.log"
+    proc = subprocess.Popen([NGINX, "-p", f"{nginx_prefix}/", "-c", str(conf), "-e",
+                             str(errors), "-g", "daemon off;"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    tls = ssl.create_default_context(cafile=str(nginx_prefix / "cert.pem"))
+    tls.check_hostname = False  # the certificate names t.example.com, we dial 127.0.0.1
+
+    def get(path: str) -> tuple[int, str | None]:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=tls)
+        try:
+            conn.request("GET", path, headers={"Host": "t.example.com",
+                                               "User-Agent": "shipped-files-test/1"})
+            answer = conn.getresponse()
+            answer.read()
+            return answer.status, answer.getheader("Location")
+        finally:
+            conn.close()
+
+    def serving() -> bool:
+        try:
+            return get("/")[0] == 404
+        except OSError:
+            return False
+
+    try:
+        child.wait_serving(proc, serving, 15, what="nginx on the shipped edge file",
+                           said=lambda: child.output(errors), interval=0.05)
+        signer = Signer.from_file(nginx_prefix / "secret")
+        tid = new_tracking_id()
+        url = "https://shop.example.com/spring?utm_source=news"
+        click, pixel = signer.sign_click(tid, 1, url), signer.sign_open(tid)
+        assert get(f"/c/{click}") == (302, url)
+        assert get(f"/o/{pixel}")[0] == 200
+        assert get(f"/c/{click[:-2]}")[0] == 404  # a token that does not verify
+    finally:
+        child.end(proc, signal.SIGQUIT)  # graceful: nginx writes its buffered log lines
+    assert "trackmilter:" not in child.output(errors), child.output(errors)
+    lines = (nginx_prefix / "logs" / "hits.log").read_text().splitlines()
+    hits = [parse_line(line) for line in lines]
+    assert [(h.path, h.status) for h in hits if h is not None] == [
+        (f"/c/{click}", 302), (f"/o/{pixel}", 200), (f"/c/{click[:-2]}", 404)]
 
 
 # -- Postfix ----------------------------------------------------------------------------
