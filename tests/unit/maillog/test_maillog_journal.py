@@ -379,3 +379,15 @@ def test_after_the_saved_cursor_nothing_is_missed_or_repeated(lab_journal: Path,
     second, _journal, _log = stream(state, [rest], queues=queues)
     got = [(e.queue_id, e.recipient, str(e.status)) for e in first.events + second.events]
     assert got == outcomes((DATA / "postfix-3.7-lab.log").read_text())
+
+
+def test_sendmail_entries_are_read_by_the_sendmail_parser() -> None:
+    """`[maillog] format = "sendmail"`: the same conversion, Sendmail's parser."""
+    log = (DATA / "sendmail.log").read_text()
+    lines = je.json_lines(je.entries(log.splitlines(), unit="sendmail.service"))
+    text, _journal, bad = converted(lines)
+    parser = LineParser("sendmail", reference=REFERENCE, zone=UTC)
+    want = [same_line(r) for r in LineParser("sendmail", reference=REFERENCE,
+                                             zone=UTC).scan(log)]
+    assert not bad and len(want) > 5
+    assert [same_line(r) for r in parser.scan(text)] == want
