@@ -8,15 +8,16 @@ maillog, web, edge, webhooks) and the command line use it, it uses none of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from trackmilter.config import Settings
+from trackmilter.keyfile import WatchedSigner
 from trackmilter.store.base import StoreConfigError, WriteHook
 from trackmilter.store.engine import check_sqlite_directory, parse_url, sqlite_path
 from trackmilter.store.hits import Reviser
 from trackmilter.store.sql import SQLStore
-from trackmilter.tokens import KeyFileError, Signer
+from trackmilter.tokens import KeyFileError
 
 if TYPE_CHECKING:
     from trackmilter.metrics import Metrics
@@ -57,8 +58,9 @@ def reserved_host(host: str) -> bool:
         h == d or h.endswith("." + d) for d in _RESERVED_DOMAINS)
 
 
-def load_signer(settings: Settings) -> Signer | None:
-    """The tracking key set, or None when [tracking] base_url is empty (tracking off).
+def load_signer(settings: Settings, log: Any = None) -> WatchedSigner | None:
+    """The tracking key set, following its file (trackmilter.keyfile), or None when
+    [tracking] base_url is empty (tracking off).
 
     Refuses (StartupError, naming the key) a base_url on a reserved example domain — the
     milter would rewrite real mail's links to a host nobody owns — unless [tracking]
@@ -73,7 +75,7 @@ def load_signer(settings: Settings) -> Signer | None:
             "the links in your mail would point to a host nobody owns. Set it to your "
             "tracker's public URL (or leave it empty to record without rewriting)")
     try:
-        return Signer.from_file(t.secret_file)
+        return WatchedSigner(t.secret_file, log)
     except KeyFileError as exc:
         raise StartupError(f"[tracking] secret_file = {str(t.secret_file)!r}: {exc}") from exc
 

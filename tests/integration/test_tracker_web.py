@@ -94,3 +94,32 @@ def test_database_gone_redirects_still_work_and_hits_are_spooled(
         wait_until(lambda: stored(cfg) == 20, 30, what="spooled hits replayed")
     finally:
         again.stop()
+
+
+def test_sighup_reloads_the_key_file_without_losing_a_hit(
+        tracker: tuple[WebProcess, Path, Signer]) -> None:
+    """A key rotation: the new key goes first in the file, then `systemctl reload`
+    (SIGHUP): the workers are replaced one by one, each reading the file again; a link
+    signed with the new key answers once they have, and old links still do."""
+    import os
+    import secrets
+    import signal
+
+    web, cfg, old = tracker
+    tid = new_tracking_id()
+    new_key = secrets.token_hex(32)
+    new = Signer([new_key.encode(), *[k.encode() for k in
+                                      (cfg.parent / "secret").read_text().split()]])
+    path = f"/c/{new.sign_click(tid, 1, 'https://x.example/new')}"
+    assert request(web.port, path, headers={"User-Agent": UA})[0] == 404
+    secret = cfg.parent / "secret"
+    secret.write_text(new_key + "\n" + secret.read_text())
+    assert web.pid is not None
+    os.kill(web.pid, signal.SIGHUP)
+    # Until both workers were replaced, a request may reach one with the old keys (404).
+    assert wait_until(lambda: request(web.port, path, headers={"User-Agent": UA})[0] == 302,
+                      timeout=60), web.output()
+    assert request(web.port, f"/c/{old.sign_click(tid, 2, 'https://x.example/old')}",
+                   headers={"User-Agent": UA})[0] == 302
+    assert web.stop() == 0
+    assert stored(cfg) == 2  # the two answered with a redirect; a 404 is no hit

@@ -77,7 +77,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
 
     log = get_logger(component="milter")
     metrics = Metrics.for_daemon("milter", mta=settings.milter.mta_name)
-    signer = load_signer(settings)
+    signer = load_signer(settings, log)
     if signer is None:
         log.warning("tracking_disabled", reason="[tracking] base_url is empty: "
                     "messages are recorded and get a tracking header, links are not rewritten")

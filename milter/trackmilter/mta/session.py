@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar, cast
 import Milter
 
 from trackmilter.config import Settings
+from trackmilter.keyfile import WatchedSigner
 from trackmilter.metrics import Metrics
 from trackmilter.model import (
     Direction,
@@ -58,7 +59,9 @@ class Deps:
     """Everything a session needs, built once at start-up and shared read-only by all sessions."""
 
     settings: Settings
-    signer: Signer | None  # None: no base_url configured, nothing is rewritten
+    # None: no base_url configured, nothing is rewritten. The milter's follows its key file
+    # (trackmilter.keyfile); tests hand a fixed Signer.
+    signer: Signer | WatchedSigner | None
     sink: EventSink
     metrics: Metrics
     log: Any

@@ -121,6 +121,10 @@ class TrackerApp:
         self._signer = signer
         self.key_ids = signer.key_ids
 
+    def set_networks(self, networks: Any) -> None:
+        """Look clients up in these lists from now on (`trackmilter edge` on SIGHUP)."""
+        self._networks = networks
+
     def close(self) -> None:
         """Stop background lookups (reverse DNS)."""
         if self._rdns is not None:

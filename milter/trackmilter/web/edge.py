@@ -29,6 +29,7 @@ from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.store.base import WriteHook
 from trackmilter.tokens import KeyFileError, Signer
+from trackmilter.web.networks import NetworkFileError, networks_from
 from trackmilter.web.server import build
 
 FORMAT_TAG = "tm2"
@@ -219,7 +220,8 @@ class Ingest:
 def follow(follower: FileFollower, ingest: Ingest, writer: Any, log: Any,
            should_stop: Callable[[], bool], *, flush_timeout: float = 30.0,
            commit_interval: float = 1.0, max_pending: int = 5000,
-           clock: Callable[[], float] = time.monotonic) -> None:
+           clock: Callable[[], float] = time.monotonic,
+           tick: Callable[[], None] = lambda: None) -> None:
     """Read blocks until `should_stop()`. The position is saved only once the writer has
     stored or spooled every hit read before it (a crash re-reads from there; the hit ids
     make that harmless): when the log is caught up, and every `commit_interval` seconds
@@ -242,6 +244,7 @@ def follow(follower: FileFollower, ingest: Ingest, writer: Any, log: Any,
 
     try:
         while not should_stop():
+            tick()
             block = follower.poll()
             if block:
                 hits += ingest.consume(block)
@@ -266,9 +269,15 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     def _stop(signum: int, frame: FrameType | None) -> None:
         stop[0] = True
 
+    hup = [False]
+
+    def _hup(signum: int, frame: FrameType | None) -> None:
+        hup[0] = True
+
     # Before any thread starts: a stop asked for during start-up is a stop, not a kill.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _hup)
     log = get_logger(component="edge")
     metrics = Metrics.for_daemon("edge")
     e = settings.edge
@@ -282,7 +291,23 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
                             on_lost=warn_lost(log, "edge_position_lost", e.log))
     try:
         keys = KeyWatcher(settings.tracking.secret_file, app, log)
-        follow(follower, Ingest(app, metrics, log, keys=keys), writer, log, lambda: stop[0])
+
+        def reload() -> None:
+            """SIGHUP: the key file and the network lists read again; a file that does not
+            read keeps what is in use (logged)."""
+            if not hup[0]:
+                return
+            hup[0] = False
+            keys.reload_if_changed()
+            try:
+                app.set_networks(networks_from(settings))
+            except (NetworkFileError, OSError) as exc:
+                log.error("edge_networks_not_reloaded", error=str(exc))
+            else:
+                log.info("edge_reloaded", key_ids=list(app.key_ids))
+
+        follow(follower, Ingest(app, metrics, log, keys=keys), writer, log, lambda: stop[0],
+               tick=reload)
     finally:
         deadline = Deadline(settings.store.stop_timeout)
         app.close()
