@@ -2,6 +2,8 @@
 
 - conf/nginx/*.conf: `nginx -t` (Debian 12's nginx 1.22 with Debian's Lua module), in a
   throwaway prefix, each file included in an http block as /etc/nginx/conf.d/ would be;
+  and, since `nginx -t` does not run init_by_lua, nginx serving the edge file (its port
+  changed) with the shipped Lua module and a key file;
 - conf/postfix/main.cf.snippet: `postconf -c DIR` and `postfix -c DIR check` on a private
   configuration directory (nothing in /etc/postfix is read or changed);
 - conf/sendmail/trackmilter.mc: m4 with Debian's sendmail-cf, then Sendmail itself reads the
@@ -10,9 +12,9 @@
   virtualenv, so that every ExecStart= names a program that exists);
 - conf/trackmilter.toml: our own loader, and the paths it shares with the files above.
 
-Only absolute paths are rewritten (certificates, key file, logs), each one checked to be in
-the shipped file, so that a path the test does not provide fails the test instead of being
-quietly ignored. Every other byte is the shipped one.
+Only absolute paths are rewritten (certificates, key file, logs; and the edge's listen
+port where nginx runs), and a path the test does not provide fails the test instead of
+being quietly ignored. Every other byte is the shipped one.
 """
 
 from __future__ import annotations
