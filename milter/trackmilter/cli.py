@@ -310,6 +310,28 @@ def db_upgrade(ctx: click.Context) -> None:
         click.echo(f"the database schema is up to date (revision {head_revision()})")
 
 
+@db.command("copy")
+@click.argument("destination")
+@_config_here
+@click.pass_context
+def db_copy(ctx: click.Context, destination: str) -> None:
+    """Copy every row of [database] url into DESTINATION, an empty database (e.g. the
+    PostgreSQL several servers will share: postgresql+psycopg://USER@HOST/DB). Stop the
+    daemons writing to the source first; then point [database] url at DESTINATION."""
+    from trackmilter.store import StoreError
+    from trackmilter.store.copy import copy_store
+
+    ctx.ensure_object(dict)["cli"] = True
+    settings = _settings(ctx, logs=False)
+    try:
+        counts = copy_store(settings.database.url, destination)
+    except StoreError as exc:
+        click.echo(f"trackmilter db copy: {exc}", err=True)
+        ctx.exit(1)
+    click.echo("copied " + ", ".join(f"{n} {table}" for table, n in counts.items())
+               + "; every table counted on both sides")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--explain", is_flag=True,
