@@ -391,3 +391,32 @@ def test_sendmail_entries_are_read_by_the_sendmail_parser() -> None:
                                              zone=UTC).scan(log)]
     assert not bad and len(want) > 5
     assert [same_line(r) for r in parser.scan(text)] == want
+
+
+README = Path(__file__).parents[3] / "README.md"
+UNIT = Path(__file__).parents[3] / "systemd" / "trackmilter-maillog.service"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_readme_drop_in_loads_on_the_shipped_unit(tmp_path: Path) -> None:
+    """The README's `systemctl edit` drop-in, as systemd reads it over the shipped unit."""
+    text = README.read_text()
+    start = text.index("systemctl edit trackmilter-maillog")
+    block = text[start:text.index("```", start)].splitlines()[1:]
+    drop_in = "\n".join(line.removeprefix("#   ") for line in block
+                        if line.startswith("#   ")) + "\n"
+    assert drop_in.startswith("[Service]\n") and "ExecStart=\n" in drop_in
+    assert "SupplementaryGroups=systemd-journal" in drop_in
+    script = tmp_path / "trackmilter-maillog-journal"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    shutil.copy(UNIT, tmp_path)
+    (tmp_path / f"{UNIT.name}.d").mkdir()
+    (tmp_path / f"{UNIT.name}.d" / "override.conf").write_text(
+        drop_in.replace("/usr/local/bin/trackmilter-maillog-journal", str(script)))
+    out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / UNIT.name)],
+                         env={"SYSTEMD_UNIT_PATH": f"{tmp_path}:", "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=60)
+    said = out.stdout + out.stderr
+    # Only what this machine lacks (the venv in /opt/trackmilter) may be reported.
+    assert "override.conf" not in said and str(script) not in said, said
