@@ -7,9 +7,11 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -24,6 +26,7 @@ from trackmilter.metrics import (
     FollowerLag,
     Metrics,
 )
+from trackmilter.mta.report_queue import ReportQueue, decode_report
 from trackmilter.reports import decode
 from trackmilter.verdict import WEIGHTS
 
@@ -318,3 +321,50 @@ def test_multiprocess_mode_exports_only_the_trackers_families(tmp_path: Path) ->
                                                    "trackmilter_reports", "trackmilter_maillog",
                                                    "trackmilter_webhook", "trackmilter_edge"))}
     assert "_created" not in out
+
+
+DSN = b"""From: MAILER-DAEMON@mx.example.net
+To: alice@example.org
+Subject: Undelivered Mail Returned to Sender
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b"
+
+--b
+Content-Type: text/plain
+
+Your message could not be delivered.
+
+--b
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; bob@example.net
+Action: %s
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 <bob@example.net>: Recipient address rejected: no such user
+
+--b--
+"""
+
+
+@pytest.mark.parametrize(("action", "counted"), [(b"failed", "failed"),
+                                                  (b"x-chosen-by-the-sender-42", "other")])
+def test_an_inbound_reports_action_is_counted_in_its_closed_set(action: bytes,
+                                                                 counted: str) -> None:
+    """The milter's report queue, with the real decoder: whatever a remote sender writes in
+    Action, it makes no series of its own."""
+    events: list[object] = []
+
+    class Sink:
+        def submit(self, event: object) -> None:
+            events.append(event)
+
+    m = Metrics.for_daemon("milter")
+    q = ReportQueue(decode_report, Sink(), m, structlog.get_logger("test"))
+    q.submit(DSN % action, queue_id="4QABC", message_id="<r@mx>", at=datetime.now(UTC),
+             mta="mx1")
+    q.close()
+    assert len(events) == 1
+    assert m.registry.get_sample_value("trackmilter_reports_recipients_total", {
+        "kind": "dsn", "action": counted, "reason": "userunknown"}) == 1

@@ -180,10 +180,10 @@ class ReportQueue:
         self._sink.submit(event)
         m.child(m.reports, event.report).inc()
         for r in event.recipients:
-            # The action: a DSN's Action, an MDN's disposition, an ARF report's feedback
-            # type; Metrics.child counts anything outside their RFCs' sets as "other".
-            action = r.feedback_type if event.report == "arf" else r.action
-            m.child(m.report_recipients, event.report, action or "none",
+            # The action (a DSN's Action, an MDN's disposition type, an ARF report's
+            # feedback type) is from outside: Metrics.child counts a value outside its
+            # RFC's set as "other".
+            m.child(m.report_recipients, event.report, r.action or "none",
                     r.reason or "none").inc()
         self._log.info(
             "report", kind=event.report, queue_id=job.queue_id,
