@@ -92,3 +92,19 @@ def test_scripts_install_installs_every_unit() -> None:
         assert any(fnmatch(f"systemd/{unit.name}", p) for p in patterns), unit.name
     # ... with PREFIX put in place of /opt/trackmilter in every one of them.
     assert 'sed "s#/opt/trackmilter/#${PREFIX%/}/#g" "$unit"' in text
+
+
+def test_reload_is_sighup_for_the_trackers_and_absent_from_the_milter() -> None:
+    """`trackmilter web` and `trackmilter edge` read the key file and the network lists
+    again on SIGHUP; libmilter takes SIGHUP as "stop", so the milter must have no reload
+    (it follows its key file by itself)."""
+    by_name = {u.name: settings(u) for u in SERVICES}
+    reloads = {name for name, s in by_name.items() if any(k == "ExecReload" for _, k, _ in s)}
+    assert reloads == {"trackmilter-web.service", "trackmilter-edge.service"}
+    for name in reloads:
+        assert ("Service", "ExecReload", "/bin/kill -HUP $MAINPID") in by_name[name]
+    # A networks refresh that succeeded makes the running trackers read the new lists.
+    post = [v for sec, k, v in by_name["trackmilter-networks-refresh.service"]
+            if k == "ExecStartPost"]
+    assert len(post) == 1 and post[0].startswith("+/usr/bin/systemctl try-reload-or-restart ")
+    assert set(post[0].split()[2:]) == reloads
