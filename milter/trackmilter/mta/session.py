@@ -405,18 +405,20 @@ class Session(Milter.Base):  # type: ignore[misc]
         if event.pixel:
             m.pixels.inc()
         self.deps.sink.submit(event)
+        # Fields named and valued as in the JSON API (end_reason; "" for an absent text).
         self.log.info(
-            "message",
+            "message", mta=event.mta,
             queue_id=event.queue_id, tracking_id=event.tracking_id,
-            message_id=event.message_id, direction=str(event.direction), end=str(event.end),
+            message_id=event.message_id, direction=str(event.direction),
+            end_reason=str(event.end),
             sender=event.sender, client_addr=event.client_addr, auth_user=event.auth_user,
             size=event.size,
             recipients=[{"address": r.address, "outcome": str(r.outcome),
                          **({"status": r.status, "text": r.text} if r.status or r.text else {})}
                         for r in event.recipients],
             links=len(event.links), pixel=event.pixel, rewritten=event.rewritten,
-            skip_reason=event.skip_reason or None, ms=round(seconds * 1000, 3),
-            links_skipped=dict(links_skipped) if links_skipped else None,
+            skip_reason=str(event.skip_reason), ms=round(seconds * 1000, 3),
+            links_skipped=dict(links_skipped or {}),
         )
 
 

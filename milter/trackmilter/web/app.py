@@ -299,7 +299,7 @@ class TrackerApp:
             m.child(m.hit_reasons, target, r.code).inc()
         self._log.info(
             "hit", target=target, tracking_id=tid, index=index, verdict=verdict,
-            reasons=[r.code for r in reasons], client=stored.client, network=network or None,
+            reasons=[r.code for r in reasons], client=stored.client, network=network,
             user_agent=ua[:200], method=method, hit_id=hit.hit_id,
         )
 
