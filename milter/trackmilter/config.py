@@ -123,7 +123,8 @@ class WebhooksSettings:
 
 @dataclass(frozen=True)
 class MaillogSettings:
-    # "-" reads standard input (journalctl -f -o cat -u postfix | trackmilter maillog -).
+    # "-" reads standard input: syslog lines, or the journal (journalctl -f -a -n all -o json
+    # -u 'postfix@*' | trackmilter maillog -; Debian 12 runs Postfix as postfix@-.service).
     path: str = "/var/log/mail.log"
     format: str = "postfix"  # which MTA writes it: postfix | sendmail
     # Where the follower remembers how far it read (file identity and offset).
