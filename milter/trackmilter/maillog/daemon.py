@@ -154,11 +154,12 @@ def consume(block: str, parser: LineParser, queues: Queues, sink: Sink,
             metrics.child(metrics.delivery_delay, str(record.status)).observe(record.delay)
         for ev in events:
             counts[ev.status] += 1
-            if log is not None:  # one canonical line per delivery outcome
+            if log is not None:  # one canonical line per delivery outcome, named as the
+                # JSON API's delivery event (code: the enhanced status code; "" when absent)
                 log.info("delivery", queue_id=ev.queue_id, recipient=ev.recipient,
-                         status=str(ev.status), dsn=ev.dsn or None, relay=ev.relay or None,
-                         transport=ev.transport or None, text=_cut(ev.text),
-                         orig_to=ev.orig_to or None, delivered_to=ev.delivered_to or None,
+                         status=str(ev.status), code=ev.dsn, relay=ev.relay,
+                         transport=ev.transport, text=_cut(ev.text),
+                         orig_to=ev.orig_to, delivered_to=ev.delivered_to,
                          at=ev.at.isoformat(), mta=ev.mta)
             outcomes[(str(ev.status), ev.dsn or "",
                       provider_of(ev.delivered_to or ev.recipient, providers))] += 1
