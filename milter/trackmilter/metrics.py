@@ -124,37 +124,41 @@ DAEMONS: Mapping[str, frozenset[str]] = {
 
 
 class FollowerLag(Collector):
-    """trackmilter_maillog_lag_seconds and _unread_bytes, read at each scrape from the log
-    file and the position the follower saved ([maillog] path and state_file): how far
-    behind the log it is, whatever it is doing (stuck, slow, or waiting for the database).
+    """trackmilter_<reader>_unread_seconds and _unread_bytes (reader: maillog, edge), read
+    at each scrape from the log file and the position the reader saved (its `log`/`path`
+    and `state_file`): how far behind the log it is, whatever it is doing (stuck, slow, or
+    waiting for the database).
 
-    The follower saves its position after each block it stored, so while the log holds
-    lines after that position, the seconds since the save are how long it has gone without
-    catching up. No samples while there is no saved position (first start, standard input)."""
+    A reader saves its position after each block it handed to the store, so while the log
+    holds lines after that position, the seconds since the save are how long it has gone
+    without catching up. No samples while there is no saved position (first start,
+    standard input)."""
 
     # The position's fields at the start of the state file (trackmilter.follow.save_position
     # writes them first; the consumer's state after them may be large, so it is not read).
     _FIELD = {k: re.compile(rb'"%s": (\d+)' % k.encode()) for k in ("device", "inode", "offset")}
 
-    def __init__(self, log_file: str | Path | None, state_file: str | Path | None,
+    def __init__(self, reader: str, log_file: str | Path | None, state_file: str | Path | None,
                  clock: Callable[[], float] = time.time) -> None:
+        self._reader = reader
         self._log = Path(log_file) if log_file not in (None, "", "-") else None
         self._state = Path(state_file) if state_file else None
         self._clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        lag = GaugeMetricFamily(
-            "trackmilter_maillog_lag_seconds",
-            "Seconds since the maillog follower last saved its position while the log holds "
-            "lines after it (0: it has read the whole log)")
+        who = {"maillog": "the maillog follower", "edge": "trackmilter edge"}[self._reader]
+        seconds = GaugeMetricFamily(
+            f"trackmilter_{self._reader}_unread_seconds",
+            f"Seconds since {who} last saved its position while its log holds lines after "
+            "it (0: it has read the whole log)")
         unread = GaugeMetricFamily(
-            "trackmilter_maillog_unread_bytes",
-            "Bytes of the MTA log after the maillog follower's saved position")
+            f"trackmilter_{self._reader}_unread_bytes",
+            f"Bytes of its log after the position {who} saved")
         measured = self.measure()
         if measured is not None:
-            lag.add_metric([], measured[0])
+            seconds.add_metric([], measured[0])
             unread.add_metric([], measured[1])
-        yield lag
+        yield seconds
         yield unread
 
     def measure(self) -> tuple[float, int] | None:
@@ -206,10 +210,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *,
                  families: Iterable[str] = FAMILIES, standard: bool = False,
                  maillog_file: tuple[str | Path, str | Path] | None = None,
+                 edge_file: tuple[str | Path, str | Path] | None = None,
                  mta: str = "") -> None:
         """`families`: those this registry exports (FAMILIES); `standard`: add the process_*
-        and python_* collectors; `maillog_file`: ([maillog] path, state_file) for the
-        follower's lag; `mta`: the MTA this process serves ([milter] / [maillog] mta_name),
+        and python_* collectors; `maillog_file`, `edge_file`: ([maillog] path, state_file),
+        ([edge] log, state_file), for how far behind their logs the readers are; `mta`: the MTA this process serves ([milter] / [maillog] mta_name),
         a label of trackmilter_build_info (dashboards choose instances by it)."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         wanted = frozenset(families)
@@ -402,7 +407,7 @@ class Metrics:
         )
         self._bound(self.delivery_delay, _closed(DELIVERY_OUTCOMES))
         if r is not None:  # without a log file: the families are known, with no samples
-            r.register(FollowerLag(*(maillog_file or (None, None))))
+            r.register(FollowerLag("maillog", *(maillog_file or (None, None))))
 
         # webhooks (endpoint labels: the configured URLs without credentials or query)
         r = reg("webhooks")
@@ -481,6 +486,8 @@ class Metrics:
             "(the time nginx logged it to the time edge read it)",
             registry=r,
         )
+        if r is not None:
+            r.register(FollowerLag("edge", *(edge_file or (None, None))))
         self.verdict_revisions = self._new(
             Counter,
             "trackmilter_tracker_verdict_revisions_total",
@@ -554,12 +561,13 @@ class Metrics:
 
     @classmethod
     def for_daemon(cls, daemon: str, *, mta: str = "",
-                   maillog_file: tuple[str | Path, str | Path] | None = None) -> Metrics:
+                   maillog_file: tuple[str | Path, str | Path] | None = None,
+                   edge_file: tuple[str | Path, str | Path] | None = None) -> Metrics:
         """The registry a daemon serves (DAEMONS: milter, maillog, web, edge, webhooks): its
         own families, build info, process_* and python_*. `mta`: its mta_name (milter,
-        maillog); `maillog_file`: the follower's ([maillog] path, state_file), for its lag."""
+        maillog); `maillog_file` / `edge_file`: the reader's (log, state_file)."""
         return cls(families=DAEMONS[daemon], standard=True, maillog_file=maillog_file,
-                   mta=mta)
+                   edge_file=edge_file, mta=mta)
 
     @staticmethod
     def _new(cls: type[_M], *args: Any, registry: CollectorRegistry | None, **kwargs: Any

@@ -254,7 +254,7 @@ def test_follower_lag_from_the_saved_position(tmp_path: Path) -> None:
     log, state = tmp_path / "mail.log", tmp_path / "maillog.state"
     log.write_bytes(b"line one\nline two\n")
     st = log.stat()
-    lag = FollowerLag(log, state, clock=lambda: 1_000_100.0)
+    lag = FollowerLag("maillog", log, state, clock=lambda: 1_000_100.0)
     assert lag.measure() is None  # nothing saved yet
     # A large consumer state after the position is never read.
     save_position(state, Position(st.st_dev, st.st_ino, 9, 9, "x"), '{"q": "%s"}' % ("y" * 9999))
@@ -267,7 +267,7 @@ def test_follower_lag_from_the_saved_position(tmp_path: Path) -> None:
     log.write_bytes(b"new\n")
     os.utime(state, (1_000_000.0, 1_000_000.0))
     assert lag.measure() == (100.0, 4)
-    assert FollowerLag("-", state).measure() is None  # standard input: no file to compare
+    assert FollowerLag("maillog", "-", state).measure() is None  # standard input: no file to compare
 
 
 def test_follower_lag_exported_by_the_maillog_daemon(tmp_path: Path) -> None:
@@ -277,8 +277,21 @@ def test_follower_lag_exported_by_the_maillog_daemon(tmp_path: Path) -> None:
     save_position(state, Position(st.st_dev, st.st_ino, 2, 2, "x"))
     m = Metrics.for_daemon("maillog", maillog_file=(str(log), state))
     assert m.registry.get_sample_value("trackmilter_maillog_unread_bytes") == 2
-    assert (m.registry.get_sample_value("trackmilter_maillog_lag_seconds") or -1) >= 0
-    assert "trackmilter_maillog_lag_seconds" not in exposed(Metrics.for_daemon("edge"))
+    assert (m.registry.get_sample_value("trackmilter_maillog_unread_seconds") or -1) >= 0
+    assert "trackmilter_maillog_unread_seconds" not in exposed(Metrics.for_daemon("edge"))
+
+
+def test_edge_reports_how_far_behind_its_hit_log_it_is(tmp_path: Path) -> None:
+    """trackmilter_edge_lag_seconds only moves when edge stores a hit: a reader that stopped
+    keeps its last value. The unread part of the log shows it."""
+    log, state = tmp_path / "hits.log", tmp_path / "edge.state"
+    log.write_bytes(b"x" * 100)
+    st = log.stat()
+    save_position(state, Position(st.st_dev, st.st_ino, 40, 40, "x"))
+    m = Metrics.for_daemon("edge", edge_file=(log, str(state)))
+    assert m.registry.get_sample_value("trackmilter_edge_unread_bytes") == 60
+    assert (m.registry.get_sample_value("trackmilter_edge_unread_seconds") or -1) >= 0
+    assert "trackmilter_edge_unread_bytes" not in exposed(Metrics.for_daemon("maillog"))
 
 
 def test_build_info_names_the_mta_of_the_milter_and_the_follower() -> None:

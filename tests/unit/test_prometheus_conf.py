@@ -340,7 +340,7 @@ def test_dashboard_shows_webhooks_and_the_followers_lag() -> None:
                    'trackmilter_webhook_deliveries_total{instance=~"$instance", outcome="delivered"}',
                    "sum by (endpoint, outcome) (rate(trackmilter_webhook_deliveries_total",
                    "trackmilter_webhook_queue_events", "trackmilter_edge_lag_seconds",
-                   "trackmilter_maillog_lag_seconds"):
+                   "trackmilter_maillog_unread_seconds"):
         assert wanted in exprs, wanted
 
 
@@ -349,4 +349,4 @@ def test_alerts_for_webhooks_and_the_followers_lag() -> None:
     assert 'outcome="gave_up"' in by_name["TrackmilterWebhooksGivingUp"]
     assert "trackmilter_webhook_queue_events" in by_name["TrackmilterWebhooksBackingUp"]
     assert "trackmilter_edge_lag_seconds" in by_name["TrackmilterEdgeLagging"]
-    assert "trackmilter_maillog_lag_seconds" in by_name["TrackmilterMaillogLagging"]
+    assert "trackmilter_maillog_unread_seconds" in by_name["TrackmilterMaillogLagging"]

@@ -279,7 +279,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, _hup)
     log = get_logger(component="edge")
-    metrics = Metrics.for_daemon("edge")
+    metrics = Metrics.for_daemon("edge", edge_file=(settings.edge.log, settings.edge.state_file))
     e = settings.edge
     # nginx decided who the client is (its real-IP module): TrackerApp.ingest takes the
     # logged address as it is and never looks at forwarding headers again.
