@@ -235,6 +235,29 @@ def webhooks(ctx: click.Context) -> None:
         ctx.exit(1 if isinstance(exc, StoreError) else EX_CONFIG)
 
 
+@main.command()
+@_config_here
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Read the configuration, the key file and the network lists as the daemons would, and
+    say what is wrong (exit 78) or that all read. The units run it before a reload: a
+    tracker reloaded with a key file that does not read would lose its workers."""
+    from trackmilter.daemon import StartupError, load_signer
+    from trackmilter.tokens import KeyFileError
+    from trackmilter.web.networks import NetworkFileError, networks_from
+
+    ctx.ensure_object(dict)["cli"] = True
+    settings = _settings(ctx, logs=False)
+    try:
+        signer = load_signer(settings)
+        networks_from(settings)
+    except (StartupError, KeyFileError, NetworkFileError, OSError) as exc:
+        click.echo(f"trackmilter check: {exc}", err=True)
+        ctx.exit(EX_CONFIG)
+    keys = f"{len(signer.key_ids)} key(s)" if signer else "tracking off (no base_url)"
+    click.echo(f"configuration {settings.source}: reads; {keys}; network lists read")
+
+
 @main.group()
 def networks() -> None:
     """The IP range lists the verdict uses ([networks] sources)."""

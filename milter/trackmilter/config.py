@@ -206,7 +206,9 @@ class PrivacySettings:
     ipv4_prefix: int = 32
     ipv6_prefix: int = 128
     # `trackmilter purge` deletes what is older than this many days; 0 keeps everything.
-    retention_days: int = 0
+    # A bounded store by default: ~0.42 GB per 1,000 messages a day at 90 days
+    # (tests/benchmarks/bench_store_growth.py, docs/runbooks.md); 0 keeps everything.
+    retention_days: int = 90
 
 
 @dataclass(frozen=True)

@@ -63,3 +63,16 @@ def test_a_daemon_refuses_a_database_path_it_can_never_write(tmp_path: Path) -> 
     assert proc.returncode == 1, proc.stderr
     assert f"directory {tmp_path / 'missing-dir'} for SQLite database" in proc.stderr
     assert not sock.exists()
+
+
+def test_check_reads_what_the_daemons_read(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    key = tmp_path / "secret"
+    key.write_text("k" * 32 + "\n")
+    cfg.write_text(cfg.read_text() + f'[tracking]\nbase_url = "https://t.shop.de"\n'
+                   f'secret_file = "{key}"\n')
+    ok = CliRunner().invoke(main, ["check", "--config", str(cfg)], env={})
+    assert ok.exit_code == 0 and "1 key(s)" in ok.output, ok.output
+    key.write_text("short\n")  # a key file a tracker reloaded with would lose its workers
+    bad = CliRunner().invoke(main, ["check", "--config", str(cfg)], env={})
+    assert bad.exit_code == 78 and "[tracking] secret_file" in bad.output
