@@ -117,7 +117,7 @@ def first_match(rules: tuple[Rule, ...], text: str) -> str:
     runs: most of the decoder's time would otherwise go to patterns that cannot match.
     """
     for name, pattern, needed in rules:
-        if needed is not None and not any(word in text for word in needed):
+        if needed is not None and not any(map(text.__contains__, needed)):
             continue
         if pattern.search(text):
             return name
