@@ -185,11 +185,12 @@ class ReportQueue:
             # RFC's set as "other".
             m.child(m.report_recipients, event.report, r.action or "none",
                     r.reason or "none").inc()
+        # Named and valued as the JSON API has them: Message-IDs without <>, "" when absent.
         self._log.info(
-            "report", kind=event.report, queue_id=job.queue_id,
-            tracking_id=event.tracking_id or None,
-            original_queue_id=event.original_queue_id or None,
-            original_message_id=event.original_message_id or None,
+            "report", kind=event.report, queue_id=job.queue_id, mta=event.mta,
+            tracking_id=event.tracking_id,
+            original_queue_id=event.original_queue_id,
+            original_message_id=event.original_message_id.strip().strip("<>"),
             recipients=[{"address": r.recipient, "action": r.action, "status": r.status,
                          "reason": r.reason} for r in event.recipients],
         )
