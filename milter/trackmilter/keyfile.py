@@ -19,6 +19,15 @@ from trackmilter.tokens import KeyFileError, MessageSigner, Signer
 CHECK_EVERY = 1.0  # seconds
 
 
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten (inode, size, mtime); None: gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class WatchedSigner:
     """Signs with the keys of `path` as they are now (the first signs, all verify)."""
 
@@ -26,17 +35,10 @@ class WatchedSigner:
                  check_every: float = CHECK_EVERY) -> None:
         self._path, self._log, self._clock, self._every = path, log, clock, check_every
         self._signer = Signer.from_file(path)  # KeyFileError: the daemon does not start
-        self._seen = self._stamp()
+        self._seen = file_stamp(path)
         self._checked = clock()
         self._failing = False
         self._lock = threading.Lock()
-
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = self._path.stat()
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def current(self) -> Signer:
         now = self._clock()
@@ -45,7 +47,7 @@ class WatchedSigner:
         with self._lock:
             if now - self._checked >= self._every:
                 self._checked = now
-                stamp = self._stamp()
+                stamp = file_stamp(self._path)
                 if stamp != self._seen:
                     self._reload(stamp)
         return self._signer

@@ -124,17 +124,10 @@ def check_click(user_agent: str, headers: Mapping[str, str], *, secure: bool = T
         return Finding(Fit.UNCHECKED)
     if not secure:
         return Finding(Fit.UNCHECKED, f"{b.name} {_ver(b)} on an http origin")
-    if b.family == "chromium":
-        since = b.major >= CHROMIUM_FETCH_METADATA
-    elif b.family == "firefox":
-        since = b.major >= FIREFOX_FETCH_METADATA
-    else:
-        since = b.major >= WEBKIT_FETCH_METADATA[0] * 100 + WEBKIT_FETCH_METADATA[1]
     hints = headers.get("sec-ch-ua")
-    if hints is not None and b.family != "chromium":
-        return Finding(Fit.INCONSISTENT, f"{b.name} never sends Sec-CH-UA client hints")
-    if not since:
-        return Finding(Fit.UNCHECKED, f"{b.name} {_ver(b)} predates Fetch Metadata")
+    early = _hints_or_age(b, hints)
+    if early is not None:
+        return early
     who = f"{b.name} {_ver(b)}"
     site, mode, dest = (headers.get(f"sec-fetch-{k}") for k in ("site", "mode", "dest"))
     if site is None and mode is None and dest is None:
@@ -182,16 +175,9 @@ def check_image(user_agent: str, headers: Mapping[str, str], *, secure: bool = T
     b = browser_of(user_agent)
     if b is None or not secure:
         return Finding(Fit.UNCHECKED)
-    if headers.get("sec-ch-ua") is not None and b.family != "chromium":
-        return Finding(Fit.INCONSISTENT, f"{b.name} never sends Sec-CH-UA client hints")
-    if b.family == "chromium":
-        since = b.major >= CHROMIUM_FETCH_METADATA
-    elif b.family == "firefox":
-        since = b.major >= FIREFOX_FETCH_METADATA
-    else:
-        since = b.major >= WEBKIT_FETCH_METADATA[0] * 100 + WEBKIT_FETCH_METADATA[1]
-    if not since:
-        return Finding(Fit.UNCHECKED)
+    early = _hints_or_age(b, headers.get("sec-ch-ua"))
+    if early is not None:
+        return early
     who = f"{b.name} {_ver(b)}"
     site, mode, dest = (headers.get(f"sec-fetch-{k}") for k in ("site", "mode", "dest"))
     if site is None and mode is None and dest is None:
@@ -202,6 +188,22 @@ def check_image(user_agent: str, headers: Mapping[str, str], *, secure: bool = T
     if not headers.get("accept"):
         return Finding(Fit.UNUSUAL, f"{who} without Accept")
     return Finding(Fit.UNCHECKED, who)
+
+
+def _hints_or_age(b: Browser, hints: str | None) -> Finding | None:
+    """What settles a request before its Fetch Metadata is read: client hints from a
+    browser that never sends them, or a version from before Fetch Metadata."""
+    if hints is not None and b.family != "chromium":
+        return Finding(Fit.INCONSISTENT, f"{b.name} never sends Sec-CH-UA client hints")
+    if b.family == "chromium":
+        since = b.major >= CHROMIUM_FETCH_METADATA
+    elif b.family == "firefox":
+        since = b.major >= FIREFOX_FETCH_METADATA
+    else:
+        since = b.major >= WEBKIT_FETCH_METADATA[0] * 100 + WEBKIT_FETCH_METADATA[1]
+    if not since:
+        return Finding(Fit.UNCHECKED, f"{b.name} {_ver(b)} predates Fetch Metadata")
+    return None
 
 
 def _ver(b: Browser) -> str:

@@ -106,25 +106,27 @@ def _order(ev: EventView) -> tuple[str, int, str]:
     return at[:19], _RANK.get(ev.kind, 2), at
 
 
+def _runs(events: list[EventView]) -> list[list[EventView]]:
+    """Consecutive identical pieces of evidence (retries that all got the same answer)."""
+    runs: list[list[EventView]] = []
+    for ev in events:
+        if runs and (runs[-1][0].kind, runs[-1][0].status, runs[-1][0].code,
+                     runs[-1][0].text) == (ev.kind, ev.status, ev.code, ev.text):
+            runs[-1].append(ev)
+        else:
+            runs.append([ev])
+    return runs
+
+
 def _lines(events: list[EventView]) -> list[str]:
-    """One line per piece of evidence; a run of identical ones (retries that all got the
-    same answer) is one line with how many and until when."""
+    """One line per piece of evidence; a run of identical ones is one line with how many
+    and until when."""
     lines: list[str] = []
-    run: list[EventView] = []
-
-    def same(a: EventView, b: EventView) -> bool:
-        return (a.kind, a.status, a.code, a.text) == (b.kind, b.status, b.code, b.text)
-
-    for ev in [*events, None]:
-        if ev is not None and run and same(run[0], ev):
-            run.append(ev)
-            continue
-        if run:
-            text = f"{_iso(run[0].at)}  {describe_event(run[0])}"
-            if len(run) > 1:
-                text += f" [{len(run)} times, the last at {_iso(run[-1].at)}]"
-            lines.append(text)
-        run = [ev] if ev is not None else []
+    for run in _runs(events):
+        text = f"{_iso(run[0].at)}  {describe_event(run[0])}"
+        if len(run) > 1:
+            text += f" [{len(run)} times, the last at {_iso(run[-1].at)}]"
+        lines.append(text)
     return lines
 
 
@@ -395,23 +397,13 @@ def _short_parts(ev: EventView) -> tuple[str, str]:
 
 def _short_lines(events: list[EventView], indent: str) -> list[str]:
     lines: list[str] = []
-    run: list[EventView] = []
-
-    def same(a: EventView, b: EventView) -> bool:
-        return (a.kind, a.status, a.code, a.text) == (b.kind, b.status, b.code, b.text)
-
-    for ev in [*events, None]:
-        if ev is not None and run and same(run[0], ev):
-            run.append(ev)
-            continue
-        if run:
-            # The count before the reply text: a long reply is what gets cut at WIDTH.
-            text, detail = _short_parts(run[0])
-            if len(run) > 1:
-                text += f" ×{len(run)} until {_clock(run[-1].at)[11:]}"
-            lines.append(_fit(f"{indent}{_clock(run[0].at)}  {text}"
-                              + (f"  {detail}" if detail else "")))
-        run = [ev] if ev is not None else []
+    for run in _runs(events):
+        # The count before the reply text: a long reply is what gets cut at WIDTH.
+        text, detail = _short_parts(run[0])
+        if len(run) > 1:
+            text += f" ×{len(run)} until {_clock(run[-1].at)[11:]}"
+        lines.append(_fit(f"{indent}{_clock(run[0].at)}  {text}"
+                          + (f"  {detail}" if detail else "")))
     return lines
 
 

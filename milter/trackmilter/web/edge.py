@@ -24,6 +24,7 @@ from typing import Any
 from trackmilter.config import Settings
 from trackmilter.daemon import start_metrics
 from trackmilter.follow import FileFollower, warn_lost
+from trackmilter.keyfile import file_stamp
 from trackmilter.lifecycle import Deadline
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
@@ -116,18 +117,11 @@ class KeyWatcher:
 
     def __init__(self, path: Path, app: Any, log: Any) -> None:
         self._path, self._app, self._log = path, app, log
-        self._seen = self._stamp()
-
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = self._path.stat()
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        self._seen = file_stamp(self._path)
 
     def reload_if_changed(self) -> bool:
         """True when the file changed and its keys are now the app's."""
-        stamp = self._stamp()
+        stamp = file_stamp(self._path)
         if stamp == self._seen:
             return False
         self._seen = stamp
