@@ -2,7 +2,7 @@
 transfer encodings, long lines and hostile nesting; any difference fails.
 
 A bounded run is part of the suite (TRACKMILTER_FUZZ_EXAMPLES scales it; the longer
-campaign is `tests/benchmarks/fuzz_rewrite.py`).
+campaign is `tests/unit/rewrite/fuzz_campaign.py`).
 """
 
 from __future__ import annotations
