@@ -27,6 +27,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -52,12 +53,12 @@ from tests.support.fleet import (
     receiving,
 )
 from tests.support.lab import PostfixFactory
-from tests.unit.store.store_helpers import PG_URL
+from tests.unit.store.store_helpers import PG_URL, SocketProxy, pg_target, via_proxy
 
 from trackmilter import config as cfgmod
 from trackmilter.store.schema import events, hit_verdicts, hits, messages, webhook_outbox
-from trackmilter_lab import FakeMX, PostfixInstance, edgeproc, free_port, send
-from trackmilter_lab.daemon import BASE_URL, command, milter_process, status
+from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, edgeproc, free_port, send
+from trackmilter_lab.daemon import BASE_URL, command, status
 from trackmilter_lab.webproc import request, web_process
 
 DATA = Path(__file__).resolve().parents[1] / "unit" / "web" / "data"
@@ -114,6 +115,8 @@ class Fleet:
     ports: dict[str, int]
     receiver: Receiver
     engine: Engine
+    # mx2's milter reaches the database through this relay (the test cuts it).
+    mx2_db: SocketProxy
 
     def newsletter(self, host: str, rcpt: str) -> Sent:
         msg = EmailMessage()
@@ -187,6 +190,9 @@ def fleet(fake_mx: FakeMX, postfix_lab: PostfixFactory, socket_dir: Path,
         configs: dict[str, Path] = {}
         postfix: dict[str, PostfixInstance] = {}
         followers: dict[str, Daemon] = {}
+        proxy = SocketProxy(pg_target(PG_URL))
+        proxy.up()
+        stack.callback(proxy.close)  # after mx2's milter has stopped (callbacks run LIFO)
         for n, name in enumerate(MX, 1):
             sock = socket_dir / f"mx{n}.sock"
             cfg = fleet_config(tmp_path / f"mx{n}", db_url=db_url, key_file=key, extra={
@@ -196,7 +202,15 @@ def fleet(fake_mx: FakeMX, postfix_lab: PostfixFactory, socket_dir: Path,
                             "state_file": str(tmp_path / f"mx{n}" / "maillog.state")},
             })
             configs[f"mx{n}"] = cfg
-            milter = milter_process(cfg, sock).start()  # (db upgrade first: idempotent)
+            if n == 1:  # the schema, once, before any daemon starts
+                subprocess.run(command(cfg, "db", "upgrade"), check=True, capture_output=True,
+                               timeout=120)
+            # mx2's milter (only it) goes through the relay: its environment overrides the
+            # file's [database] url.
+            env = {**os.environ, "TRACKMILTER_DATABASE_URL": via_proxy(db_url, proxy)} \
+                if n == 2 else None
+            milter = MilterProcess(command(cfg, "milter"), sock, env=env,
+                                   log_path=cfg.parent / "milter.log").start()
             stack.callback(milter.stop)
             postfix[name] = postfix_lab(milter=milter.spec, myhostname=name)
             follower = Daemon(cfg, "maillog", str(postfix[name].log_path),
@@ -231,7 +245,7 @@ def fleet(fake_mx: FakeMX, postfix_lab: PostfixFactory, socket_dir: Path,
 
         engine = create_engine(db_url)
         stack.callback(engine.dispose)
-        yield Fleet(fake_mx, postfix, configs, ports, receiver, engine)
+        yield Fleet(fake_mx, postfix, configs, ports, receiver, engine, proxy)
         for name, daemon in [*followers.items(), ("webhooks", hooks)]:
             assert daemon.alive(), f"{name} exited early:\n{daemon.output()}"
 
@@ -242,40 +256,51 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
     bob = fleet.newsletter(MX[0], "bob@example.net")
     dave = fleet.newsletter(MX[1], "dave@example.net")
     carol1 = fleet.receipt(MX[0], "carol@example.org")  # real Postfix queue id on mx1
-    carol1.queue_id = poll(lambda: fleet.message(carol1.tracking_id), 30, 0.1,
-                           "carol's message on mx1").queue_id
+    first = [alice, bob, dave, carol1]
 
-    # -- the same queue id on mx2 -----------------------------------------------------------
-    qid = carol1.queue_id
-    carol2 = Sent(MX[1], "carol@example.com", queue_id=qid, outcome="bounced")
-    carol2.tracking_id = milter_transaction(
-        cfgmod.load(fleet.configs["mx2"]).milter.socket, tmp_path, qid=qid, sender=SENDER,
-        rcpt=carol2.rcpt, message_id=f"receipt-2.{qid}@example.com")
-    lines = postfix_lines(qid, host=MX[1], sender=SENDER, rcpt=carol2.rcpt,
-                          message_id=f"receipt-2.{qid}@example.com", status="bounced",
-                          dsn="5.1.1", relay="mx.example.com[192.0.2.25]:25",
-                          reply="host mx.example.com[192.0.2.25] said: 550 5.1.1 "
-                                "<carol@example.com>: Recipient address rejected: User "
-                                "unknown (in reply to RCPT TO command)")
-    cfg2 = fleet.configs["mx2"]
-    stdin_cfg = fleet_config(tmp_path / "mx2-stdin", db_url=cfgmod.load(cfg2).database.url,
-                             key_file=cfgmod.load(cfg2).tracking.secret_file,
-                             extra={"maillog": {"mta_name": MX[1], "metrics_listen": "",
-                                                "state_file": str(tmp_path / "stdin.state")},
-                                    "webhooks": _webhooks(cfg2)})
-    fed = subprocess.run(command(stdin_cfg, "maillog", "-"), input="".join(lines).encode(),
-                         capture_output=True, timeout=60)
-    assert fed.returncode == 0, fed.stderr.decode()
-
-    sent = [alice, bob, dave, carol1, carol2]
-
-    def delivered() -> bool:
+    def delivered(sent: list[Sent]) -> bool:
         found = {(e.recipient, e.status) for e in fleet.rows(events) if e.kind == "delivery"}
         return all((s.rcpt, s.outcome) in found for s in sent)
 
-    poll(delivered, 60, 0.1, "every delivery stored")
-    for s in sent:
-        s.queue_id = s.queue_id or fleet.message(s.tracking_id).queue_id
+    poll(lambda: delivered(first), 60, 0.1, "the deliveries of both hosts stored")
+    for s in first:
+        s.queue_id = fleet.message(s.tracking_id).queue_id
+
+    # -- the same queue id on mx2, its delivery stored before its message ------------------
+    # mx2's milter loses the database (its relay is cut) and keeps what it records in its
+    # journal; mx2's Postfix logs the delivery attempt of a message with mx1's queue id.
+    qid = carol1.queue_id
+    carol2 = Sent(MX[1], "carol@example.com", queue_id=qid, outcome="bounced")
+    fleet.mx2_db.down()
+    msgid = f"receipt-2.{qid}@example.com"
+    carol2.tracking_id = milter_transaction(
+        cfgmod.load(fleet.configs["mx2"]).milter.socket, tmp_path, qid=qid, sender=SENDER,
+        rcpt=carol2.rcpt, message_id=msgid)
+    lines = postfix_lines(qid, host=MX[1], sender=SENDER, rcpt=carol2.rcpt, message_id=msgid,
+                          status="bounced", dsn="5.1.1", relay="mx.example.com[192.0.2.25]:25",
+                          reply="host mx.example.com[192.0.2.25] said: 550 5.1.1 "
+                                "<carol@example.com>: Recipient address rejected: User "
+                                "unknown (in reply to RCPT TO command)")
+    # mx2's log follower reading those lines on standard input (its own state file).
+    stdin_cfg = fleet_config(
+        tmp_path / "mx2-stdin", db_url=str(cfgmod.load(fleet.configs["mx2"]).database.url),
+        key_file=cfgmod.load(fleet.configs["mx2"]).tracking.secret_file,
+        extra={"maillog": {"mta_name": MX[1], "metrics_listen": "",
+                           "state_file": str(tmp_path / "mx2-stdin" / "maillog.state")},
+               "webhooks": _webhooks(fleet.configs["mx2"])})
+    fed = subprocess.run(command(stdin_cfg, "maillog", "-"), input="".join(lines).encode(),
+                         capture_output=True, timeout=60)
+    assert fed.returncode == 0, fed.stderr.decode()
+    # Stored, and tied to nothing: mx1's message with this queue id is not mx2's.
+    [early] = [e for e in fleet.rows(events) if e.recipient == carol2.rcpt]
+    assert (early.kind, early.status, early.source, early.message) == (
+        "delivery", "bounced", MX[1], None)
+    assert fleet.message(carol2.tracking_id) is None
+    fleet.mx2_db.up()  # mx2's milter replays its journal: the message, then the tie
+
+    sent = [*first, carol2]
+    poll(lambda: fleet.message(carol2.tracking_id), 60, 0.1, "mx2's message replayed")
+    poll(lambda: delivered(sent), 60, 0.1, "every delivery stored")
 
     # -- clicks and opens through both trackers --------------------------------------------
     # A sandbox follows alice's three links, as a person's Firefox would, across both nodes.
