@@ -14,12 +14,16 @@
  *   qp_splice(raw, decoded, edits, eol)     transfer.qp_splice
  *   a2b_qp, b2a_qp, qp_encode               binascii's and transfer.qp_encode
  *   hmac_states(key), sign(states, body, n) tokens.MessageSigner's HMAC and base64url
+ *   click(states, head, kid, tid, index, url, max_tail)
+ *                                           tokens.MessageSigner.click for a URL already
+ *                                           canonical (None: take the Python path)
  *
  * MIME structure, charsets and every decision about what to touch stay in Python.
  *
  * Safety rules: every index is checked against its buffer's length before it is read;
  * nothing recurses; no Python object is touched without the GIL (it is never released:
- * the work per call is a few microseconds). Lengths are Py_ssize_t throughout.
+ * the work per call is tens of microseconds). Lengths are Py_ssize_t throughout; outputs
+ * are sized exactly before they are written (a counting pass where needed).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
