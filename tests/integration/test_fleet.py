@@ -46,6 +46,7 @@ from tests.support.fleet import (
     Daemon,
     Receiver,
     fleet_config,
+    log_problems,
     milter_transaction,
     new_key_file,
     pg_schema,
@@ -57,7 +58,7 @@ from tests.unit.store.store_helpers import PG_URL, SocketProxy, pg_target, via_p
 
 from trackmilter import config as cfgmod
 from trackmilter.store.schema import events, hit_verdicts, hits, messages, webhook_outbox
-from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, edgeproc, free_port, send
+from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, child, edgeproc, free_port, send
 from trackmilter_lab.daemon import BASE_URL, command, status
 from trackmilter_lab.webproc import request, web_process
 
@@ -291,6 +292,7 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
     fed = subprocess.run(command(stdin_cfg, "maillog", "-"), input="".join(lines).encode(),
                          capture_output=True, timeout=60)
     assert fed.returncode == 0, fed.stderr.decode()
+    (tmp_path / "mx2-stdin" / "stdin.log").write_bytes(fed.stdout + fed.stderr)
     # Stored, and tied to nothing: mx1's message with this queue id is not mx2's.
     [early] = [e for e in fleet.rows(events) if e.recipient == carol2.rcpt]
     assert (early.kind, early.status, early.source, early.message) == (
@@ -393,6 +395,10 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
     for v in collided:
         [ev] = [e for e in v["events"] if e["kind"] == "delivery"]
         assert ev["source"] == v["mta"]
+    text = subprocess.run(command(fleet.configs["mx1"], "status", qid), capture_output=True,
+                          text=True, timeout=60).stdout
+    assert text.count(f"queue {qid}") == 2, text
+    assert f"on {MX[0]}" in text and f"on {MX[1]}" in text, text  # each host's log
 
     # -- report --json ----------------------------------------------------------------------
     out = subprocess.run(command(fleet.configs["hooks"], "report", "--json"),
@@ -437,6 +443,16 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
                              p["data"]["status"]) for p in payloads.values()
                             if p["type"].startswith("delivery."))
     assert got_deliveries == sorted((s.host, s.queue_id, s.rcpt, s.outcome) for s in sent)
+
+    # -- and nothing went wrong on the way ------------------------------------------------
+    # Only what the cut relay caused: mx2's milter found its database unavailable.
+    allowed = {"mx2/milter.log": frozenset({"store_unavailable"})}
+    for log in ("mx1/milter.log", "mx1/maillog.log", "mx2/milter.log", "mx2/maillog.log",
+                "web/web.log", "edge/edge.log", "hooks/webhooks.log"):
+        assert log_problems(tmp_path / log, allowed.get(log, frozenset())) == [], log
+    assert log_problems(tmp_path / "mx2-stdin" / "stdin.log") == []
+    nginx_errors = child.output(tmp_path / "edge" / "nginx" / "error.log")
+    assert not re.search(r"\[(error|crit|alert|emerg)\]", nginx_errors), nginx_errors
 
 
 def _webhooks(config: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Nothing here starts a process that outlives its `with` block or `stop()`.
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import subprocess
@@ -113,6 +114,23 @@ class Daemon:
     def stop(self, timeout: float = 25.0) -> int | None:
         proc, self.proc = self.proc, None
         return child.end(proc, signal.SIGTERM, timeout)
+
+
+def log_problems(path: Path, allowed: frozenset[str] = frozenset()) -> list[str]:
+    """The lines of a daemon's JSON log at warning level or above whose event is not in
+    `allowed`, and any line that is not JSON (a traceback)."""
+    out = []
+    for line in child.output(path).splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            out.append(line)
+            continue
+        if entry.get("level") not in ("debug", "info") and entry.get("event") not in allowed:
+            out.append(line)
+    return out
 
 
 # ------------------------------------------------------------------ a webhook receiver
