@@ -11,8 +11,10 @@ Mail goes out through both Postfix instances to one fake remote MX. Two messages
 on queue id: the first is real Postfix mail on mx1 (Postfix's queue id, its real log line
 followed from the file); the second is given the same queue id on mx2 by an MTA speaking
 the milter protocol to mx2's milter (Debian's miltertest, as Postfix would with that
-queue id: Postfix's ids cannot be chosen), and mx2's `trackmilter maillog -` reads the
-Postfix lines for it on standard input. Links and pixels are requested through both
+queue id: Postfix's ids cannot be chosen) while that milter's database relay is cut, and
+mx2's `trackmilter maillog -` reads the Postfix lines of its delivery on standard input:
+the line is stored before its message, and tied to it when mx2's milter replays its
+journal, never to mx1's message. Links and pixels are requested through both
 trackers, one recipient's three links across both within a second, each request a
 person's Firefox navigation: no node alone sees a burst, the store's revision does.
 
@@ -221,11 +223,13 @@ def fleet(fake_mx: FakeMX, postfix_lab: PostfixFactory, socket_dir: Path,
 
         ports = {"web": free_port(), "edge": free_port()}
         edge_metrics = free_port()
-        trackers = {"listen": "", "trusted_proxies": ["127.0.0.1/32"]}
+        # The load balancer's address (loopback here) is believed: X-Forwarded-For names
+        # the reader (the edge's nginx: set_real_ip_from, below).
         configs["web"] = fleet_config(tmp_path / "web", db_url=db_url, key_file=key, extra={
-            **common, "web": {**trackers, "listen": f"127.0.0.1:{ports['web']}", "name": WEB}})
+            **common, "web": {"listen": f"127.0.0.1:{ports['web']}", "name": WEB,
+                              "trusted_proxies": ["127.0.0.1/32"]}})
         configs["edge"] = fleet_config(tmp_path / "edge", db_url=db_url, key_file=key, extra={
-            **common, "web": {**trackers, "listen": "127.0.0.1:1", "name": EDGE},
+            **common, "web": {"name": EDGE},
             "edge": {"log": str(tmp_path / "edge" / "hits.log"), "poll_interval": 0.1,
                      "state_file": str(tmp_path / "edge" / "edge.state"),
                      "metrics_listen": f"127.0.0.1:{edge_metrics}"}})
