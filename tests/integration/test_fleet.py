@@ -3,7 +3,7 @@
 Two mail hosts, each a private Postfix with its own `trackmilter milter` ([milter]
 mta_name mx1.lab.example / mx2.lab.example) and its own `trackmilter maillog` following
 that Postfix's log; two tracker nodes under one base URL, `trackmilter web` and nginx's
-edge with `trackmilter edge`; `trackmilter webhooks` POSTing to a real receiver. Every
+edge with `trackmilter edge`; two `trackmilter webhooks` POSTing to a real receiver. Every
 daemon has its own configuration file; they share the tracking key file and the database
 (a fresh schema in $TRACKMILTER_TEST_PG_URL).
 
@@ -244,14 +244,17 @@ def fleet(fake_mx: FakeMX, postfix_lab: PostfixFactory, socket_dir: Path,
         edge = edgeproc.EdgeTracker(configs["edge"], nginx, edge_metrics)
         stack.callback(edge.stop)
         edge.start()
-        hooks = Daemon(configs["hooks"], "webhooks",
-                       log_path=tmp_path / "hooks" / "webhooks.log").start()
-        stack.callback(hooks.stop)
+        # Two senders of the one outbox, as on two hosts: each row is claimed by one.
+        hooks = [Daemon(configs["hooks"], "webhooks",
+                        log_path=tmp_path / "hooks" / f"webhooks-{n}.log").start()
+                 for n in (1, 2)]
+        for sender in hooks:
+            stack.callback(sender.stop)
 
         engine = create_engine(db_url)
         stack.callback(engine.dispose)
         yield Fleet(fake_mx, postfix, configs, ports, receiver, engine, proxy)
-        for name, daemon in [*followers.items(), ("webhooks", hooks)]:
+        for name, daemon in [*followers.items(), *(("webhooks", h) for h in hooks)]:
             assert daemon.alive(), f"{name} exited early:\n{daemon.output()}"
 
 
@@ -452,7 +455,8 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
     # Only what the cut relay caused: mx2's milter found its database unavailable.
     allowed = {"mx2/milter.log": frozenset({"store_unavailable"})}
     for log in ("mx1/milter.log", "mx1/maillog.log", "mx2/milter.log", "mx2/maillog.log",
-                "web/web.log", "edge/edge.log", "hooks/webhooks.log"):
+                "web/web.log", "edge/edge.log", "hooks/webhooks-1.log",
+                "hooks/webhooks-2.log"):
         assert log_problems(tmp_path / log, allowed.get(log, frozenset())) == [], log
     assert log_problems(tmp_path / "mx2-stdin" / "stdin.log") == []
     nginx_errors = child.output(tmp_path / "edge" / "nginx" / "error.log")
