@@ -70,9 +70,14 @@ class StoreReader(Protocol):
         """How many messages `scan` goes through (for a progress bar)."""
         ...
 
-    def scan(self, since: datetime, sender: str = "", chunk: int = 200
-             ) -> Iterator[list[MessageView]]:
-        """Every message started at or after `since` (from `sender`), `chunk` at a time."""
+    def scan(self, since: datetime, sender: str = "", chunk: int = 200, *,
+             with_hits: bool = True) -> Iterator[list[MessageView]]:
+        """Every message started at or after `since` (from `sender`), `chunk` at a time;
+        without `with_hits`, the views carry no hits."""
+        ...
+
+    def hit_counts(self, tracking_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], int]]:
+        """Per tracking id, hits by (target, verdict), counted in the database."""
         ...
 
     def log_progress(self, mtas: Sequence[str]) -> dict[str, datetime | None]:

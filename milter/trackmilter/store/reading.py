@@ -6,14 +6,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, func, select
 
-from trackmilter.store.hits import hit_views
-from trackmilter.store.schema import events, recipients
+from trackmilter.store.hits import _chunks, hit_views
+from trackmilter.store.schema import events, hits, recipients
 from trackmilter.store.views import EventView, HitView, LinkView, MessageView, RecipientView
 
 
-def message_views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageView]:
+def message_views(conn: Connection, rows: Sequence[Row[Any]], *, with_hits: bool = True
+                  ) -> list[MessageView]:
+    """The messages of `rows` with their recipients and timelines, and their hits unless
+    not `with_hits` (a report counts them in the database instead: hit_counts)."""
     if not rows:
         return []
     ids = [row.id for row in rows]
@@ -29,7 +32,8 @@ def message_views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageVie
         evs[r.message].append(
             EventView(r.kind, r.at, r.recipient, r.source, r.status, r.code, r.text, r.data)
         )
-    hts: dict[str, list[HitView]] = hit_views(conn, [m.tracking_id for m in rows])
+    hts: dict[str, list[HitView]] = (
+        hit_views(conn, [m.tracking_id for m in rows]) if with_hits else {})
     return [
         MessageView(
             tracking_id=m.tracking_id,
@@ -62,3 +66,17 @@ def message_views(conn: Connection, rows: Sequence[Row[Any]]) -> list[MessageVie
     ]
 
 
+
+
+def hit_counts(conn: Connection, tracking_ids: Sequence[str]
+               ) -> dict[str, dict[tuple[str, str], int]]:
+    """Per tracking id, how many hits of each (target, verdict): counted in the database, so
+    a message with a million hits costs a row per verdict, not a million objects."""
+    found: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+    for chunk in _chunks(list(tracking_ids)):
+        query = (select(hits.c.tracking_id, hits.c.target, hits.c.verdict, func.count())
+                 .where(hits.c.tracking_id.in_(chunk))
+                 .group_by(hits.c.tracking_id, hits.c.target, hits.c.verdict))
+        for tid, target, verdict, n in conn.execute(query):
+            found[tid][(str(target), str(verdict or "unknown"))] = int(n)
+    return found

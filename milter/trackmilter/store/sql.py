@@ -28,7 +28,7 @@ from trackmilter.store.hits import (
     tracking_ids_of,
 )
 from trackmilter.store.migrate import check_schema
-from trackmilter.store.reading import message_views
+from trackmilter.store.reading import hit_counts, message_views
 from trackmilter.store.rows import (
     DELIVERY_KIND,
     MAX_INDEXED_CHARS,
@@ -169,10 +169,11 @@ class SQLStore:
             raise translate(e, self._url) from e
         return out
 
-    def scan(self, since: datetime, sender: str = "", chunk: int = 200
-             ) -> Iterator[list[MessageView]]:
+    def scan(self, since: datetime, sender: str = "", chunk: int = 200, *,
+             with_hits: bool = True) -> Iterator[list[MessageView]]:
         """Every message started at or after `since` (from `sender`, if given), as views,
-        `chunk` at a time in id order: a report over weeks never holds them all."""
+        `chunk` at a time in id order: a report over weeks never holds them all. Without
+        `with_hits`, the views carry no hits (count them with hit_counts)."""
         last = 0
         while True:
             query = (select(messages).where(messages.c.started_at >= since,
@@ -184,13 +185,22 @@ class SQLStore:
                 with self._engine.connect() as conn:
                     self._ensure_schema(conn)
                     rows = conn.execute(query).all()
-                    views = message_views(conn, rows)
+                    views = message_views(conn, rows, with_hits=with_hits)
             except exc.SQLAlchemyError as e:
                 raise translate(e, self._url) from e
             if not rows:
                 return
             last = rows[-1].id
             yield views
+
+    def hit_counts(self, tracking_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], int]]:
+        """Per tracking id, hits by (target, verdict), counted in the database."""
+        try:
+            with self._engine.connect() as conn:
+                self._ensure_schema(conn)
+                return hit_counts(conn, tracking_ids)
+        except exc.SQLAlchemyError as e:
+            raise translate(e, self._url) from e
 
     def purge(self, before: datetime) -> dict[str, int]:
         """Delete what is older than ``before`` (retention): messages with their recipients,

@@ -151,3 +151,23 @@ def test_outgoing_only_by_default_and_where_a_2xx_meant_least(store: SQLStore) -
         in text
     everything = tally(store, T0 - timedelta(days=1), everything=True)
     assert everything.messages == 4 and not everything.set_aside
+
+
+def test_hits_are_counted_in_the_database_not_loaded(store: SQLStore) -> None:
+    """A report never loads a message's hits: a message with thousands of them costs a row
+    per (target, verdict)."""
+    from trackmilter.tally import tally
+
+    fill(store)
+    many = [_hit(100 + n, "t000000000000002", "click", ("machine", "human")[n % 2])
+            for n in range(3000)]
+    for i in range(0, len(many), 500):
+        store.write(many[i:i + 500])
+    views = [v for chunk in store.scan(T0 - timedelta(days=1), with_hits=False) for v in chunk]
+    assert views and all(not v.hits for v in views)
+    counts = store.hit_counts(["t000000000000002"])["t000000000000002"]
+    assert counts == {("open", "human"): 1, ("click", "machine"): 1500,
+                      ("click", "human"): 1500}
+    t = tally(store, T0 - timedelta(days=1))
+    assert t.click_hits["machine"] == 1500 + 1 and t.click_hits["human"] == 1500 + 1
+    assert t.clicks["human"] == 2  # per message, under its most telling verdict

@@ -4,7 +4,7 @@ whose paths are the ones served."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,18 @@ class Store:
                             queue_id="4QABC",
                             recipients=(RecipientView("b@example.net", "accepted", "", "", T0),))]
 
-    def scan(self, since: datetime, sender: str = "") -> Iterator[list[MessageView]]:
+    def scan(self, since: datetime, sender: str = "", chunk: int = 200, *,
+             with_hits: bool = True) -> Iterator[list[MessageView]]:
         yield self.lookup("4QABC")
+
+    def hit_counts(self, tracking_ids: Sequence[str]) -> dict[str, dict[tuple[str, str], int]]:
+        return {}
+
+    def count_messages(self, since: datetime, sender: str = "") -> int:
+        return 1
+
+    def log_progress(self, mtas: Sequence[str]) -> dict[str, datetime | None]:
+        return {}
 
 
 def app_with_api() -> Any:
