@@ -23,7 +23,7 @@ The stored reasons are ordered deciding first; `Reason.decided` says which they 
 | `soon_after_delivery` | 30 s | gateways scan when mail arrives: "most obvious anti-spam bot clicks happen in the first few seconds" after delivery (Suped, "How long does it take for anti-spam bots to click links", 2025); people click reset links that fast too, so it is weak evidence |
 | `burst_window` | 10 s | Maestra's bot-click filter drops "5 or more clicks within 10 seconds" (help.maestra.io, "Filtering out fake clicks"); a person opening products in tabs does it too: weak |
 | `burst_links` | 3 | distinct links in one window (Word to the Wise, "Barracuda filters clicking all links", 2013) |
-| `every_link_min` | 3 | links a message must have before "followed every link" means anything; from 5 links, or in document order, it is decisive: a person does not open every footer and social link |
+| `every_link_min` | 3 | links a message must have before "followed every link" means anything; from 5 links, or 4 in document order, it is decisive: a person does not open every footer and social link |
 | `group_prefix_v4` | /24 | the smallest prefix routed between networks (RIPE-399 / common BGP filter practice): a scanner farm rotates addresses inside it |
 | `group_prefix_v6` | /64 | one link / one subnet (RFC 4291 §2.5.4, RFC 7421) |
 """
@@ -374,7 +374,9 @@ def _every_link(hit: Hit, key: object, others: Sequence[tuple[object, Hit]], lin
     order = [i for i, _ in sorted(firsts.items(), key=lambda p: p[1])]
     in_order = order == sorted(order)
     evidence = f"all {links} links" + (", in document order" if in_order else "")
-    weight = Weight.DECISIVE if in_order or links >= 5 else Weight.STRONG
+    # Every footer and social link of a newsletter: no person. Three links followed in order
+    # may be a reader going down a short message: strong, not decisive.
+    weight = Weight.DECISIVE if links >= 5 or (in_order and links >= 4) else Weight.STRONG
     return Reason("every_link", evidence, M, weight)
 
 

@@ -53,14 +53,15 @@ class Rig:
     web: WebProcess | edgeproc.EdgeTracker
     config: Path
 
-    def send(self, to: str = "bob@example.net") -> tuple[str, list[str], str]:
+    def send(self, to: str = "bob@example.net", html: str = HTML
+             ) -> tuple[str, list[str], str]:
         """Send the newsletter; return (tracking id, click paths in order, pixel path)."""
         msg = EmailMessage()
         msg["From"] = "Shop <news@example.com>"
         msg["To"] = to
         msg["Subject"] = "This week"
         msg.set_content("Plain: https://shop.example.org/offer\n")
-        msg.add_alternative(HTML, subtype="html", cte="quoted-printable")
+        msg.add_alternative(html, subtype="html", cte="quoted-printable")
         before = len(self.mx.messages)
         assert send("127.0.0.1", self.postfix.smtp_port, "news@example.com", [to],
                     msg.as_bytes(policy=email.policy.SMTP)) == {}
@@ -234,22 +235,28 @@ def test_every_link_followed_like_a_person_is_revised_to_machine(
         follower = subprocess.Popen(command(rig.config, "maillog", str(rig.postfix.log_path)),
                                     stdout=out, stderr=subprocess.STDOUT)
     try:
-        tid, clicks, _ = rig.send()
+        # A newsletter with its footer: five links.
+        five = HTML.replace("</body>", '<p><a href="https://shop.example.org/privacy">Privacy'
+                            '</a> <a href="https://shop.example.org/unsubscribe">Unsubscribe'
+                            "</a></p></body>")
+        tid, clicks, _ = rig.send(html=five)
+        assert len(clicks) == 6  # five links and the hidden one
 
         def delivered(views: list[dict[str, Any]]) -> bool:
             return bool(views) and any(e["kind"] == "delivery" and e["status"] == "sent"
                                        for e in views[0]["events"])
 
         rig.status(tid, delivered)
-        # A sandbox that renders the message and clicks each of its three links: every
+        # A sandbox that renders the message and clicks each of its five links: every
         # request is a person's Firefox navigation, so each is answered as a person's.
         # Only the message's whole story tells: once the hits are stored, the tracker's
-        # revision knows the message has three links, all followed in order by one client.
-        for path in clicks[:3]:
+        # revision knows the message has five links, all followed by one client — the
+        # unsubscribe and privacy links too, which no reader does all of.
+        for path in clicks[:5]:
             assert rig.get(path, "203.0.113.60", FIREFOX, **FIREFOX_NAV)[0] == 302
 
         def revised(views: list[dict[str, Any]]) -> bool:
-            return bool(views) and len(views[0]["hits"]) == 3 and all(
+            return bool(views) and len(views[0]["hits"]) == 5 and all(
                 h["verdict"] == "machine" for h in views[0]["hits"])
 
         hits = sorted(rig.status(tid, revised)["hits"], key=lambda h: h["index"])
