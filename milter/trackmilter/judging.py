@@ -1,8 +1,9 @@
 """Between the daemons, the store and trackmilter.verdict: settings into thresholds, hits as
 the verdict module takes them, the tracker's judge at answer time and the store's reviser.
 
-A neutral module: the tracker (web, edge) and maillog use it, it uses none of them (the
-network lists, a tracker's own, are `trackmilter.web.networks.networks_from`)."""
+A neutral module: the tracker (web, edge), maillog and the milter (its store's reviser)
+use it, it uses none of them (the network lists, a tracker's own, are
+`trackmilter.web.networks.networks_from`)."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import Milter
 
 from trackmilter.config import Settings
 from trackmilter.daemon import StartupError, load_signer, start_metrics, store_from
+from trackmilter.judging import reviser_from
 from trackmilter.lifecycle import Deadline, InFlight, block_stop_signals
 from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
@@ -83,7 +84,10 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
                     "messages are recorded and get a tracking header, links are not rewritten")
     prepare_socket(settings.milter.socket)
     # `hooks` (the webhook outbox, trackmilter.wiring): in the transaction storing the events.
-    store = store_from(settings, hooks=hooks)
+    # The reviser: a message stored after its delivery lines (replayed from the journal)
+    # ties them to it, and its tracker hits, stored meanwhile, are judged again with the
+    # delivery time and the link count only this record brings (store/backfill.py).
+    store = store_from(settings, hooks=hooks, reviser=reviser_from(settings))
     writer = BatchWriter.configured(store, settings.store.spool_dir, metrics, settings.store,
                                     logger=log)
     start_metrics(settings.metrics.listen, metrics)
