@@ -62,7 +62,7 @@ from trackmilter import config as cfgmod
 from trackmilter.store.schema import events, hit_verdicts, hits, messages, webhook_outbox
 from trackmilter_lab import FakeMX, MilterProcess, PostfixInstance, child, edgeproc, free_port, send
 from trackmilter_lab.daemon import BASE_URL, command, status
-from trackmilter_lab.webproc import request, web_process
+from trackmilter_lab.webproc import WebProcess, request, web_process
 
 DATA = Path(__file__).resolve().parents[1] / "unit" / "web" / "data"
 TOKEN_RE = re.compile(re.escape(BASE_URL) + r"(/[co]/[A-Za-z0-9_-]+)")
@@ -120,6 +120,7 @@ class Fleet:
     engine: Engine
     # mx2's milter reaches the database through this relay (the test cuts it).
     mx2_db: SocketProxy
+    trackers: list[WebProcess | edgeproc.EdgeTracker]
 
     def newsletter(self, host: str, rcpt: str) -> Sent:
         msg = EmailMessage()
@@ -253,7 +254,7 @@ def fleet(fake_mx: FakeMX, postfix_lab: PostfixFactory, socket_dir: Path,
 
         engine = create_engine(db_url)
         stack.callback(engine.dispose)
-        yield Fleet(fake_mx, postfix, configs, ports, receiver, engine, proxy)
+        yield Fleet(fake_mx, postfix, configs, ports, receiver, engine, proxy, [web, edge])
         for name, daemon in [*followers.items(), *(("webhooks", h) for h in hooks)]:
             assert daemon.alive(), f"{name} exited early:\n{daemon.output()}"
 
@@ -333,7 +334,49 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
             return None
         return rows
 
-    stored_hits = poll(settled, 60, 0.3, "hits stored and revised from the store")
+    poll(settled, 60, 0.3, "hits stored and revised from the store")
+
+    # -- a mail host that lost the database while its mail was delivered and read -----------
+    # mx2's milter journals erin's newsletter, Postfix delivers it, mx2's log follower stores
+    # the line (tied to nothing yet), and her three links are followed through both nodes.
+    fleet.mx2_db.down()
+    erin = fleet.newsletter(MX[1], "erin@example.net")
+    poll(lambda: delivered([erin]), 60, 0.1, "erin's delivery line stored")
+    assert [e.message for e in fleet.rows(events) if e.recipient == erin.rcpt] == [None]
+    for node, path in zip(("web", "edge", "web"), erin.clicks, strict=True):
+        assert fleet.hit(node, path, "203.0.113.80", FIREFOX, **FIREFOX_NAV) == 302
+    answered = {"web": 6, "edge": 4}
+
+    def erins(rows: list[Any]) -> list[Any]:
+        return sorted((h for h in rows if h.tracking_id == erin.tracking_id),
+                      key=lambda h: h.idx)
+
+    # The trackers' revision sees the three hits (a burst across nodes), but neither the
+    # message's link count nor its delivery: the message is not stored.
+    def revised_without_the_message() -> list[Any] | None:
+        mine = erins(fleet.rows(hits))
+        return mine if len(mine) == 3 and all("burst" in codes(h) for h in mine) else None
+
+    early = poll(revised_without_the_message, 60, 0.2, "erin's hits revised by a tracker")
+    assert all(h.verdict == "unknown" and not {"every_link", "soon_after_delivery"} & codes(h)
+               for h in early), [h.reasons for h in early]
+    for tracker in fleet.trackers:
+        tracker.stop()  # a last revision pass each: no tracker revises after this
+    fleet.mx2_db.up()
+    sent.append(erin)
+
+    # mx2's milter replays erin's message; its store ties the line to it and judges her
+    # hits again with the link count and the delivery time the message brings.
+    def judged_with_the_message() -> list[Any] | None:
+        late = erins(fleet.rows(hits))
+        ok = fleet.message(erin.tracking_id) is not None and all(
+            h.verdict == "machine" and {"every_link", "soon_after_delivery"} <= codes(h)
+            for h in late)
+        return late if ok else None
+
+    poll(judged_with_the_message, 60, 0.2, "erin's hits judged with her replayed message")
+    erin.queue_id = fleet.message(erin.tracking_id).queue_id
+    stored_hits = fleet.rows(hits)
 
     # -- every message, delivery and hit stored once ---------------------------------------
     msgs = fleet.rows(messages)
@@ -379,7 +422,7 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
     assert all(r.cause == "revision" for r in revisions)
 
     people = {(h.tracking_id, h.target): h for h in stored_hits
-              if h.tracking_id != alice.tracking_id}
+              if h.tracking_id not in (alice.tracking_id, erin.tracking_id)}
     assert people[(bob.tracking_id, "click")].verdict == "human"
     assert people[(bob.tracking_id, "open")].verdict == "human"
     assert people[(dave.tracking_id, "click")].verdict == "human"
@@ -387,7 +430,7 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
     assert "apple_mpp_prefetch" in codes(people[(dave.tracking_id, "open")])
 
     # -- status --json, through any node's configuration -----------------------------------
-    for s, via in zip(sent, ("mx2", "web", "edge", "hooks", "mx1"), strict=True):
+    for s, via in zip(sent, ("mx2", "web", "edge", "hooks", "mx1", "mx2"), strict=True):
         [v] = fleet.status(s.tracking_id, via=via)
         assert (v["mta"], v["queue_id"], v["sender"]) == (s.host, s.queue_id, SENDER)
         assert [(r["address"], r["state"]) for r in v["recipients"]] == [(s.rcpt, s.outcome)]
@@ -412,15 +455,15 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert (report["messages"], report["outgoing"], report["recipients"]) == (5, 5, 5)
+    assert (report["messages"], report["outgoing"], report["recipients"]) == (6, 6, 6)
     assert report["refused_inline"] == 0
-    assert report["states"] == {"sent": 4, "bounced": 1}
+    assert report["states"] == {"sent": 5, "bounced": 1}
     assert (report["failures"]["hard"], report["failures"]["soft"]) == (1, 0)
     assert report["failures"]["codes"] == {"5.1.1": 1}
-    assert (report["pixel_messages"], report["tracked_messages"]) == (3, 3)
-    assert report["clicked"] == {"machine": 1, "human": 2}
+    assert (report["pixel_messages"], report["tracked_messages"]) == (4, 4)
+    assert report["clicked"] == {"machine": 2, "human": 2}
     assert report["opened"] == {"human": 1, "machine": 1}
-    assert report["click_hits"] == {"machine": 3, "human": 2}
+    assert report["click_hits"] == {"machine": 6, "human": 2}
     assert report["open_hits"] == {"human": 1, "machine": 1}
 
     # -- one webhook per stored event, each received once ----------------------------------
@@ -436,7 +479,7 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
     assert fleet.receiver.rejected == []
     assert set(ids.values()) == {1}, ids
     revisions = fleet.rows(hit_verdicts)  # now final
-    want = Counter({"delivery.sent": 4, "delivery.bounced": 1, "hit.click": 5, "hit.open": 2})
+    want = Counter({"delivery.sent": 5, "delivery.bounced": 1, "hit.click": 8, "hit.open": 2})
     for r in revisions:
         want[f"hit.{next(h.target for h in stored_hits if h.id == r.hit)}.revised"] += 1
     assert Counter(r.event_type for r in outbox) == want
