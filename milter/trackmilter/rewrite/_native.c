@@ -854,6 +854,13 @@ static const char HEX[] = "0123456789ABCDEF";
 /* binascii.b2a_qp(data, quotetabs=False, istext=istext, header=False), written anew: the
  * same bytes for every input. With o == NULL it only counts them (the output is sized
  * exactly, as binascii sizes it: a 1 MB part never costs a 6 MB scratch buffer). */
+/* A byte b2a_qp writes as it is (but for a soft break before it) in a run: printable but
+ * '=', or white space; the run's conditions below cover '.' and white space. */
+static inline int qp_plain(unsigned char c)
+{
+    return (c >= 33 && c <= 126 && c != '=') || c == ' ' || c == '\t';
+}
+
 static Py_ssize_t qp_encode_into(bptr d, Py_ssize_t n, int istext, int crlf, unsigned char *o)
 {
     if (crlf < 0) {
@@ -881,6 +888,22 @@ static Py_ssize_t qp_encode_into(bptr d, Py_ssize_t n, int istext, int crlf, uns
     } while (0)
     while (in < n) {
         unsigned char c = d[in];
+        if (qp_plain(c) && linelen + 1 < QP_MAX && in + 1 < n && (c != '.' || linelen > 0)) {
+            /* A run of bytes written as they are, none needing a soft break before it
+             * (what the general case below does for each of them, one at a time): '.' is
+             * escaped only first on a line, white space only as the data's last byte (one
+             * before a line break is escaped there, by the line-break case, via prev). */
+            Py_ssize_t stop = in + 1, room = QP_MAX - 1 - linelen;
+            while (stop < n - 1 && stop - in < room && qp_plain(d[stop]))
+                stop++;
+            if (o != NULL)
+                memcpy(o + out, d + in, (size_t)(stop - in));
+            out += stop - in;
+            linelen += stop - in;
+            prev = d[stop - 1];
+            in = stop;
+            continue;
+        }
         int last = in + 1 == n;
         if (c > 126 || c == '=' ||
             (c == '.' && linelen == 0 &&
