@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from trackmilter.config import Settings
-from trackmilter.keyfile import WatchedSigner
 from trackmilter.store.base import StoreConfigError, WriteHook
 from trackmilter.store.engine import check_sqlite_directory, parse_url, sqlite_path
 from trackmilter.store.hits import Reviser
 from trackmilter.store.sql import SQLStore
-from trackmilter.tokens import KeyFileError
 
 if TYPE_CHECKING:
+    from trackmilter.keyfile import WatchedSigner
     from trackmilter.metrics import Metrics
 
 __all__ = ["StartupError", "load_signer", "start_metrics", "store_from"]
@@ -65,6 +64,11 @@ def load_signer(settings: Settings, log: Any = None) -> WatchedSigner | None:
     Refuses (StartupError, naming the key) a base_url on a reserved example domain — the
     milter would rewrite real mail's links to a host nobody owns — unless [tracking]
     allow_reserved_base_url says this is a test lab, and a key file it cannot use."""
+    # Here, not above: `trackmilter status` and `report` use this module's store_from, and
+    # the signer's modules (tokens, with the native engine) cost them 30 ms to import.
+    from trackmilter.keyfile import WatchedSigner
+    from trackmilter.tokens import KeyFileError
+
     t = settings.tracking
     if not t.base_url:
         return None

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 from trackmilter.store.views import EventView, HitView, MessageView
-from trackmilter.verdict import reason_text
 
 # What each in-line event proves, in words a sender can read without over-reading them.
 _INLINE = {
@@ -209,6 +208,10 @@ def annotate(messages: Sequence[MessageView]) -> list[dict[str, Any]]:
 
 
 def _reason_text(reason: Mapping[str, Any]) -> str:
+    # Here, not above: only --explain and the JSON need the sentences, and the verdict
+    # module (user-agent tables, browser checks) costs `trackmilter status` 25 ms to import.
+    from trackmilter.verdict import reason_text
+
     return reason_text(str(reason.get("code", "")), str(reason.get("evidence", "")))
 
 
