@@ -26,14 +26,14 @@ def _load() -> tuple[ModuleType | None, str | None]:
     wanted = os.environ.get(ENV, "").strip().lower() or "auto"
     if wanted == "python":
         return None, f"{ENV}=python"
+    if wanted not in ("auto", "native"):
+        return None, f"{ENV}={wanted!r} is not python, native or auto: running the Python engine"
     try:
         module = importlib.import_module(_NAME)
     except ImportError as exc:
         if wanted == "native":
             raise ImportError(f"{ENV}=native but the native engine cannot be loaded: {exc}") from exc
         return None, f"native engine not available ({exc}); running the Python engine"
-    if wanted not in ("auto", "native"):
-        return None, f"{ENV}={wanted!r} is not python, native or auto: running the Python engine"
     return module, None
 
 

@@ -138,6 +138,13 @@ def test_python_engine_forced_by_environment() -> None:
     assert note == "TRACKMILTER_ENGINE=python"
 
 
+def test_unknown_engine_value_runs_the_reference() -> None:
+    engine_name, body, note = _engine_in_subprocess("fast")
+    assert engine_name == "python"
+    assert body == '<a href="https://t.example/c/1">a</a>'
+    assert "TRACKMILTER_ENGINE='fast' is not python, native or auto" in note
+
+
 def test_falls_back_to_python_without_the_extension() -> None:
     for value in (None, "auto"):
         engine_name, body, note = _engine_in_subprocess(value, block_extension=True)
