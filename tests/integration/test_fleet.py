@@ -274,8 +274,11 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
     carol1 = fleet.receipt(MX[0], "carol@example.org")  # real Postfix queue id on mx1
     first = [alice, bob, dave, carol1]
 
-    def delivered(sent: list[Sent]) -> bool:
-        found = {(e.recipient, e.status) for e in fleet.rows(events) if e.kind == "delivery"}
+    def delivered(sent: list[Sent], *, tied: bool = True) -> bool:
+        """Each one's delivery line stored (and tied to a message: the milter's record and
+        the log line reach the database in either order)."""
+        found = {(e.recipient, e.status) for e in fleet.rows(events)
+                 if e.kind == "delivery" and (e.message is not None or not tied)}
         return all((s.rcpt, s.outcome) in found for s in sent)
 
     poll(lambda: delivered(first), 60, 0.1, "the deliveries of both hosts stored")
@@ -349,7 +352,7 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
     # the line (tied to nothing yet), and her four links are followed through both nodes.
     fleet.mx2_db.down()
     erin = fleet.newsletter(MX[1], "erin@example.net")
-    poll(lambda: delivered([erin]), 60, 0.1, "erin's delivery line stored")
+    poll(lambda: delivered([erin], tied=False), 60, 0.1, "erin's delivery line stored")
     assert [e.message for e in fleet.rows(events) if e.recipient == erin.rcpt] == [None]
     for node, path in zip(("web", "edge", "web", "edge"), erin.clicks, strict=True):
         assert fleet.hit(node, path, "203.0.113.80", FIREFOX, **FIREFOX_NAV) == 302
@@ -421,10 +424,12 @@ def test_a_fleet_on_one_postgresql(fleet: Fleet, tmp_path: Path) -> None:
         assert not {"burst", "every_link"} & codes({"reasons": h.request_reasons})
         assert h.verdict == "machine"
         decided = {r["code"] for r in h.reasons if r["decided"]}
-        assert decided == {"every_link"}, h.reasons  # decisive: 4 links in document order
+        assert "every_link" in decided, h.reasons
         evidence = {r["code"]: r["evidence"] for r in h.reasons}
-        assert evidence["every_link"] == "all 4 links, in document order"
-        assert evidence["burst"].startswith("4 links in ")
+        # (", in document order" too, unless two clicks fell within one millisecond: the
+        # edge's time is nginx's $msec, the web's is taken to the microsecond.)
+        assert evidence["every_link"].startswith("all 4 links"), evidence
+        assert evidence["burst"].startswith("4 links in "), evidence
     revisions = fleet.rows(hit_verdicts)
     assert {r.hit for r in revisions} >= {h.id for h in sweep}
     assert all(r.cause == "revision" for r in revisions)
