@@ -136,6 +136,11 @@ def parse_client(text: str) -> IPAddress | None:
         return None
 
 
+def _kept(value: str) -> int:
+    """The header-set version a hit was recorded with (0: before versions were recorded)."""
+    return int(value) if value.isdigit() else 0
+
+
 def hit_from_record(record: HitRecorded, client: IPAddress | None = None) -> Hit:
     """`client`: the address already parsed (the tracker has it), else read from the record."""
     return Hit(
@@ -144,7 +149,7 @@ def hit_from_record(record: HitRecorded, client: IPAddress | None = None) -> Hit
         client=client if client is not None else parse_client(record.client),
         network=record.network or None,
         headers=dict(record.headers), index=record.index, honeypot=record.honeypot,
-        hints_kept=dict(record.headers).get(KEPT_HEADER, "") >= KEPT_VERSION)
+        hints_kept=_kept(dict(record.headers).get(KEPT_HEADER, "")) >= int(KEPT_VERSION))
 
 
 class RevisionCounter:

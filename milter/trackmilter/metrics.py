@@ -211,11 +211,12 @@ class Metrics:
                  families: Iterable[str] = FAMILIES, standard: bool = False,
                  maillog_file: tuple[str | Path, str | Path] | None = None,
                  edge_file: tuple[str | Path, str | Path] | None = None,
-                 mta: str = "") -> None:
+                 mta: str = "", engine: str = "") -> None:
         """`families`: those this registry exports (FAMILIES); `standard`: add the process_*
         and python_* collectors; `maillog_file`, `edge_file`: ([maillog] path, state_file),
         ([edge] log, state_file), for how far behind their logs the readers are; `mta`: the MTA this process serves ([milter] / [maillog] mta_name),
-        a label of trackmilter_build_info (dashboards choose instances by it)."""
+        a label of trackmilter_build_info (dashboards choose instances by it); `engine`: the
+        milter's rewriting engine (native|python), a label of it too."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         wanted = frozenset(families)
         if unknown := wanted - set(FAMILIES):
@@ -234,7 +235,8 @@ class Metrics:
             GCCollector(registry=self.registry)
         # A gauge, not an Info: the same exposition, and it works in multiprocess mode too.
         # The tracker, edge and the webhook sender serve no MTA: no mta label.
-        info = {"version": __version__, **({"mta": mta} if mta else {})}
+        info = {"version": __version__, **({"mta": mta} if mta else {}),
+                **({"engine": engine} if engine else {})}
         self.build_info = Gauge(
             "trackmilter_build_info",
             "trackmilter version, and the MTA the process serves ([milter] / [maillog] "
@@ -566,8 +568,13 @@ class Metrics:
         """The registry a daemon serves (DAEMONS: milter, maillog, web, edge, webhooks): its
         own families, build info, process_* and python_*. `mta`: its mta_name (milter,
         maillog); `maillog_file` / `edge_file`: the reader's (log, state_file)."""
+        engine = ""
+        if daemon == "milter":  # the one that rewrites: which engine does it (native|python)
+            from trackmilter.rewrite import native  # here: only the milter rewrites
+
+            engine = native.ENGINE
         return cls(families=DAEMONS[daemon], standard=True, maillog_file=maillog_file,
-                   edge_file=edge_file, mta=mta)
+                   edge_file=edge_file, mta=mta, engine=engine)
 
     @staticmethod
     def _new(cls: type[_M], *args: Any, registry: CollectorRegistry | None, **kwargs: Any

@@ -50,6 +50,10 @@ class Browser:
 class Finding:
     fit: Fit
     evidence: str = ""  # what was missing or wrong, or what matched
+    # A gap a person's setup can explain (one header a privacy setting or an extension
+    # drops; Fetch Metadata missing behind a proxy that says it is one, Via): weighed
+    # lighter by the verdict.
+    minor: bool = False
 
 
 # Versions from which a navigation always carries the header (see the table above, plus a
@@ -69,12 +73,15 @@ _IOS = re.compile(r"\b(?:iphone|ipad|ipod).*? os (\d+)(?:_(\d+))?")
 _BRAND = re.compile(r'"([^"]*)"\s*;\s*v\s*=\s*"(\d+)')
 
 
+_CROS = re.compile(r"\bcros\b")
+
+
 def _platform(low: str) -> str:
     if "android" in low:
         return "Android"
     if "windows nt" in low:
         return "Windows"
-    if "cros" in low:
+    if _CROS.search(low):  # a token: "microsoft" holds "cros"
         return "Chrome OS"
     if "macintosh" in low or "mac os x" in low:
         return "macOS"
@@ -95,8 +102,11 @@ def browser_of(user_agent: str) -> Browser | None:
     chrome = _CHROME.search(low)
     if chrome:
         name = "Edge" if _EDGE.search(low) else "Opera" if _OPERA.search(low) else "Chrome"
+        # Android WebView says "; wv)", but apps that set their own user agent drop it and
+        # keep WebView's "Version/4.0" before "Chrome/" (Chrome for Android never sends it).
+        webview = "; wv)" in low or ("android" in low and "version/4.0" in low)
         return Browser("chromium", name, int(chrome.group(1)), _platform(low),
-                       webview="; wv)" in low)
+                       webview=webview)
     firefox = _FIREFOX.search(low)
     if firefox:
         return Browser("firefox", "Firefox", int(firefox.group(1)), _platform(low))
@@ -131,8 +141,9 @@ def check_click(user_agent: str, headers: Mapping[str, str], *, secure: bool = T
     who = f"{b.name} {_ver(b)}"
     site, mode, dest = (headers.get(f"sec-fetch-{k}") for k in ("site", "mode", "dest"))
     if site is None and mode is None and dest is None:
+        # Behind a proxy that says so (Via), it may have dropped them: weighed lighter.
         return Finding(Fit.INCONSISTENT, f"no Sec-Fetch-* headers, which {who} sends on "
-                       "every navigation")
+                       "every navigation", minor=bool(headers.get("via")))
     if mode is not None and mode.lower() != "navigate":
         return Finding(Fit.INCONSISTENT, f"Sec-Fetch-Mode: {mode[:20]}, not a navigation")
     if dest is not None and dest.lower() not in ("document", "iframe"):
@@ -144,7 +155,10 @@ def check_click(user_agent: str, headers: Mapping[str, str], *, secure: bool = T
                            f"{'/'.join(map(str, sorted(versions)))}, the user agent {b.major}")
         platform = headers.get("sec-ch-ua-platform", "").strip().strip('"').lower()
         claimed = _PLATFORM_HINTS.get(platform)
-        if claimed and b.platform and claimed != b.platform:
+        # Chrome's "desktop site" on Android (the default on large tablets) sends a Linux
+        # user agent with the Android platform hint.
+        desktop_site = (claimed, b.platform) == ("Android", "Linux")
+        if claimed and b.platform and claimed != b.platform and not desktop_site:
             return Finding(Fit.INCONSISTENT, f"client hints say {claimed}, the user agent "
                            f"{b.platform}")
     missing = [h for h, v in (("Sec-Fetch-Site", site), ("Sec-Fetch-Mode", mode),
@@ -158,7 +172,9 @@ def check_click(user_agent: str, headers: Mapping[str, str], *, secure: bool = T
             and b.major >= CHROMIUM_CLIENT_HINTS):
         missing.append("Sec-CH-UA")
     if missing:
-        return Finding(Fit.UNUSUAL, f"{who} without {', '.join(missing)}")
+        # One header a privacy setting or an extension may drop: minor.
+        minor = len(missing) == 1 and missing[0] in ("Accept-Language", "Sec-CH-UA")
+        return Finding(Fit.UNUSUAL, f"{who} without {', '.join(missing)}", minor=minor)
     if b.family in ("chromium", "firefox") and not b.webview:
         if headers.get("sec-fetch-user", "").strip() != "?1":
             return Finding(Fit.NO_ACTIVATION, f"{who} navigation without Sec-Fetch-User: "

@@ -116,6 +116,8 @@ class Tally:
 
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60}
+# Back to the year 1 is further than any store goes; more would overflow the date.
+MAX_SINCE = timedelta(days=365 * 1000)
 
 
 def parse_since(value: str) -> timedelta:
@@ -123,10 +125,15 @@ def parse_since(value: str) -> timedelta:
     v = value.strip().lower()
     try:
         if v and v[-1] in _UNITS:
-            return timedelta(seconds=float(v[:-1]) * _UNITS[v[-1]])
-        return timedelta(days=float(v))
+            span = timedelta(seconds=float(v[:-1]) * _UNITS[v[-1]])
+        else:
+            span = timedelta(days=float(v))
     except (ValueError, OverflowError):  # OverflowError: "infd", "1e400d"
         raise ValueError(f"expected e.g. 7d, 12h or 30m, got {value!r}") from None
+    if span <= timedelta(0) or span > MAX_SINCE:
+        raise ValueError(f"expected a period after 0 and at most {MAX_SINCE.days} days, "
+                         f"got {value!r}")
+    return span
 
 
 def set_aside(m: MessageView) -> str:

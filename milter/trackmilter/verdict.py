@@ -38,7 +38,7 @@ from typing import Literal, TypeVar
 
 from trackmilter.agents import classify_agent as classify_agent  # re-exported for callers
 from trackmilter.model import HitReason
-from trackmilter.navigation import Fit, check_click, check_image
+from trackmilter.navigation import Finding, Fit, check_click, check_image
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 K = TypeVar("K")
@@ -254,9 +254,11 @@ def _agent_reasons(hit: Hit, th: Thresholds) -> list[Reason]:
             return [Reason(f"{category}_image_proxy", evidence, H)]
         return [Reason("scanner_user_agent", evidence, M)]  # image proxies don't click
     if category == "mail":
+        if hit.kind == "click":
+            return _mail_click(hit, evidence, th)
         return [Reason("mail_client", evidence, H)]
     if category == "browser":
-        out = [_browser_reason(hit, evidence, th)]
+        out = _browser_reason(hit, evidence, th)
         if hit.network in th.apple_networks:
             out.append(Reason("private_relay", hit.network or ""))
         return out
@@ -270,7 +272,37 @@ def _agent_reasons(hit: Hit, th: Thresholds) -> list[Reason]:
     return [Reason(category, evidence, M)]
 
 
-def _browser_reason(hit: Hit, evidence: str, th: Thresholds) -> Reason:
+def _mail_click(hit: Hit, evidence: str, th: Thresholds) -> list[Reason]:
+    """A click with a mail program's own user agent. Mail programs open links in a
+    browser, so this is an in-app web view (checked as its engine when the user agent
+    names one: Apple's WebKit string carries the iOS version) or the program's own fetch,
+    or a copied string: never human evidence on its own."""
+    found = check_click(hit.user_agent, hit.headers, secure=th.secure_origin,
+                        hints_kept=hit.hints_kept)
+    if found.fit is Fit.UNCHECKED:
+        return [Reason("mail_client", evidence)]  # context: no request to check
+    return _fit_reasons(found, evidence)
+
+
+def _fit_reasons(found: Finding, evidence: str) -> list[Reason]:
+    if found.fit is Fit.INCONSISTENT:
+        return [Reason("not_like_its_browser", found.evidence, M,
+                       Weight.STRONG if found.minor else None)]
+    if found.fit is Fit.UNUSUAL:
+        if found.minor:
+            # One header missing (a privacy setting, an extension): the rest is the
+            # browser's own request; the two weigh the same, so unknown, never machine.
+            return [Reason("unusual_request", found.evidence, M, Weight.WEAK),
+                    Reason("browser", evidence, H)]
+        return [Reason("unusual_request", found.evidence, M)]
+    if found.fit is Fit.NO_ACTIVATION:
+        return [Reason("programmatic_navigation", found.evidence, M)]
+    if found.fit is Fit.CONSISTENT:
+        return [Reason("browser_navigation", found.evidence, H)]
+    return [Reason("browser", found.evidence or evidence, H)]
+
+
+def _browser_reason(hit: Hit, evidence: str, th: Thresholds) -> list[Reason]:
     """A browser's user agent: on a click, how the request fits that browser (see
     trackmilter.navigation); on an open (an image load), the user agent alone."""
     if hit.kind != "click":
@@ -278,15 +310,7 @@ def _browser_reason(hit: Hit, evidence: str, th: Thresholds) -> Reason:
     else:
         found = check_click(hit.user_agent, hit.headers, secure=th.secure_origin,
                             hints_kept=hit.hints_kept)
-    if found.fit is Fit.INCONSISTENT:
-        return Reason("not_like_its_browser", found.evidence, M)
-    if found.fit is Fit.UNUSUAL:
-        return Reason("unusual_request", found.evidence, M)
-    if found.fit is Fit.NO_ACTIVATION:
-        return Reason("programmatic_navigation", found.evidence, M)
-    if found.fit is Fit.CONSISTENT:
-        return Reason("browser_navigation", found.evidence, H)
-    return Reason("browser", found.evidence or evidence, H)
+    return _fit_reasons(found, evidence)
 
 
 # --- intent, network, time, the message's other hits ---------------------------------------
@@ -357,27 +381,42 @@ def _burst(hit: Hit, key: object, others: Sequence[tuple[object, Hit]],
     return None
 
 
+# Sandboxes follow a message's links within minutes of each other; people sharing one
+# network (an office behind NAT, the recipients of one message) over hours.
+EVERY_LINK_WINDOW = timedelta(minutes=15)
+
+
 def _every_link(hit: Hit, key: object, others: Sequence[tuple[object, Hit]], links: int,
                 th: Thresholds) -> Reason | None:
     """The message's whole story for this client or network: every one of its links
-    followed, at any pace (sandboxes pace themselves like people)."""
+    followed, at any pace a person would use, within EVERY_LINK_WINDOW of each other.
+    Decisive from one exact address (5 links, or 4 in document order); from several
+    addresses of one network, strong: they may be several people."""
     if links < th.every_link_min or (hit.kind == "click" and not 1 <= hit.index <= links):
         return None
-    mine = sorted([(o.at, o.index) for k, o in others
-                   if k == key and o.kind == "click" and 1 <= o.index <= links]
-                  + ([(hit.at, hit.index)] if hit.kind == "click" else []))
-    if len({i for _, i in mine}) < links:
+    mine = sorted([(o.at, o.index, o.client) for k, o in others
+                   if k == key and o.kind == "click" and 1 <= o.index <= links
+                   and abs(o.at - hit.at) <= EVERY_LINK_WINDOW]
+                  + ([(hit.at, hit.index, hit.client)] if hit.kind == "click" else []),
+                  key=lambda c: (c[0], c[1]))
+    if len({i for _, i, _ in mine}) < links:
+        return None
+    # The links all followed inside one window, not merely each within one of this hit.
+    if mine[-1][0] - mine[0][0] > EVERY_LINK_WINDOW:
         return None
     firsts: dict[int, datetime] = {}
-    for at, i in mine:
+    for at, i, _ in mine:
         firsts.setdefault(i, at)
     order = [i for i, _ in sorted(firsts.items(), key=lambda p: p[1])]
     in_order = order == sorted(order)
+    one_client = len({c for _, _, c in mine}) == 1 and mine[0][2] is not None
     evidence = f"all {links} links" + (", in document order" if in_order else "")
+    if not one_client:
+        evidence += ", from several addresses of one network"
     # Every footer and social link of a newsletter: no person. Three links followed in order
     # may be a reader going down a short message: strong, not decisive.
-    weight = Weight.DECISIVE if links >= 5 or (in_order and links >= 4) else Weight.STRONG
-    return Reason("every_link", evidence, M, weight)
+    decisive = one_client and (links >= 5 or (in_order and links >= 4))
+    return Reason("every_link", evidence, M, Weight.DECISIVE if decisive else Weight.STRONG)
 
 
 def _judge(hit: Hit, key: object | None, others: Sequence[tuple[object, Hit]],

@@ -76,3 +76,13 @@ def test_check_reads_what_the_daemons_read(tmp_path: Path) -> None:
     key.write_text("short\n")  # a key file a tracker reloaded with would lose its workers
     bad = CliRunner().invoke(main, ["check", "--config", str(cfg)], env={})
     assert bad.exit_code == 78 and "[tracking] secret_file" in bad.output
+
+
+def test_report_refuses_a_period_it_cannot_mean(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    CliRunner().invoke(main, ["--config", str(cfg), "db", "upgrade"], env={})
+    for since in ("100000000d", "-7d", "0d"):
+        res = CliRunner().invoke(main, ["--config", str(cfg), "report", f"--since={since}"],
+                                 env={})
+        assert res.exit_code == 2 and "--since" in res.output, (since, res.output)
+        assert "Traceback" not in res.output

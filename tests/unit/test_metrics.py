@@ -295,9 +295,13 @@ def test_edge_reports_how_far_behind_its_hit_log_it_is(tmp_path: Path) -> None:
 
 
 def test_build_info_names_the_mta_of_the_milter_and_the_follower() -> None:
+    from trackmilter.rewrite import native
+
     milter = Metrics.for_daemon("milter", mta="mx1.example.org")
+    # The milter says which rewriting engine runs (native|python).
     assert milter.registry.get_sample_value(
-        "trackmilter_build_info", {"version": __version__, "mta": "mx1.example.org"}) == 1
+        "trackmilter_build_info", {"version": __version__, "mta": "mx1.example.org",
+                                   "engine": native.ENGINE}) == 1
     web = Metrics.for_daemon("web")
     assert web.registry.get_sample_value("trackmilter_build_info", {"version": __version__}) == 1
 

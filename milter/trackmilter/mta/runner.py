@@ -18,6 +18,7 @@ from trackmilter.logging import get_logger
 from trackmilter.metrics import Metrics
 from trackmilter.mta.report_queue import ReportQueue, decode_report
 from trackmilter.mta.session import Deps, Session
+from trackmilter.rewrite import native as rewrite_engine
 from trackmilter.store.base import WriteHook
 from trackmilter.store.writer import BatchWriter
 
@@ -101,7 +102,8 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
     log.info("milter_starting", socket=settings.milter.socket, database=_redact(
         settings.database.url), metrics=settings.metrics.listen or None,
         key_ids=list(signer.key_ids) if signer else [], config=settings.source,
-        stop_timeout=settings.store.stop_timeout)
+        stop_timeout=settings.store.stop_timeout, engine=rewrite_engine.ENGINE,
+        engine_note=rewrite_engine.NOTE)
     try:
         Milter.runmilter("trackmilter", settings.milter.socket, settings.milter.timeout)
     finally:

@@ -11,8 +11,9 @@ read; stop the daemons writing to it first (or copy again: the destination must 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, exc, func, insert, select, text
+from sqlalchemy import Connection, Engine, Table, exc, func, insert, inspect, select, text
 
 from trackmilter.store.base import StoreConfigError
 from trackmilter.store.engine import describe, make_engine, parse_url, translate
@@ -38,6 +39,7 @@ def copy_store(source: str, destination: str,
     src_url, dst_url = parse_url(source), parse_url(destination)
     if describe(src_url) == describe(dst_url):
         raise StoreConfigError("source and destination are the same database")
+    _refuse_unless_empty(dst_url)  # before upgrading: a live store is left as it is
     upgrade(destination)
     src, dst = make_engine(src_url), make_engine(dst_url)
     try:
@@ -61,6 +63,25 @@ def copy_store(source: str, destination: str,
     finally:
         src.dispose()
         dst.dispose()
+
+
+def _refuse_unless_empty(url: Any) -> None:
+    """StoreConfigError when the destination already holds rows of ours (any revision)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            there = set(inspect(conn).get_table_names())
+            for table in TABLES:
+                # Our own table names, not input: nothing to quote.
+                if table.name in there and conn.execute(
+                        text(f"SELECT count(*) FROM {table.name}")).scalar():
+                    raise StoreConfigError(
+                        f"{describe(url)} already holds {table.name}: copy into an empty "
+                        "database (a fresh one after `trackmilter db upgrade`)")
+    except exc.SQLAlchemyError as e:
+        raise translate(e, url) from e
+    finally:
+        engine.dispose()
 
 
 def _copy_table(s: Connection, d: Connection, table: Table,

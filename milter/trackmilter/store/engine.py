@@ -45,7 +45,15 @@ def describe(url: str | URL) -> str:
         parsed = make_url(url) if isinstance(url, str) else url
     except exc.ArgumentError:
         return "<invalid URL>"
+    # libpq also takes the password (and other secrets) as query parameters.
+    hidden = {k: "***" for k in parsed.query if k.lower() in _SECRET_PARAMS}
+    if hidden:
+        parsed = parsed.update_query_dict(hidden)
     return parsed.render_as_string(hide_password=True)
+
+
+# Query parameters that hold secrets (libpq's connection parameters, psycopg's).
+_SECRET_PARAMS = frozenset({"password", "sslpassword", "passfile", "sslkey"})
 
 
 def sqlite_path(url: URL) -> Path | None:

@@ -124,12 +124,13 @@ class KeyWatcher:
         stamp = file_stamp(self._path)
         if stamp == self._seen:
             return False
-        self._seen = stamp
         try:
             signer = Signer.from_file(self._path)
         except KeyFileError as exc:
+            # The stamp is not taken: a file caught half-written is read again next time.
             self._log.error("edge_keys_not_reloaded", error=str(exc))
             return False
+        self._seen = stamp
         self._app.set_signer(signer)
         self._log.info("edge_keys_reloaded", key_ids=list(signer.key_ids))
         return True
@@ -292,13 +293,14 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
             if not hup[0]:
                 return
             hup[0] = False
-            keys.reload_if_changed()
+            keys_changed = keys.reload_if_changed()
             try:
                 app.set_networks(networks_from(settings))
             except (NetworkFileError, OSError) as exc:
                 log.error("edge_networks_not_reloaded", error=str(exc))
-            else:
-                log.info("edge_reloaded", key_ids=list(app.key_ids))
+                return
+            log.info("edge_reloaded", networks=True, keys_changed=keys_changed,
+                     key_ids=list(app.key_ids))
 
         follow(follower, Ingest(app, metrics, log, keys=keys), writer, log, lambda: stop[0],
                tick=reload)

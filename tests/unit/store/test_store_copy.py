@@ -59,3 +59,33 @@ def test_the_command(tmp_path: Path) -> None:
     again = CliRunner().invoke(main, ["db", "copy", "--config", str(cfg), dest], env={})
     assert again.exit_code == 1 and "already holds messages" in again.output
     assert os.path.exists(tmp_path / "dest.db")
+
+
+def test_a_refused_copy_leaves_the_destination_as_it_was(tmp_path: Path) -> None:
+    """A copy pointed at a live store by mistake refuses before migrating it."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from trackmilter.store.engine import make_engine
+    from trackmilter.store.migrate import alembic_config, current_revision
+
+    source = _source(tmp_path)
+    live = f"sqlite:///{tmp_path / 'live.db'}"
+    engine = make_engine(live)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0007")
+            conn.execute(text("INSERT INTO events (kind, at) VALUES ('delivery', '2026-01-01')"))
+    finally:
+        engine.dispose()
+    with pytest.raises(StoreError, match="already holds events"):
+        copy_store(source, live)
+    assert current_revision(live) == "0007"
+
+
+def test_urls_in_messages_hide_every_password() -> None:
+    from trackmilter.store.engine import describe
+
+    text = describe("postgresql+psycopg://u:s3cret@h/db?password=other&sslpassword=x&host=/r")
+    assert "s3cret" not in text and "other" not in text and "sslpassword=x" not in text
+    assert "host=%2Fr" in text  # the rest stays as it was

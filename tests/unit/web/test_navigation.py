@@ -21,6 +21,11 @@ OLD_SAFARI = SAFARI.replace("Version/17.6", "Version/15.6")
 WEBVIEW = ("Mozilla/5.0 (Linux; Android 14; Pixel 8; wv) AppleWebKit/537.36 (KHTML, like Gecko) "
            "Version/4.0 Chrome/131.0.6778.81 Mobile Safari/537.36")
 
+DDG = ("Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 "
+       "Chrome/131.0.0.0 Mobile Safari/537.36 DuckDuckGo/5")
+MAC_CHROME_MS = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like "
+                 "Gecko) Chrome/131.0.0.0 Safari/537.36 Microsoft")
+
 NAV = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate", "sec-fetch-dest": "document",
        "accept": "text/html,application/xhtml+xml,*/*;q=0.8", "accept-language": "en"}
 HINTS = {"sec-ch-ua": '"Google Chrome";v="131", "Chromium";v="131", "Not_A Brand";v="24"',
@@ -53,6 +58,12 @@ USER = {"sec-fetch-user": "?1"}
     pytest.param(CHROME, {**NAV, **USER, **HINTS, "accept": "*/*"}, Fit.UNUSUAL,
                  id="navigation-accepting-anything"),
     pytest.param(OLD_SAFARI, {}, Fit.UNCHECKED, id="safari-before-fetch-metadata"),
+    pytest.param(DDG, {**NAV, **USER}, Fit.CONSISTENT, id="webview-without-wv-token"),
+    pytest.param(CHROME.replace("Windows NT 10.0; Win64; x64", "X11; Linux x86_64"),
+                 {**NAV, **USER, **HINTS, "sec-ch-ua-platform": '"Android"'},
+                 Fit.CONSISTENT, id="android-desktop-site"),
+    pytest.param(MAC_CHROME_MS, {**NAV, **USER, **HINTS, "sec-ch-ua-platform": '"macOS"'},
+                 Fit.CONSISTENT, id="microsoft-in-the-ua-is-not-chrome-os"),
     pytest.param("SomeApp/1.0", {}, Fit.UNCHECKED, id="not-a-browser"),
 ])
 def test_a_click_against_its_browser(ua: str, headers: dict[str, str], fit: Fit) -> None:
@@ -95,3 +106,13 @@ def test_the_tracking_id_carries_the_second_our_mta_accepted_the_message() -> No
     assert tracking_id_time(tid, at - timedelta(days=2)) is None
     assert tracking_id_time(new_tracking_id(datetime(2020, 1, 1, tzinfo=UTC)), at) is None
     assert tracking_id_time("not-an-id", at) is None
+
+
+
+def test_gaps_a_persons_setup_explains_are_minor() -> None:
+    one_gap = check_click(FIREFOX, {**NAV, **USER, "accept-language": ""})
+    assert (one_gap.fit, one_gap.minor) == (Fit.UNUSUAL, True)
+    proxied = check_click(CHROME, {"via": "1.1 proxy.corp", "accept": "text/html"})
+    assert (proxied.fit, proxied.minor) == (Fit.INCONSISTENT, True)
+    script = check_click(CHROME, {"accept": "*/*"})
+    assert (script.fit, script.minor) == (Fit.INCONSISTENT, False)

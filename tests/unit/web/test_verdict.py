@@ -117,7 +117,12 @@ def s(seconds: float) -> datetime:
     pytest.param(hit("open", user_agent=GMAIL, at=s(8)), T0, "human",
                  ["gmail_image_proxy", "soon_after_delivery"], id="gmail-proxy-within-seconds"),
     # Real mail clients are people, whatever crawler lists say.
-    pytest.param(hit(user_agent=OUTLOOK), T0, "human", ["mail_client"], id="outlook-desktop-click"),
+    # A click with a mail program's own user agent: the program's fetch or a copied string
+    # (mail programs open links in a browser), context only; a WebKit view is checked as one.
+    pytest.param(hit(user_agent=OUTLOOK), T0, "unknown", ["mail_client"],
+                 id="outlook-desktop-click"),
+    pytest.param(hit(user_agent=APPLE_MAIL, bare=True), T0, "machine",
+                 ["not_like_its_browser"], id="apple-mail-ua-click-without-webkit-headers"),
     pytest.param(hit("open", user_agent=OUTLOOK_MSO), T0, "human", ["mail_client"],
                  id="outlook-ms-office-open"),
     pytest.param(hit("open", user_agent=THUNDERBIRD), T0, "human", ["mail_client"],
@@ -138,8 +143,12 @@ def s(seconds: float) -> datetime:
                  id="browser-ua-without-its-headers"),
     pytest.param(hit(headers={"sec-fetch-user": ""}), T0, "machine",
                  ["programmatic_navigation"], id="browser-navigating-without-a-click"),
-    pytest.param(hit(headers={"accept-language": ""}), T0, "machine", ["unusual_request"],
-                 id="browser-without-accept-language"),
+    pytest.param(hit(headers={"accept-language": ""}), T0, "unknown",
+                 ["unusual_request", "browser"], id="browser-without-accept-language"),
+    pytest.param(hit(headers={"accept-language": "", "accept": "*/*"}), T0, "machine",
+                 ["unusual_request"], id="browser-without-two-of-its-headers"),
+    pytest.param(hit(bare=True, headers={"via": "1.1 proxy.corp"}), T0, "machine",
+                 ["not_like_its_browser"], id="no-fetch-metadata-behind-a-proxy"),
     # Scanners, time, network.
     pytest.param(hit(at=s(4), network="microsoft"), T0, "machine",
                  ["scanner_network", "browser_navigation", "soon_after_delivery"],
@@ -370,3 +379,26 @@ def test_hit_from_stored_record() -> None:
     assert judge(h).codes == ("prefetch_header", "apple_mpp_prefetch")
     assert hit_from_record(HitRecorded(hit_id="b", target="click", tracking_id="t", at=T0)
                            ).client is None
+
+
+
+def _nav_clicks(clients: list[str], minutes_apart: float, links: int = 5
+                ) -> list[tuple[int, Hit]]:
+    return [(n, hit(at=s(100 + n * minutes_apart * 60), index=n + 1, client=ip(c)))
+            for n, c in enumerate(clients[:links])]
+
+
+def test_every_link_needs_one_client_within_minutes_to_decide() -> None:
+    """A sandbox: one address, every link within minutes, decisive. People sharing one
+    office network, each clicking one link hours apart: no evidence. Several addresses of
+    one network within minutes: strong, so a person's exact browser request is not
+    outweighed (unknown at worst)."""
+    one = _nav_clicks(["198.51.100.10"] * 5, 0.5)
+    assert {j.verdict for _, j in rejudge(one, Context(links=5))} == {Verdict.MACHINE}
+    office = _nav_clicks([f"198.51.100.{10 + n}" for n in range(5)], 60)
+    judged = rejudge(office, Context(links=5))
+    assert all(j.verdict is Verdict.HUMAN and "every_link" not in j.codes for _, j in judged)
+    nat = _nav_clicks([f"198.51.100.{10 + n}" for n in range(5)], 0.5)
+    judged = rejudge(nat, Context(links=5))
+    assert all("every_link" in j.codes for _, j in judged)
+    assert all(j.verdict is not Verdict.MACHINE for _, j in judged)
