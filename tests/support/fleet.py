@@ -19,12 +19,13 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
+from tests.support.http_receiver import serving_posts
 
 from trackmilter.webhooks.payload import SignatureError, verify
 from trackmilter_lab import child
@@ -173,29 +174,8 @@ class Receiver:
 @contextmanager
 def receiving(secret: bytes) -> Iterator[Receiver]:
     rec = Receiver(secret)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            status = rec.handle(dict(self.headers.items()), body)
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    rec.server = server
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving_posts(rec):
         yield rec
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 # ------------------------------------------------------------------ Postfix's log lines
