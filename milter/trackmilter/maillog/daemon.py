@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import select
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -204,7 +206,9 @@ def follow_stream(blocks: Iterable[str], journal: JournalLines, parser: LinePars
                   queues: Queues, sink: FlushingSink, metrics: Metrics, log: Any,
                   state_file: Path | None, should_stop: Callable[[], bool],
                   flush_timeout: float = 30.0,
-                  providers: frozenset[str] = frozenset()) -> str | None:
+                  providers: frozenset[str] = frozenset(), commit_interval: float = 1.0,
+                  clock: Callable[[], float] = time.monotonic,
+                  more_waiting: Callable[[], bool] = lambda: False) -> str | None:
     """Read blocks of a stream (standard input) to its end or until `should_stop()`.
 
     Journal entries (`journalctl -o json`) become syslog lines first. Once a block's
@@ -214,8 +218,11 @@ def follow_stream(blocks: Iterable[str], journal: JournalLines, parser: LinePars
     the cursor last saved (or restored), None when there is none.
     """
     saved = journal.cursor
-    for block in blocks:
-        consume(journal.convert(block), parser, queues, sink, metrics, log, providers)
+    last = clock()
+
+    def commit() -> None:
+        nonlocal saved, last
+        last = clock()
         if not sink.flush(timeout=flush_timeout):
             log.warning("maillog_flush_incomplete", timeout=flush_timeout)
         elif state_file is not None and journal.cursor is not None and journal.cursor != saved:
@@ -224,8 +231,21 @@ def follow_stream(blocks: Iterable[str], journal: JournalLines, parser: LinePars
                 saved = journal.cursor
             except OSError as exc:
                 log.warning("maillog_state_not_saved", error=str(exc))
+
+    pending = False
+    for block in blocks:
+        consume(journal.convert(block), parser, queues, sink, metrics, log, providers)
+        pending = True
+        # Through a backlog (more input already waiting), reading goes on while the writer
+        # stores what was read, and the cursor is saved, once stored, every second; caught
+        # up, at once.
+        if not more_waiting() or clock() - last >= commit_interval:
+            commit()
+            pending = False
         if should_stop():
             break
+    if pending:
+        commit()
     return saved
 
 
@@ -246,29 +266,56 @@ def restore_queues(queues: Queues, state_file: Path, log: Any) -> bool:
 def follow_file(follower: FileFollower, parser: LineParser, queues: Queues,
                 sink: FlushingSink, metrics: Metrics, log: Any,
                 should_stop: Callable[[], bool], flush_timeout: float = 30.0,
-                providers: frozenset[str] = frozenset()) -> None:
-    """Read blocks until `should_stop()`; after each, save the position and the queues'
-    state, but only once the sink has stored (or spooled) the block's events.
+                providers: frozenset[str] = frozenset(), commit_interval: float = 1.0,
+                clock: Callable[[], float] = time.monotonic) -> None:
+    """Read blocks until `should_stop()`; save the position and the queues' state only once
+    the sink has stored (or spooled) the events read before it: when caught up, and every
+    `commit_interval` seconds through a backlog.
 
     A flush that does not finish leaves the saved position where it was: the next
     successful flush covers this block's events too, and a crash in between reads it again.
     """
+    last = clock()
+    pending = False
+
+    def commit() -> None:
+        nonlocal last, pending
+        last = clock()
+        if not sink.flush(timeout=flush_timeout):
+            log.warning("maillog_flush_incomplete", timeout=flush_timeout)
+            return
+        try:
+            follower.commit(queues.dump())
+        except OSError as exc:
+            log.warning("maillog_state_not_saved", error=str(exc))
+        pending = False
+
     try:
         while not should_stop():
             block = follower.poll()
             if not block:
+                if pending and clock() - last >= min(commit_interval, 0.1):
+                    commit()  # caught up: stored and saved before waiting
                 follower.sleep(follower.poll_interval)
                 continue
             consume(block, parser, queues, sink, metrics, log, providers)
-            if not sink.flush(timeout=flush_timeout):
-                log.warning("maillog_flush_incomplete", timeout=flush_timeout)
-                continue
-            try:
-                follower.commit(queues.dump())
-            except OSError as exc:
-                log.warning("maillog_state_not_saved", error=str(exc))
+            pending = True
+            # A backlog is read while the writer stores what came before; the position is
+            # saved, once stored, every `commit_interval` seconds and when caught up.
+            if clock() - last >= commit_interval:
+                commit()
+        if pending:
+            commit()
     finally:
         follower.close()
+
+
+def _input_waiting() -> bool:
+    """More standard input can be read at once (a backlog, or a file): not caught up."""
+    try:
+        return bool(select.select([sys.stdin.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
@@ -313,7 +360,7 @@ def run(settings: Settings, *, hooks: Sequence[WriteHook]) -> int:
                               + RESUME_COMMAND.format(cursor=journal.cursor))
             follow_stream(read_stream(stdin), journal, parser,  # type: ignore[arg-type]
                           queues, writer, metrics, log, m.state_file, lambda: stop[0],
-                          providers=providers)
+                          providers=providers, more_waiting=_input_waiting)
         else:
             restore_queues(queues, m.state_file, log)
             follower = FileFollower(m.path, state_path=m.state_file,
