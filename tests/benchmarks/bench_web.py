@@ -21,7 +21,7 @@ a paced load of half of that round's nginx requests/s, for the p99 "at that load
 round nginx is stopped (it writes its buffered log lines), the reader is given the time it
 needs to store the backlog, and the hits stored must equal the responses wrk counted:
 nothing lost. Prints the figures side by side, the ratio and p99, CPU per request, and how
-fast the reader stores. Target (issue 4): at least 0.5x nginx's requests/s, p99 <= 10 ms at
+fast the reader stores. Target: at least 0.5x nginx's requests/s, p99 <= 10 ms at
 that load. Exit 1 when a hit is missing or the target is not met.
 """
 

@@ -1,4 +1,4 @@
-"""Integration: a fleet on one PostgreSQL database (issue 18, docs/fleet.md).
+"""Integration: a fleet on one PostgreSQL database (docs/fleet.md).
 
 Two mail hosts, each a private Postfix with its own `trackmilter milter` ([milter]
 mta_name mx1.lab.example / mx2.lab.example) and its own `trackmilter maillog` following
@@ -187,8 +187,8 @@ def fleet(fake_mx: FakeMX, postfix_lab: PostfixFactory, socket_dir: Path,
     with ExitStack() as stack:
         db_url = stack.enter_context(pg_schema(PG_URL))
         receiver = stack.enter_context(receiving(WEBHOOK_SECRET))
-        key = new_key_file(tmp_path / "shared" / "tracking.key")
-        hook_secret = tmp_path / "shared" / "webhook.secret"
+        key = new_key_file(tmp_path / "common" / "tracking.key")
+        hook_secret = tmp_path / "common" / "webhook.secret"
         hook_secret.write_text(WEBHOOK_SECRET.decode() + "\n")
         common: dict[str, dict[str, Any]] = {
             # Every daemon that stores events puts what the endpoint wants in the outbox.

@@ -282,7 +282,7 @@ def test_every_alert_is_unit_tested() -> None:
     assert alerts - quiet == set(), "alerts without a non-firing case"
 
 
-# -- labels, instances, and what issue 16 asked for ---------------------------------------
+# -- labels, instances, alerts and the dashboard's variables ---------------------------------------
 
 
 def dashboard_exprs() -> list[str]:

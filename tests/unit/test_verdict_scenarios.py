@@ -1,5 +1,5 @@
 """The verdict scenario set (tests/data/verdicts/) is well formed, and the verdict core meets
-issue 14's targets on it, first and final answers (tests/support/verdict_scenarios.py)."""
+the verdict targets on it, first and final answers (tests/support/verdict_scenarios.py)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_browser_profiles_send_what_their_browser_sends(data: ScenarioSet) -> No
             assert all(k in headers for k in CLIENT_HINTS), name
 
 
-def test_the_set_covers_the_issue(data: ScenarioSet) -> None:
+def test_the_set_covers_every_case(data: ScenarioSet) -> None:
     per_class = Counter(s.cls for s, _ in data.hits())
     assert set(per_class) == {"single", *HARD_CLASSES}
     assert per_class["single"] >= 40
@@ -113,6 +113,6 @@ def test_the_replay_judges_every_hit(data: ScenarioSet, result: Replay) -> None:
 
 @pytest.mark.parametrize("answer", ["first", "final"])
 def test_the_verdicts_meet_the_targets(result: Replay, answer: str) -> None:
-    """Issue 14: machine precision >= 0.95, machine recall >= 0.90, people kept >= 0.95."""
+    """The targets: machine precision >= 0.95, machine recall >= 0.90, people kept >= 0.95."""
     score = result.score("first" if answer == "first" else "final")
     assert meets_targets(score), format_report(result)

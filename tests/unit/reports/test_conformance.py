@@ -4,7 +4,7 @@ Four corpora, scored separately. `bounces/` (sisimai's set-of-emails, expected a
 sisimai's own test suite) is the one the decoder's rules were first written against; the
 others (`flufl-bounce/`, `bounce-email/`, `flanker/`: other projects' test messages, with
 expected answers written for trackmilter by reading each message) are the check that the
-rules hold on mail they were not written for. Every corpus must meet the issue's targets
+rules hold on mail they were not written for. Every corpus must meet the decoder's targets
 on its own, and its ordinary messages (`not-bounces/` or `non-bounces/`) must decode to no
 failed recipient. tests/benchmarks/bench_decode.py prints the same figures beside sisimai's.
 """
@@ -24,7 +24,7 @@ from tests.support import BOUNCE_CORPUS, UNSEEN_BOUNCE_CORPORA
 
 from trackmilter.reports import decode
 
-# The issue's targets, per corpus; the floors below them catch a regression with margin.
+# The decoder's targets, per corpus; the floors below them catch a regression with margin.
 TARGETS = {"found": 0.97, "status": 0.95, "reason": 0.90}
 FLOORS = {"found": 0.97, "status": 0.95, "replycode": 0.95, "reason": 0.90}
 HARDBOUNCE_FLOOR = 0.94  # only bounces/ states hard/soft (sisimai's own answers)
