@@ -89,6 +89,12 @@ def save_position(path: Path, position: Position, consumer: str | None = None) -
     text = json.dumps(asdict(position))
     if consumer is not None:
         text = f'{text[:-1]}, "{CONSUMER_KEY}": {consumer}}}'
+    write_atomically(path, text)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a crash leaves the old file or the new one:
+    written beside it, synced, then renamed over it."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w") as f:
         f.write(text)

@@ -143,13 +143,14 @@ def _kept(value: str) -> int:
 
 def hit_from_record(record: HitRecorded, client: IPAddress | None = None) -> Hit:
     """`client`: the address already parsed (the tracker has it), else read from the record."""
+    headers = dict(record.headers)
     return Hit(
         kind="open" if record.target == "open" else "click", at=record.at,
         method=record.method, user_agent=record.user_agent,
         client=client if client is not None else parse_client(record.client),
         network=record.network or None,
-        headers=dict(record.headers), index=record.index, honeypot=record.honeypot,
-        hints_kept=_kept(dict(record.headers).get(KEPT_HEADER, "")) >= int(KEPT_VERSION))
+        headers=headers, index=record.index, honeypot=record.honeypot,
+        hints_kept=_kept(headers.get(KEPT_HEADER, "")) >= int(KEPT_VERSION))
 
 
 class RevisionCounter:

@@ -26,11 +26,12 @@ came after it (`--after-cursor`).
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from trackmilter.follow import write_atomically
 
 __all__ = [
     "CURSOR_KEY",
@@ -192,12 +193,7 @@ def save_cursor(path: Path, cursor: str, consumer: str | None = None) -> None:
     if consumer is not None:
         text += f', "consumer": {consumer}'
     text += "}\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, text)
 
 
 def load_cursor(path: Path) -> str | None:
